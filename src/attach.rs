@@ -1,0 +1,215 @@
+//! The attach form: put a WireGuard tunnel into the namespaces of a running
+//! process (or a namespace path), the original's job.
+//!
+//! The order is DESIGN.md's: validate everything that can be validated without
+//! touching a namespace (arguments, config, endpoint names), fork into the
+//! background if asked, open the target, claim the UAPI socket (so a second
+//! instance fails before it creates anything), fork the namespace helper for the
+//! TUN, and only then start tokio and the engine.
+
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use ipnetwork::IpNetwork;
+
+use crate::cli::{AttachArgs, NetnsType};
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::lifecycle::{self, DaemonOutcome, Daemonized, Notifier, PidFd, StopReason};
+use crate::netns::{self, Configure, Target, TunRequest};
+use crate::tun::{self, TunDevice};
+use crate::uapi::{self, UapiSocket};
+
+/// Everything the attach form needs, checked.
+#[derive(Debug)]
+pub struct Plan {
+    pub target: Target,
+    pub ifname: String,
+    pub config: Config,
+    pub endpoints: Vec<Option<SocketAddr>>,
+    pub socket_dir: PathBuf,
+    pub configure: bool,
+    pub foreground: bool,
+}
+
+/// Parse a TARGET argument the way `--netns-type` says.
+pub fn parse_target(
+    target: &str,
+    kind: NetnsType,
+    userns: Option<&Path>,
+) -> anyhow::Result<Target> {
+    match kind {
+        NetnsType::Pid => {
+            if userns.is_some() {
+                bail!("--userns-path only goes with --netns-type=path");
+            }
+            match target.parse::<i32>() {
+                Ok(pid) if pid > 0 => Ok(Target::Pid(pid)),
+                _ => bail!(
+                    "invalid TARGET {target:?}: expected a process ID (a positive number); for a namespace path use --netns-type=path"
+                ),
+            }
+        }
+        NetnsType::Path => Ok(Target::Path {
+            net: target.into(),
+            user: userns.map(Path::to_path_buf),
+        }),
+    }
+}
+
+/// Resolve every peer's Endpoint now, so a name that does not resolve is an
+/// error at start instead of a tunnel that silently never comes up.
+pub fn resolve_endpoints(config: &Config) -> anyhow::Result<Vec<Option<SocketAddr>>> {
+    config
+        .peers
+        .iter()
+        .map(|peer| peer.endpoint.as_ref().map(|e| e.resolve()).transpose())
+        .collect::<Result<_, _>>()
+        .map_err(Into::into)
+}
+
+/// Routes for `--configure`: every peer's AllowedIPs.
+pub fn routes(config: &Config) -> Vec<IpNetwork> {
+    config
+        .peers
+        .iter()
+        .flat_map(|p| p.allowed_ips.iter().copied())
+        .collect()
+}
+
+impl Plan {
+    /// Check the arguments and read the config; touches no namespace.
+    pub fn new(args: &AttachArgs) -> anyhow::Result<Self> {
+        let (Some(target), Some(ifname), Some(config_path)) =
+            (&args.target, &args.ifname, &args.config)
+        else {
+            bail!("TARGET, IFNAME and CONFIG are required");
+        };
+        let target = parse_target(target, args.netns_type, args.userns_path.as_deref())?;
+        tun::validate_ifname(ifname)?;
+        let config = Config::from_file(config_path)?;
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        let mtu = config.mtu();
+        if mtu > tun::MAX_MTU {
+            bail!(
+                "{}: MTU {mtu} is larger than this engine supports ({}); lower it",
+                config_path.display(),
+                tun::MAX_MTU
+            );
+        }
+        let endpoints =
+            resolve_endpoints(&config).with_context(|| format!("in {}", config_path.display()))?;
+        Ok(Self {
+            target,
+            ifname: ifname.clone(),
+            config,
+            endpoints,
+            socket_dir: args.tmpdir.clone().unwrap_or_else(uapi::default_dir),
+            configure: args.configure,
+            foreground: args.foreground,
+        })
+    }
+}
+
+/// Run the attach form to the end. In background mode the original process
+/// returns once the daemon says the tunnel is up (or why it is not); the daemon
+/// returns when it stops.
+pub fn exec(plan: Plan) -> anyhow::Result<()> {
+    let mut notifier = if plan.foreground {
+        Notifier::foreground()
+    } else {
+        match lifecycle::daemonize().context("cannot fork into the background")? {
+            Daemonized::Daemon(notifier) => notifier,
+            Daemonized::Original(DaemonOutcome::Ready) => return Ok(()),
+            Daemonized::Original(DaemonOutcome::Failed(msg)) => bail!("{msg}"),
+        }
+    };
+    let result = prepare(&plan).and_then(|prepared| serve(&plan, prepared, &mut notifier));
+    if let Err(e) = &result {
+        notifier.fail(&format!("{e:#}"));
+    }
+    result
+}
+
+/// What exists once the namespaces are done: the TUN descriptor, the claimed
+/// socket, and the watch on the target.
+struct Prepared {
+    tun: OwnedFd,
+    socket: UapiSocket,
+    pidfd: Option<PidFd>,
+}
+
+fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
+    let ns = netns::open(&plan.target)?;
+    let pidfd = match plan.target {
+        Target::Pid(pid) => Some(PidFd::open(pid).map_err(|e| match e.raw_os_error() {
+            Some(libc::ESRCH) => anyhow::Error::from(netns::NetnsError::NoSuchProcess(pid)),
+            _ => anyhow::Error::from(e).context(format!("cannot watch process {pid}")),
+        })?),
+        Target::Path { .. } => None,
+    };
+    let socket = UapiSocket::bind(&plan.socket_dir, &plan.ifname)?;
+    let routes = routes(&plan.config);
+    let request = TunRequest {
+        ifname: &plan.ifname,
+        mtu: plan.config.mtu(),
+        configure: plan.configure.then_some(Configure {
+            addresses: &plan.config.interface.addresses,
+            routes: &routes,
+        }),
+    };
+    let tun = netns::create_tun_in(&ns, &request)?;
+    Ok(Prepared { tun, socket, pidfd })
+}
+
+fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        let Prepared { tun, socket, pidfd } = prepared;
+        let tun = TunDevice::new(tun, plan.config.mtu())?;
+        let (client, server) = gotatun::device::uapi::UapiServer::new();
+        let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
+        let _uapi = uapi::serve(&socket, client)?;
+        tracing::info!(
+            "{} is up in {}; UAPI socket {}",
+            plan.ifname,
+            plan.target,
+            socket.path().display()
+        );
+        notifier.ready();
+
+        let target_exit = async {
+            match pidfd {
+                Some(pidfd) => {
+                    let pid = pidfd.pid();
+                    // If the pidfd cannot be polled, treat it like an exit rather
+                    // than running on unwatched.
+                    let _ = pidfd.exited().await;
+                    StopReason::TargetExited(pid)
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let reason = tokio::select! {
+            reason = target_exit => reason,
+            () = tun.gone() => StopReason::InterfaceDeleted,
+            () = engine.failed() => StopReason::EngineFailed,
+            signal = lifecycle::termination_signal() => StopReason::Signal(signal?),
+        };
+        tracing::info!("stopping: {reason}");
+        engine.stop().await;
+        drop(socket);
+        if reason == StopReason::EngineFailed {
+            bail!("{} stopped: {reason}", plan.ifname);
+        }
+        Ok(())
+    })
+}

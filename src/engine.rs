@@ -1,0 +1,94 @@
+//! Wiring gotatun's WireGuard `Device`: our TUN as its packet source and sink, a
+//! UDP socket in the caller's network namespace, and the parsed config as its
+//! initial state. The UAPI server half is plugged in here; its socket transport
+//! lives in `uapi`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use gotatun::device::uapi::UapiServer;
+use gotatun::device::{self, Device, Peer};
+use gotatun::udp::socket::UdpSocketFactory;
+use gotatun::x25519::{PublicKey, StaticSecret};
+
+use crate::config::Config;
+use crate::tun::TunDevice;
+
+type Transports = (UdpSocketFactory, TunDevice, TunDevice);
+
+/// Errors starting the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("cannot start the WireGuard engine (ListenPort {port}): {source}")]
+    Start {
+        port: u16,
+        #[source]
+        source: device::Error,
+    },
+}
+
+/// A running WireGuard device.
+pub struct Engine {
+    device: Device<Transports>,
+}
+
+/// The peers of `config` as gotatun wants them, with endpoints already resolved
+/// (`endpoints[i]` belongs to `config.peers[i]`).
+fn peers(config: &Config, endpoints: &[Option<SocketAddr>]) -> Vec<Peer> {
+    config
+        .peers
+        .iter()
+        .zip(endpoints.iter().chain(std::iter::repeat(&None)))
+        .map(|(p, endpoint)| {
+            let mut peer = Peer::new(PublicKey::from(*p.public_key.as_bytes()))
+                .with_allowed_ips(p.allowed_ips.iter().copied());
+            peer.endpoint = *endpoint;
+            peer.preshared_key = p.preshared_key.as_ref().map(|k| *k.as_bytes());
+            peer.keepalive = p.persistent_keepalive;
+            peer
+        })
+        .collect()
+}
+
+impl Engine {
+    /// Start the device on `tun` with the config's key, port and peers. Needs a
+    /// tokio runtime.
+    pub async fn start(
+        tun: TunDevice,
+        config: &Config,
+        endpoints: &[Option<SocketAddr>],
+        uapi: UapiServer,
+    ) -> Result<Self, EngineError> {
+        let port = config.interface.listen_port.unwrap_or(0);
+        let mut builder = device::build()
+            .with_default_udp()
+            .with_ip(tun)
+            .with_private_key(StaticSecret::from(*config.interface.private_key.as_bytes()))
+            .with_listen_port(port)
+            .with_peers(peers(config, endpoints))
+            .with_uapi(uapi);
+        if let Some(mark) = config.interface.fwmark {
+            builder = builder.with_fwmark(mark);
+        }
+        let device = builder
+            .build()
+            .await
+            .map_err(|source| EngineError::Start { port, source })?;
+        Ok(Self { device })
+    }
+
+    /// Resolves when the device hits an unrecoverable error (e.g. its TUN died).
+    pub async fn failed(&mut self) {
+        self.device.wait().await
+    }
+
+    /// Stop tunnelling; bounded so a stuck task cannot keep us alive.
+    pub async fn stop(self) {
+        if tokio::time::timeout(Duration::from_secs(1), self.device.stop())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the engine did not stop within 1 s; exiting anyway");
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! wireguard4netns: give an unprivileged network namespace its network through a
+//! userspace WireGuard tunnel.
+//!
+//! A forked helper joins the target's user and network namespaces, creates a TUN
+//! device there and hands its file descriptor back over a unix socketpair. The
+//! host side runs gotatun's WireGuard engine on that descriptor; its UDP socket
+//! lives in the caller's namespace. See `DESIGN.md` in the shared docs for the
+//! order of things and why namespace work happens before any thread exists.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod attach;
+pub mod cli;
+pub mod config;
+pub mod engine;
+pub mod fdpass;
+pub mod keys;
+pub mod lifecycle;
+pub mod netlink;
+pub mod netns;
+pub mod tun;
+pub mod uapi;

@@ -1,0 +1,237 @@
+//! How the process starts, reports readiness and ends: daemonizing, the pidfd
+//! watch on the target, and signals.
+//!
+//! Background mode forks *before* any thread exists (the namespace helper is
+//! forked later, from the daemon, and tokio starts after that). The foreground
+//! process keeps only the read end of a pipe: the daemon writes `ready` or
+//! `error:<message>` into it, and the foreground process prints the error or
+//! nothing and exits with the matching status. The daemon `setsid`s and points its
+//! stdio at `/dev/null`, so `out=$(wireguard4netns …)` returns as soon as the
+//! tunnel is up, as with wireguard-go.
+//!
+//! The target is watched with a pidfd (Linux 5.3+): it becomes readable the
+//! moment the process exits, even before its parent reaps it, and unlike a PID it
+//! cannot be recycled under us.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid};
+use tokio::io::unix::AsyncFd;
+
+const READY: &[u8] = b"ready";
+const ERROR: &[u8] = b"error:";
+
+/// Tells whoever waits for us that the tunnel is up, or why it is not.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    /// The pipe to the waiting foreground process (background mode only).
+    pipe: Option<File>,
+}
+
+impl Notifier {
+    /// A notifier for foreground mode: nobody is waiting.
+    pub fn foreground() -> Self {
+        Self::default()
+    }
+
+    /// The tunnel is configured: release the foreground process.
+    pub fn ready(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            // If the foreground process is gone there is nobody to tell.
+            let _ = pipe.write_all(READY);
+        }
+    }
+
+    /// Starting failed: hand the message to the foreground process to print.
+    pub fn fail(&mut self, message: &str) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let mut msg = ERROR.to_vec();
+            msg.extend_from_slice(message.as_bytes());
+            let _ = pipe.write_all(&msg);
+        }
+    }
+
+    /// Is a foreground process waiting for our answer?
+    pub fn is_background(&self) -> bool {
+        self.pipe.is_some()
+    }
+}
+
+/// The answer the foreground process got from its daemon.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DaemonOutcome {
+    Ready,
+    Failed(String),
+}
+
+/// Which side of [`daemonize`] we are on.
+#[derive(Debug)]
+pub enum Daemonized {
+    /// The background process: carry on, and report through the notifier.
+    Daemon(Notifier),
+    /// The original process, with the daemon's answer: print it and exit.
+    Original(DaemonOutcome),
+}
+
+/// Fork into the background. The daemon gets a [`Notifier`] to report through;
+/// the original process waits for the daemon's answer.
+///
+/// Must be called while the process is single-threaded.
+pub fn daemonize() -> io::Result<Daemonized> {
+    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
+    // SAFETY: called before any thread is started (the caller's contract; main
+    // forks before it builds the tokio runtime), so the child is a complete,
+    // consistent copy of the process.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            let mut answer = Vec::new();
+            // A read error is treated like an empty answer: the daemon is gone.
+            let _ = File::from(read_end).read_to_end(&mut answer);
+            let outcome = if answer == READY {
+                DaemonOutcome::Ready
+            } else if let Some(msg) = answer.strip_prefix(ERROR) {
+                // The daemon exits right after failing; reap it so it never
+                // lingers as a zombie of ours.
+                let _ = waitpid(child, None);
+                DaemonOutcome::Failed(String::from_utf8_lossy(msg).into_owned())
+            } else {
+                let status = match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+                    Ok(other) => format!("{other:?}"),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                DaemonOutcome::Failed(format!(
+                    "the background process ended before the tunnel was ready ({status})"
+                ))
+            };
+            Ok(Daemonized::Original(outcome))
+        }
+        ForkResult::Child => {
+            drop(read_end);
+            setsid()?;
+            let null = File::options().read(true).write(true).open("/dev/null")?;
+            dup2_stdin(&null)?;
+            dup2_stdout(&null)?;
+            dup2_stderr(&null)?;
+            Ok(Daemonized::Daemon(Notifier {
+                pipe: Some(File::from(write_end)),
+            }))
+        }
+    }
+}
+
+/// A pidfd: a handle on one process that becomes readable when it exits.
+#[derive(Debug)]
+pub struct PidFd {
+    pid: i32,
+    fd: OwnedFd,
+}
+
+impl PidFd {
+    /// `pidfd_open(pid, 0)`. `ESRCH` means there is no such process.
+    pub fn open(pid: i32) -> io::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or
+        // -1; it reads no memory of ours.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let fd = i32::try_from(fd).map_err(|_| io::Error::other("pidfd out of range"))?;
+        // SAFETY: the syscall returned a fresh descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { pid, fd })
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Has the process exited (without waiting)?
+    pub fn has_exited(&self) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd that lives across the call; timeout 0.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLIN != 0
+    }
+
+    /// Wait until the process exits. Needs a tokio runtime.
+    pub async fn exited(self) -> io::Result<()> {
+        // SAFETY: an `OwnedFd` is a valid open descriptor whose `as_raw_fd()`
+        // never changes, and the `AsyncFd` owns it until it is dropped.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(self.fd, tokio::io::Interest::READABLE) }?;
+        let _guard = fd.readable().await?;
+        Ok(())
+    }
+}
+
+/// Why the engine stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StopReason {
+    TargetExited(i32),
+    InterfaceDeleted,
+    EngineFailed,
+    Signal(&'static str),
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StopReason::TargetExited(pid) => write!(f, "target process {pid} exited"),
+            StopReason::InterfaceDeleted => write!(f, "the TUN interface was deleted"),
+            StopReason::EngineFailed => write!(f, "the WireGuard engine failed"),
+            StopReason::Signal(name) => write!(f, "received {name}"),
+        }
+    }
+}
+
+/// Resolves on the first of SIGINT, SIGTERM or SIGHUP.
+pub async fn termination_signal() -> io::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(tokio::select! {
+        _ = int.recv() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+        _ = hup.recv() => "SIGHUP",
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pidfd_of_a_missing_process_is_esrch() {
+        let err = PidFd::open(99_999_999).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH));
+    }
+
+    #[tokio::test]
+    async fn pidfd_fires_when_the_child_exits_before_it_is_reaped() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.2")
+            .spawn()
+            .unwrap();
+        let pidfd = PidFd::open(child.id() as i32).unwrap();
+        assert!(!pidfd.has_exited());
+        let start = std::time::Instant::now();
+        tokio::time::timeout(std::time::Duration::from_secs(5), pidfd.exited())
+            .await
+            .expect("pidfd did not fire")
+            .unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(2));
+        child.wait().unwrap();
+    }
+}

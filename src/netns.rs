@@ -1,0 +1,354 @@
+//! Reaching into the target's namespaces: opening them, checking they are ours,
+//! and the forked helper that joins them to create the TUN device.
+//!
+//! `setns(CLONE_NEWUSER)` is refused (`EINVAL`) in a multi-threaded process, and
+//! `TUNSETIFF` creates the device in the caller's network namespace. So, like
+//! slirp4netns' `child()`, a forked helper joins the target's user namespace
+//! (which gives it `CAP_NET_ADMIN` over the network namespace that user namespace
+//! owns), then the network namespace, creates and configures the TUN, sends the
+//! descriptor back over a `SOCK_SEQPACKET` pair and exits. The parent must fork
+//! before any thread exists: [`create_tun_in`] checks that and refuses otherwise.
+//!
+//! The checks in [`open`] exist to turn the kernel's terse `EPERM`/`EINVAL` into
+//! errors that say what is wrong with the target and what to do about it.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use ipnetwork::IpNetwork;
+use nix::sched::{CloneFlags, setns};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, fork};
+
+use crate::fdpass;
+
+/// Which namespaces to attach to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The namespaces of a running process.
+    Pid(i32),
+    /// A network namespace by path (e.g. a bind mount under
+    /// `/run/user/UID/netns/`), with the user namespace that owns it either given
+    /// or found with `NS_GET_USERNS`.
+    Path { net: PathBuf, user: Option<PathBuf> },
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Pid(pid) => write!(f, "process {pid}"),
+            Target::Path { net, .. } => write!(f, "network namespace {}", net.display()),
+        }
+    }
+}
+
+/// Errors reaching the target's namespaces.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("there is no process with PID {0}")]
+    NoSuchProcess(i32),
+    #[error(
+        "process {pid} belongs to another user (uid {owner}); you can only attach to your own processes"
+    )]
+    NotYours { pid: i32, owner: u32 },
+    #[error(
+        "process {0} has not unshared a user namespace (it is in yours); start it with `unshare --user --map-root-user --net …` (unshare -Urn)"
+    )]
+    OwnUserNamespace(i32),
+    #[error(
+        "{0} is in our own network namespace; attaching would add the tunnel to the host, start the target in a new network namespace (unshare -Urn)"
+    )]
+    OwnNetNamespace(String),
+    #[error("cannot open {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "cannot find the user namespace that owns {path}: {source} (hint: pass it with --userns-path)"
+    )]
+    OwnerUserNs {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the namespace helper: {0}")]
+    Spawn(#[source] io::Error),
+    #[error("internal error: the namespace helper must be forked before any thread is started")]
+    Threaded,
+    #[error("{0}")]
+    Helper(String),
+    #[error("the namespace helper died without an answer ({0})")]
+    HelperDied(String),
+}
+
+/// Open namespace descriptors of a target, checked to be joinable.
+#[derive(Debug)]
+pub struct Namespaces {
+    target: Target,
+    /// `None` when the target shares our user namespace (only possible as root).
+    user: Option<OwnedFd>,
+    net: OwnedFd,
+}
+
+impl Namespaces {
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+fn open_ns(path: &Path) -> Result<OwnedFd, NetnsError> {
+    fs::File::open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| NetnsError::Open {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Same namespace? Namespaces are identified by (device, inode) of their nsfs file.
+fn same_ns(fd: &OwnedFd, ours: &str) -> Result<bool, NetnsError> {
+    let theirs = fs::File::from(fd.try_clone().map_err(NetnsError::Spawn)?)
+        .metadata()
+        .map_err(NetnsError::Spawn)?;
+    let ours = fs::metadata(ours).map_err(|source| NetnsError::Open {
+        path: ours.into(),
+        source,
+    })?;
+    Ok(theirs.dev() == ours.dev() && theirs.ino() == ours.ino())
+}
+
+/// Open and check the target's namespaces. Fails before anything is changed.
+pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
+    let root = nix::unistd::geteuid().is_root();
+    let (user, net) = match target {
+        Target::Pid(pid) => {
+            let pid = *pid;
+            let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+            let owner = match fs::metadata(&proc_dir) {
+                Ok(meta) => meta.uid(),
+                Err(_) => return Err(NetnsError::NoSuchProcess(pid)),
+            };
+            let deny = |e: NetnsError| match e {
+                NetnsError::Open { ref source, .. }
+                    if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+                {
+                    NetnsError::NotYours { pid, owner }
+                }
+                NetnsError::Open { ref source, .. }
+                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                {
+                    NetnsError::NoSuchProcess(pid)
+                }
+                other => other,
+            };
+            let user = open_ns(&proc_dir.join("ns/user")).map_err(deny)?;
+            let net = open_ns(&proc_dir.join("ns/net")).map_err(deny)?;
+            if same_ns(&user, "/proc/self/ns/user")? {
+                if !root {
+                    return Err(NetnsError::OwnUserNamespace(pid));
+                }
+                (None, net)
+            } else {
+                (Some(user), net)
+            }
+        }
+        Target::Path { net, user } => {
+            let net_path = net;
+            let net = open_ns(net_path)?;
+            let user = match user {
+                Some(path) => open_ns(path)?,
+                None => owner_user_ns(&net).map_err(|source| NetnsError::OwnerUserNs {
+                    path: net_path.clone(),
+                    source,
+                })?,
+            };
+            if same_ns(&user, "/proc/self/ns/user")? {
+                (None, net)
+            } else {
+                (Some(user), net)
+            }
+        }
+    };
+    if same_ns(&net, "/proc/self/ns/net")? {
+        return Err(NetnsError::OwnNetNamespace(target.to_string()));
+    }
+    Ok(Namespaces {
+        target: target.clone(),
+        user,
+        net,
+    })
+}
+
+/// `ioctl(NS_GET_USERNS)`: the user namespace that owns a namespace.
+fn owner_user_ns(ns: &OwnedFd) -> io::Result<OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // NS_GET_USERNS = _IO(0xb7, 0x1) from <linux/nsfs.h>.
+    const NS_GET_USERNS: libc::c_ulong = 0xb701;
+    // SAFETY: NS_GET_USERNS takes no argument and returns a new descriptor or -1;
+    // `ns` is a valid open namespace descriptor for the duration of the call.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), NS_GET_USERNS as _) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl returned a fresh descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// What the helper makes inside the namespace.
+#[derive(Debug, Clone)]
+pub struct TunRequest<'a> {
+    pub ifname: &'a str,
+    pub mtu: u16,
+    /// With `--configure`: bring `lo` and the TUN up, add these addresses and
+    /// routes. Without, only the MTU is set, as the original did.
+    pub configure: Option<Configure<'a>>,
+}
+
+/// Addresses and routes for `--configure`.
+#[derive(Debug, Clone, Copy)]
+pub struct Configure<'a> {
+    pub addresses: &'a [IpNetwork],
+    pub routes: &'a [IpNetwork],
+}
+
+/// Create the TUN (and configure it) in the *current* network namespace. Used by
+/// the helper after `setns`, and by `run`'s child after `unshare`.
+pub fn make_tun_here(req: &TunRequest<'_>) -> Result<OwnedFd, String> {
+    let fd = crate::tun::create(req.ifname).map_err(|e| e.to_string())?;
+    let (addresses, routes, up) = match req.configure {
+        Some(c) => (c.addresses, c.routes, true),
+        None => (&[][..], &[][..], false),
+    };
+    crate::netlink::configure_interface(req.ifname, u32::from(req.mtu), addresses, routes, up)
+        .map_err(|e| e.to_string())?;
+    Ok(fd)
+}
+
+/// Is this process single-threaded? (`/proc/self/task` has one entry per thread.)
+fn single_threaded() -> bool {
+    fs::read_dir("/proc/self/task")
+        .map(|dir| dir.count() == 1)
+        .unwrap_or(false)
+}
+
+const REPLY_OK: &[u8] = b"ok";
+const REPLY_ERR: &[u8] = b"err:";
+
+/// Fork a helper that joins `ns`, creates the TUN as asked and sends its
+/// descriptor back. Must be called before any thread exists.
+pub fn create_tun_in(ns: &Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, NetnsError> {
+    if !single_threaded() {
+        return Err(NetnsError::Threaded);
+    }
+    let (parent_end, child_end) = fdpass::channel_pair().map_err(NetnsError::Spawn)?;
+
+    // SAFETY: the process is single-threaded (checked above), so the child is a
+    // complete copy and may allocate; it never returns into our caller: it ends
+    // in `_exit`, so no destructors or atexit handlers of the parent run twice.
+    match unsafe { fork() }.map_err(|e| NetnsError::Spawn(e.into()))? {
+        ForkResult::Child => {
+            drop(parent_end);
+            // If we are killed, the helper must not linger inside the namespace.
+            let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
+            let sent = match join(ns).and_then(|()| make_tun_here(req)) {
+                Ok(fd) => child_end.send(REPLY_OK, Some(fd.as_fd())),
+                Err(msg) => {
+                    let mut reply = REPLY_ERR.to_vec();
+                    reply.extend_from_slice(msg.as_bytes());
+                    reply.truncate(fdpass::MAX_MESSAGE);
+                    child_end.send(&reply, None)
+                }
+            };
+            // SAFETY: `_exit` is async-signal-safe and ends the child without
+            // running the parent's destructors.
+            unsafe { libc::_exit(if sent.is_ok() { 0 } else { 1 }) }
+        }
+        ForkResult::Parent { child } => {
+            drop(child_end);
+            let reply = parent_end.recv();
+            let status = reap(child);
+            match reply {
+                Ok(Some(msg)) if msg.data == REPLY_OK => msg.fd.ok_or_else(|| {
+                    NetnsError::HelperDied("it answered without a descriptor".into())
+                }),
+                Ok(Some(msg)) if msg.data.starts_with(REPLY_ERR) => Err(NetnsError::Helper(
+                    String::from_utf8_lossy(&msg.data[REPLY_ERR.len()..]).into_owned(),
+                )),
+                Ok(Some(_)) => Err(NetnsError::HelperDied("garbled answer".into())),
+                Ok(None) => Err(NetnsError::HelperDied(status)),
+                Err(e) => Err(NetnsError::HelperDied(e.to_string())),
+            }
+        }
+    }
+}
+
+/// Join the target's user namespace (if it is not ours), then its network
+/// namespace. The order matters: the network namespace is only ours to join
+/// once we hold capabilities in the user namespace that owns it.
+fn join(ns: &Namespaces) -> Result<(), String> {
+    if let Some(user) = &ns.user {
+        setns(user, CloneFlags::CLONE_NEWUSER).map_err(|e| {
+            format!(
+                "cannot join the user namespace of {}: {e} (hint: it must be owned by you, e.g. made by `unshare --user --map-root-user`)",
+                ns.target
+            )
+        })?;
+    }
+    setns(&ns.net, CloneFlags::CLONE_NEWNET).map_err(|e| {
+        format!(
+            "cannot join the network namespace of {}: {e} (hint: it must be owned by your user namespace; was it made with `unshare --net` inside `unshare --user`?)",
+            ns.target
+        )
+    })
+}
+
+fn reap(child: Pid) -> String {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return format!("exit status {code}"),
+            Ok(WaitStatus::Signaled(_, sig, _)) => return format!("killed by {sig}"),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return format!("wait failed: {e}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_process_is_reported_by_pid() {
+        // PIDs are capped by pid_max (at most 2^22), so this one cannot exist.
+        let err = open(&Target::Pid(99_999_999)).unwrap_err();
+        assert_eq!(err.to_string(), "there is no process with PID 99999999");
+    }
+
+    #[test]
+    fn our_own_namespaces_are_refused() {
+        let me = std::process::id() as i32;
+        let err = open(&Target::Pid(me)).unwrap_err().to_string();
+        assert!(
+            err.contains("has not unshared a user namespace")
+                || err.contains("our own network namespace"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_namespace_path_names_the_path() {
+        let err = open(&Target::Path {
+            net: "/nonexistent/netns/x".into(),
+            user: None,
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("/nonexistent/netns/x"), "{err}");
+    }
+}
