@@ -91,7 +91,7 @@ impl Plan {
         tun::validate_ifname(ifname)?;
         let config = Config::from_file(config_path)?;
         for warning in &config.warnings {
-            tracing::warn!("{warning}");
+            tracing::warn!("{}: {warning}", config_path.display());
         }
         let mtu = config.mtu();
         if mtu > tun::MAX_MTU {
