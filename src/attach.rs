@@ -172,7 +172,7 @@ fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Re
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let Prepared { tun, socket, pidfd } = prepared;
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
@@ -205,11 +205,15 @@ fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Re
             signal = lifecycle::termination_signal() => StopReason::Signal(signal?),
         };
         tracing::info!("stopping: {reason}");
-        engine.stop().await;
+        // WireGuard has no goodbye message, so there is nothing to flush: the
+        // engine's tasks die with the runtime below, and the TUN with our fd.
+        drop(engine);
         drop(socket);
         if reason == StopReason::EngineFailed {
             bail!("{} stopped: {reason}", plan.ifname);
         }
         Ok(())
-    })
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }

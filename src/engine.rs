@@ -4,7 +4,6 @@
 //! lives in `uapi`.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
 use gotatun::device::uapi::UapiServer;
 use gotatun::device::{self, Device, Peer};
@@ -80,15 +79,5 @@ impl Engine {
     /// Resolves when the device hits an unrecoverable error (e.g. its TUN died).
     pub async fn failed(&mut self) {
         self.device.wait().await
-    }
-
-    /// Stop tunnelling; bounded so a stuck task cannot keep us alive.
-    pub async fn stop(self) {
-        if tokio::time::timeout(Duration::from_secs(1), self.device.stop())
-            .await
-            .is_err()
-        {
-            tracing::warn!("the engine did not stop within 1 s; exiting anyway");
-        }
     }
 }

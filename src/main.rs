@@ -36,6 +36,11 @@ fn init_logging(level: Option<&str>) {
         eprintln!("wireguard4netns: ignoring invalid log level: {e}");
         EnvFilter::new("info")
     });
+    // netlink-packet-route warns about every attribute newer than itself.
+    let filter = match "netlink_packet_route=error".parse() {
+        Ok(quiet) => filter.add_directive(quiet),
+        Err(_) => filter,
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -30,6 +30,7 @@ use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
 use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
@@ -229,7 +230,13 @@ impl IpRecv for TunDevice {
         pool: &mut PacketBufPool,
     ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
         loop {
-            let mut guard = self.inner.fd.readable().await?;
+            // Wait for ERROR too: a deleted interface only ever reports EPOLLERR,
+            // which plain `readable()` would sleep through forever.
+            let mut guard = self
+                .inner
+                .fd
+                .ready(Interest::READABLE | Interest::ERROR)
+                .await?;
             let mut packet = pool.get();
             let read = guard.try_io(|fd| Ok(nix::unistd::read(fd, &mut packet)?));
             match read {

@@ -1,0 +1,546 @@
+//! End-to-end tests of the attach form
+//! (`wireguard4netns [--tmpdir DIR] [--configure] [--foreground] TARGET IFNAME CONFIG`):
+//! our binary runs as uid 65534 against a namespace made by `unshare -Urn` as that
+//! user, and talks to a real `wireguard-go` peer in a root-owned namespace. See
+//! `common/mod.rs` for the harness. They need root; without it they skip (or fail
+//! when `CI=true`).
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use common::*;
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// The harness without our binary: a peer namespace reachable over its veth, a
+/// configured wireguard-go, and a second wireguard-go made the same way that
+/// handshakes with it (its veth's outer end lives in the first peer's namespace:
+/// the root namespace does not forward between veths).
+#[test]
+fn harness_peer_works() {
+    let Some(id) = require_root_env("harness_peer_works") else {
+        return;
+    };
+    let a_keys = KeyPair::generate();
+    let b_keys = KeyPair::generate();
+    let a = Peer::start(
+        &id,
+        PeerSpec {
+            keys: a_keys.clone(),
+            slot: 0,
+            uplink: None,
+            tunnel_host: 1,
+            listen_port: Some(id.port(0)),
+            peers: vec![WgPeerSpec {
+                public_key: b_keys.public.clone(),
+                allowed_ips: vec![
+                    format!("{}/32", id.tunnel_v4(2)),
+                    format!("{}/128", id.tunnel_v6(2)),
+                ],
+                ..WgPeerSpec::default()
+            }],
+        },
+    );
+    ping_ok_in(
+        &Place::Root,
+        a.netns.inner_addr.into(),
+        2,
+        Duration::from_secs(5),
+    )
+    .unwrap_or_else(|e| panic!("peer veth not reachable from the root namespace: {e}"));
+
+    let dump = a.dump();
+    assert_eq!(dump.public_key, a_keys.public);
+    assert_eq!(dump.listen_port, id.port(0));
+    let b_on_a = dump
+        .peer(&b_keys.public)
+        .unwrap_or_else(|| panic!("peer not listed: {dump:?}"));
+    assert_eq!(
+        sorted(b_on_a.allowed_ips.clone()),
+        sorted(vec![
+            format!("{}/32", id.tunnel_v4(2)),
+            format!("{}/128", id.tunnel_v6(2)),
+        ])
+    );
+    assert_eq!(b_on_a.latest_handshake, 0);
+
+    let (b_outer, b_inner) = id.veth_addrs(1);
+    let b = Peer::start(
+        &id,
+        PeerSpec {
+            keys: b_keys.clone(),
+            slot: 1,
+            uplink: Some(a.netns.name.clone()),
+            tunnel_host: 2,
+            listen_port: None,
+            peers: vec![WgPeerSpec {
+                public_key: a_keys.public.clone(),
+                allowed_ips: vec![
+                    format!("{}/32", id.tunnel_v4(1)),
+                    format!("{}/128", id.tunnel_v6(1)),
+                ],
+                endpoint: Some(format!("{b_outer}:{}", id.port(0))),
+                ..WgPeerSpec::default()
+            }],
+        },
+    );
+    for addr in [a.tunnel_v4.into(), a.tunnel_v6.into()] {
+        ping_ok_in(&b.place(), addr, 2, HANDSHAKE_DEADLINE)
+            .unwrap_or_else(|e| panic!("{e}\n{}\n{}", a.diagnostics(), b.diagnostics()));
+    }
+    let a_on_b = b.dump();
+    let a_on_b = a_on_b.peer(&a_keys.public).expect("a listed on b");
+    assert!(a_on_b.latest_handshake > 0, "{a_on_b:?}");
+    let dump = a.dump();
+    let b_on_a = dump.peer(&b_keys.public).expect("b listed on a");
+    assert!(b_on_a.latest_handshake > 0, "{b_on_a:?}");
+    assert!(
+        b_on_a.endpoint.starts_with(&format!("{b_inner}:")),
+        "{b_on_a:?}"
+    );
+}
+
+/// Without `--configure` only the MTU is set; addresses and link state are the
+/// user's business, and once they are done by hand the tunnel carries traffic.
+#[test]
+fn attach_without_configure_then_configure_by_hand() {
+    let Some(id) = require_root_env("attach_without_configure_then_configure_by_hand") else {
+        return;
+    };
+    let s = Scenario::new(
+        id,
+        ScenarioOpts {
+            mtu: Some(1380),
+            ..ScenarioOpts::default()
+        },
+    );
+    s.attach(&[]);
+
+    let inside = s.target.place();
+    assert_eq!(
+        link_mtu(&inside, &s.ifname),
+        Some(1380),
+        "MTU of {} inside the target\n{}",
+        s.ifname,
+        s.diagnostics()
+    );
+    let link = text(
+        &s.target
+            .ip_ok(["-o", "link", "show", "dev", &s.ifname])
+            .stdout,
+    );
+    assert!(
+        !link.contains(",UP"),
+        "without --configure the link should stay down: {link}"
+    );
+    let addrs = text(
+        &s.target
+            .ip_ok(["-o", "addr", "show", "dev", &s.ifname])
+            .stdout,
+    );
+    assert!(
+        !addrs.contains("inet"),
+        "without --configure Address= must be ignored, found: {addrs}"
+    );
+
+    s.target.ip_ok(["link", "set", "lo", "up"]);
+    s.target.ip_ok([
+        "addr",
+        "add",
+        &format!("{}/24", s.client_v4()),
+        "dev",
+        &s.ifname,
+    ]);
+    s.target.ip_ok(["link", "set", &s.ifname, "up"]);
+    let stats = s.expect_ping(s.peer_v4(), 3);
+    eprintln!(
+        "attach_without_configure_then_configure_by_hand: {stats:?} to {}",
+        s.peer_v4()
+    );
+}
+
+/// `--configure` sets v4 and v6 addresses, routes, link up; both families pass.
+/// Prints how long from spawning the command to the first ping reply, and RTTs.
+#[test]
+fn attach_with_configure_ipv4_and_ipv6() {
+    let Some(id) = require_root_env("attach_with_configure_ipv4_and_ipv6") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let t0 = Instant::now();
+    s.attach(&["--configure"]);
+    let attached = t0.elapsed();
+    let first = ping_until(s.target.pid(), s.peer_v4(), HANDSHAKE_DEADLINE)
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
+    let first_reply = t0.elapsed();
+
+    let inside = s.target.place();
+    assert_eq!(link_mtu(&inside, &s.ifname), Some(1420), "default MTU");
+    let addrs = text(
+        &s.target
+            .ip_ok(["-o", "addr", "show", "dev", &s.ifname])
+            .stdout,
+    );
+    for want in [
+        format!("{}/24", s.client_v4()),
+        format!("{}/64", s.client_v6()),
+    ] {
+        assert!(addrs.contains(&want), "{want} not on {}: {addrs}", s.ifname);
+    }
+
+    let v4 = s.expect_ping(s.peer_v4(), 5);
+    let v6 = s.expect_ping(s.peer_v6(), 5);
+    eprintln!(
+        "attach_with_configure_ipv4_and_ipv6: command returned after {attached:?}; \
+         first ping reply {first_reply:?} after spawning it (that ping's RTT {:?} ms, \
+         handshake included); RTT avg v4 {:?} ms, v6 {:?} ms",
+        first.avg_ms, v4.avg_ms, v6.avg_ms
+    );
+}
+
+/// PresharedKey on both sides, and an Endpoint given as a host name, resolved
+/// at start through a private /etc/hosts bind-mounted in the program's own
+/// mount namespace only (the machine's /etc/hosts is never touched).
+#[test]
+fn preshared_key_and_hostname_endpoint() {
+    let Some(id) = require_root_env("preshared_key_and_hostname_endpoint") else {
+        return;
+    };
+    let mut s = Scenario::new(
+        id,
+        ScenarioOpts {
+            psk: true,
+            ..ScenarioOpts::default()
+        },
+    );
+    let host = format!("peerhost-{}", s.id.name(""));
+    let port = s.peer.listen_port.expect("peer port");
+    s.config.endpoint = format!("{host}:{port}");
+    let hosts = s.dir.write(
+        "hosts",
+        &format!(
+            "127.0.0.1 localhost\n::1 localhost\n{} {host}\n",
+            s.peer.netns.inner_addr
+        ),
+        0o644,
+    );
+
+    let mut c = cmd(
+        "unshare",
+        [
+            "-m",
+            "sh",
+            "-c",
+            r#"mount --bind "$0" /etc/hosts && exec "$@""#,
+        ],
+    );
+    c.arg(&hosts)
+        .arg("setpriv")
+        .args(AS_NOBODY)
+        .arg(binary())
+        .args(s.args(s.target.pid(), &["--configure"]));
+    let desc = describe(&c);
+    let out = run_timeout(&mut c, None, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{desc} failed ({})\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    s.expect_ping(s.peer_v4(), 3);
+
+    let link = UapiLink::new(&s.id.link_name(), &s.socket());
+    let dump = link.dump();
+    let peer = dump.peer(&s.peer.keys.public).expect("peer listed");
+    assert_eq!(
+        Some(&peer.preshared_key),
+        s.psk.as_ref(),
+        "preshared key over UAPI"
+    );
+    assert_eq!(
+        peer.endpoint,
+        s.peer.endpoint(),
+        "{host} resolved to the peer's address"
+    );
+}
+
+/// The stock `wg` tool, through a symlink in /var/run/wireguard, reads the
+/// running tunnel and changes it.
+#[test]
+fn wg_tool_reads_and_changes_running_tunnel() {
+    let Some(id) = require_root_env("wg_tool_reads_and_changes_running_tunnel") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    s.attach(&["--configure"]);
+    s.expect_ping(s.peer_v4(), 2);
+
+    let link = UapiLink::new(&s.id.link_name(), &s.socket());
+    let dump = link.dump();
+    assert_eq!(dump.public_key, s.client_keys.public, "{dump:?}");
+    let peer = dump
+        .peer(&s.peer.keys.public)
+        .unwrap_or_else(|| panic!("peer not in dump: {dump:?}"));
+    assert_eq!(peer.endpoint, s.peer.endpoint());
+    assert!(peer.latest_handshake > 0, "no handshake recorded: {peer:?}");
+    assert!(peer.rx_bytes > 0 && peer.tx_bytes > 0, "{peer:?}");
+    assert_eq!(
+        sorted(peer.allowed_ips.clone()),
+        sorted(s.config.allowed_ips.clone())
+    );
+    assert_eq!(peer.persistent_keepalive, None);
+
+    let new_allowed = vec![
+        format!("{}/32", s.peer.tunnel_v4),
+        format!("{}/128", s.peer.tunnel_v6),
+        format!("{}/32", s.id.extra_v4()),
+    ];
+    run_ok(&mut cmd(
+        "wg",
+        [
+            "set",
+            &link.name,
+            "peer",
+            &s.peer.keys.public,
+            "persistent-keepalive",
+            "17",
+            "allowed-ips",
+            &new_allowed.join(","),
+        ],
+    ));
+    let dump = link.dump();
+    let peer = dump.peer(&s.peer.keys.public).expect("peer still listed");
+    assert_eq!(peer.persistent_keepalive, Some(17), "{peer:?}");
+    assert_eq!(sorted(peer.allowed_ips.clone()), sorted(new_allowed));
+
+    s.expect_ping(s.peer_v4(), 2);
+    s.expect_ping(s.peer_v6(), 2);
+}
+
+/// `--foreground`: when the target exits, our process exits within 2 s and
+/// removes its socket.
+#[test]
+fn exits_when_target_exits() {
+    let Some(id) = require_root_env("exits_when_target_exits") else {
+        return;
+    };
+    let mut s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.expect_ping(s.peer_v4(), 1);
+
+    let t = Instant::now();
+    s.target.kill();
+    let status = fg.wait_exit(EXIT_BUDGET + EXIT_SLACK);
+    let took = t.elapsed();
+    assert!(
+        status.is_some(),
+        "still running {took:?} after its target exited\n--- its output ---\n{}",
+        fg.log()
+    );
+    assert!(
+        gone(&s.socket()),
+        "{} left behind after exit ({status:?})",
+        s.socket().display()
+    );
+    eprintln!("exits_when_target_exits: exited ({status:?}) {took:?} after the target was killed");
+}
+
+/// Background mode: the command returns promptly with its stdio released, the
+/// tunnel works, and when the target exits the daemon goes within 2 s, socket
+/// and all.
+#[test]
+fn exits_when_target_exits_background() {
+    let Some(id) = require_root_env("exits_when_target_exits_background") else {
+        return;
+    };
+    let mut s = Scenario::new(id, ScenarioOpts::default());
+    let mut c = s.command(s.target.pid(), &["--configure"]);
+    let desc = describe(&c);
+    let t0 = Instant::now();
+    let out = match run_timeout(&mut c, None, Duration::from_secs(20)) {
+        Ok(out) => out,
+        Err(e @ RunError::PipesHeld { .. }) => panic!("stdio not detached: {e}"),
+        Err(e) => panic!("{e}"),
+    };
+    let returned = t0.elapsed();
+    assert!(
+        out.status.success(),
+        "{desc} failed ({})\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(!gone(&s.socket()), "no socket after a successful start");
+    s.expect_ping(s.peer_v4(), 1);
+    let running = instances(s.dir.path());
+    assert!(
+        !running.is_empty(),
+        "no process executing {} with {} in its command line: the daemon is gone, \
+         or /proc scanning is broken",
+        binary().display(),
+        s.dir.path().display()
+    );
+
+    let t = Instant::now();
+    s.target.kill();
+    let socket = s.socket();
+    let done = wait_for(EXIT_BUDGET + EXIT_SLACK, || {
+        gone(&socket) && instances(s.dir.path()).is_empty()
+    });
+    let took = t.elapsed();
+    assert!(
+        done,
+        "{took:?} after the target exited: socket gone: {}, still running: {:?}",
+        gone(&socket),
+        instances(s.dir.path())
+    );
+    eprintln!(
+        "exits_when_target_exits_background: command returned after {returned:?}; \
+         daemon(s) {running:?} gone {took:?} after the target was killed"
+    );
+}
+
+/// A second instance on the same `--tmpdir` and IFNAME (another target) fails
+/// clearly, leaves no TUN in its target, and does not disturb the first.
+#[test]
+fn second_instance_same_socket_fails() {
+    let Some(id) = require_root_env("second_instance_same_socket_fails") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    s.attach(&["--configure"]);
+    s.expect_ping(s.peer_v4(), 1);
+
+    let second = Target::spawn();
+    let mut c = s.command(second.pid(), &["--configure"]);
+    let t = Instant::now();
+    let out = run_timeout(&mut c, None, Duration::from_secs(10)).unwrap_or_else(|e| panic!("{e}"));
+    let took = t.elapsed();
+    let stderr = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "second instance succeeded:\n{stderr}"
+    );
+    let socket = s.socket().display().to_string();
+    assert!(
+        stderr.contains(&socket),
+        "error does not name {socket}:\n{stderr}"
+    );
+    let lower = stderr.to_lowercase();
+    assert!(
+        lower.contains("in use") || lower.contains("already"),
+        "error does not say the socket is in use:\n{stderr}"
+    );
+
+    assert!(
+        !gone(&s.socket()),
+        "the first instance's socket was removed"
+    );
+    s.expect_ping(s.peer_v4(), 2);
+    let link = UapiLink::new(&s.id.link_name(), &s.socket());
+    let dump = link.dump();
+    assert_eq!(
+        dump.public_key, s.client_keys.public,
+        "the socket no longer leads to the first instance"
+    );
+
+    let no_tun = wait_for(EXIT_BUDGET, || {
+        !run(&mut second.cmd("ip", ["link", "show", "dev", &s.ifname]))
+            .status
+            .success()
+    });
+    assert!(
+        no_tun,
+        "{} left behind in the second target:\n{}",
+        s.ifname,
+        text(&run(&mut second.cmd("ip", ["link"])).stdout)
+    );
+    eprintln!(
+        "second_instance_same_socket_fails: refused after {took:?} ({}): {}",
+        out.status,
+        stderr.trim()
+    );
+}
+
+fn signal_stops_and_cleans_up(test: &str, sig: Signal) {
+    let Some(id) = require_root_env(test) else {
+        return;
+    };
+    let mut s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.expect_ping(s.peer_v4(), 1);
+
+    let t = Instant::now();
+    fg.signal(sig);
+    let status = fg.wait_exit(EXIT_BUDGET + EXIT_SLACK);
+    let took = t.elapsed();
+    assert!(
+        status.is_some(),
+        "still running {took:?} after {sig}\n--- its output ---\n{}",
+        fg.log()
+    );
+    assert!(
+        gone(&s.socket()),
+        "{} left behind after {sig} ({status:?})",
+        s.socket().display()
+    );
+    assert!(s.target.is_alive(), "the target died with our process");
+    eprintln!("{test}: exited ({status:?}) {took:?} after {sig}");
+}
+
+/// `--foreground` instance, SIGTERM by PID: exits within 2 s, socket gone.
+#[test]
+fn sigterm_stops_and_cleans_up() {
+    signal_stops_and_cleans_up("sigterm_stops_and_cleans_up", Signal::SIGTERM);
+}
+
+/// The same for SIGINT (Ctrl-C).
+#[test]
+fn sigint_stops_and_cleans_up() {
+    signal_stops_and_cleans_up("sigint_stops_and_cleans_up", Signal::SIGINT);
+}
+
+/// Deleting the interface inside the namespace ends the tunnel: our process
+/// exits within 2 s and removes its socket; the target lives on.
+#[test]
+fn exits_when_interface_is_deleted() {
+    let Some(id) = require_root_env("exits_when_interface_is_deleted") else {
+        return;
+    };
+    let mut s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.expect_ping(s.peer_v4(), 1);
+
+    let t = Instant::now();
+    s.target.ip_ok(["link", "del", "dev", &s.ifname]);
+    let status = fg.wait_exit(EXIT_BUDGET + EXIT_SLACK);
+    let took = t.elapsed();
+    assert!(
+        status.is_some(),
+        "still running {took:?} after its interface was deleted\n--- its output ---\n{}",
+        fg.log()
+    );
+    assert!(
+        gone(&s.socket()),
+        "{} left behind after the interface was deleted ({status:?})",
+        s.socket().display()
+    );
+    assert!(s.target.is_alive(), "the target died with the interface");
+    eprintln!("exits_when_interface_is_deleted: exited ({status:?}) {took:?} after `ip link del`");
+}
