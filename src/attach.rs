@@ -17,7 +17,7 @@ use ipnetwork::IpNetwork;
 use crate::cli::{AttachArgs, NetnsType};
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::lifecycle::{self, DaemonOutcome, Daemonized, Notifier, PidFd, StopReason};
+use crate::lifecycle::{self, DaemonOutcome, Daemonized, Janitor, Notifier, PidFd, StopReason};
 use crate::netns::{self, Configure, Target, TunRequest};
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
@@ -141,6 +141,7 @@ struct Prepared {
     tun: OwnedFd,
     socket: UapiSocket,
     pidfd: Option<PidFd>,
+    janitor: Janitor,
 }
 
 fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
@@ -153,6 +154,9 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
         Target::Path { .. } => None,
     };
     let socket = UapiSocket::bind(&plan.socket_dir, &plan.ifname)?;
+    // Forked before the TUN exists, so it never holds the interface open.
+    let janitor = Janitor::spawn(&socket.raw_fds(), || socket.remove_files())
+        .context("cannot start the cleanup process")?;
     let routes = routes(&plan.config);
     let request = TunRequest {
         ifname: &plan.ifname,
@@ -163,7 +167,12 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
         }),
     };
     let tun = netns::create_tun_in(&ns, &request)?;
-    Ok(Prepared { tun, socket, pidfd })
+    Ok(Prepared {
+        tun,
+        socket,
+        pidfd,
+        janitor,
+    })
 }
 
 fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Result<()> {
@@ -173,7 +182,12 @@ fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Re
         .build()
         .context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
-        let Prepared { tun, socket, pidfd } = prepared;
+        let Prepared {
+            tun,
+            socket,
+            pidfd,
+            janitor,
+        } = prepared;
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
@@ -209,6 +223,7 @@ fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Re
         // engine's tasks die with the runtime below, and the TUN with our fd.
         drop(engine);
         drop(socket);
+        janitor.dismiss();
         if reason == StopReason::EngineFailed {
             bail!("{} stopped: {reason}", plan.ifname);
         }

@@ -15,11 +15,11 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid};
+use nix::unistd::{ForkResult, Pid, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid};
 use tokio::io::unix::AsyncFd;
 
 const READY: &[u8] = b"ready";
@@ -122,6 +122,184 @@ pub fn daemonize() -> io::Result<Daemonized> {
             Ok(Daemonized::Daemon(Notifier {
                 pipe: Some(File::from(write_end)),
             }))
+        }
+    }
+}
+
+/// A forked process that cleans up after us if we die without doing it
+/// ourselves (SIGKILL, a crash): it holds the read end of a pipe whose only
+/// writer is us, so our death, however it happens, is an end-of-file there.
+///
+/// It closes every inherited descriptor except the ones its cleanup needs, so it
+/// never keeps a pipe, a terminal or the TUN open on our behalf, and it ignores
+/// the signals a terminal sends to the whole process group: it lives exactly as
+/// long as we do.
+#[derive(Debug)]
+pub struct Janitor {
+    pipe: Option<File>,
+    pid: Pid,
+}
+
+const DISMISS: &[u8] = b"d";
+
+impl Janitor {
+    /// Fork the janitor. `cleanup` runs in it if we die without calling
+    /// [`Janitor::dismiss`]; `keep` lists the descriptors `cleanup` uses.
+    ///
+    /// Must be called while the process is single-threaded.
+    pub fn spawn(keep: &[RawFd], cleanup: impl FnOnce()) -> io::Result<Self> {
+        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
+        // SAFETY: called before any thread exists (the callers fork before the
+        // tokio runtime starts), so the child is a consistent copy; it never
+        // returns into the caller and ends in `_exit`.
+        match unsafe { fork() }? {
+            ForkResult::Parent { child } => Ok(Self {
+                pipe: Some(File::from(write_end)),
+                pid: child,
+            }),
+            ForkResult::Child => {
+                drop(write_end);
+                let mut keep = keep.to_vec();
+                keep.push(read_end.as_raw_fd());
+                janitor_main(File::from(read_end), &keep, cleanup)
+            }
+        }
+    }
+
+    /// We cleaned up ourselves: tell the janitor to leave without doing
+    /// anything, and reap it.
+    pub fn dismiss(mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(DISMISS);
+        }
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+        // signal context.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        let _ = dup2_stdin(&null);
+        let _ = dup2_stdout(&null);
+        let _ = dup2_stderr(&null);
+        drop(null);
+        close_all_except(keep);
+    } else {
+        // Without /dev/null, keep stdio rather than closing it into thin air.
+        let mut keep = keep.to_vec();
+        keep.extend([0, 1, 2]);
+        close_all_except(&keep);
+    }
+    let mut answer = [0u8; 1];
+    let dismissed = loop {
+        match pipe.read(&mut answer) {
+            Ok(n) => break n == 1 && answer == DISMISS,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break false,
+        }
+    };
+    if !dismissed {
+        cleanup();
+    }
+    // SAFETY: `_exit` ends the janitor without running destructors of the
+    // parent's objects, whose descriptors were closed above.
+    unsafe { libc::_exit(0) }
+}
+
+/// Close every descriptor of this process above stderr that is not in `keep`.
+fn close_all_except(keep: &[RawFd]) {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = dir
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: only called in the janitor, which never returns to code
+            // that owns these descriptors (it ends in `_exit`), so closing them
+            // behind their owners' backs cannot cause a double close. The fd of
+            // the directory listing itself is already closed and gives EBADF.
+            unsafe { libc::close(fd) };
+        }
+    }
+}
+
+/// Is this process single-threaded? (`/proc/self/task` has one entry per thread.)
+pub fn single_threaded() -> bool {
+    std::fs::read_dir("/proc/self/task")
+        .map(|dir| dir.count() == 1)
+        .unwrap_or(false)
+}
+
+/// `fork()`, refused unless the process is single-threaded, so the child is a
+/// consistent copy that may allocate and take locks.
+pub fn fork_before_threads() -> io::Result<ForkResult> {
+    if !single_threaded() {
+        return Err(io::Error::other(
+            "internal error: fork after threads were started",
+        ));
+    }
+    // SAFETY: the process is single-threaded (checked above), so no lock can be
+    // held by a thread that does not exist in the child.
+    Ok(unsafe { fork() }?)
+}
+
+/// End a forked child at once, without running destructors or atexit handlers
+/// that belong to the parent's objects.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` is async-signal-safe and touches no Rust state.
+    unsafe { libc::_exit(code) }
+}
+
+/// `--ready-fd N`: a descriptor the caller gave us, written "1" once when the
+/// tunnel is up, then closed (slirp4netns' convention).
+#[derive(Debug)]
+pub struct ReadyFd {
+    file: File,
+}
+
+impl ReadyFd {
+    /// Take ownership of descriptor `fd`; `flag` names it in errors. It is made
+    /// close-on-exec so the command of `run` does not inherit it.
+    pub fn take(fd: RawFd, flag: &str) -> io::Result<Self> {
+        let not_open = || {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{flag} {fd} is not an open file descriptor"),
+            )
+        };
+        if fd < 0 {
+            return Err(not_open());
+        }
+        // SAFETY: F_GETFD only reads the descriptor flags; an unused number
+        // gives EBADF, which is the check.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(not_open());
+        }
+        // SAFETY: as above; sets FD_CLOEXEC on a descriptor that is open.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+        // SAFETY: the descriptor is open and was handed to us by the caller to
+        // own (write once, close); nothing else in this process uses it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        Ok(Self { file })
+    }
+
+    /// Write "1" and close.
+    pub fn notify(mut self) {
+        if let Err(e) = self.file.write_all(b"1") {
+            tracing::warn!("cannot write to the ready fd: {e}");
         }
     }
 }

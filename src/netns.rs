@@ -229,20 +229,13 @@ pub fn make_tun_here(req: &TunRequest<'_>) -> Result<OwnedFd, String> {
     Ok(fd)
 }
 
-/// Is this process single-threaded? (`/proc/self/task` has one entry per thread.)
-fn single_threaded() -> bool {
-    fs::read_dir("/proc/self/task")
-        .map(|dir| dir.count() == 1)
-        .unwrap_or(false)
-}
-
 const REPLY_OK: &[u8] = b"ok";
 const REPLY_ERR: &[u8] = b"err:";
 
 /// Fork a helper that joins `ns`, creates the TUN as asked and sends its
 /// descriptor back. Must be called before any thread exists.
 pub fn create_tun_in(ns: &Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, NetnsError> {
-    if !single_threaded() {
+    if !crate::lifecycle::single_threaded() {
         return Err(NetnsError::Threaded);
     }
     let (parent_end, child_end) = fdpass::channel_pair().map_err(NetnsError::Spawn)?;

@@ -426,6 +426,20 @@ impl UapiSocket {
         &self.socket_file.path
     }
 
+    /// Remove the socket and lock files now, each only if the path still names
+    /// the file we created; the descriptors stay open. For a forked janitor
+    /// that cleans up after a process that died without dropping its socket.
+    pub fn remove_files(&self) {
+        self.socket_file.remove_if_ours();
+        self.lock.path.remove_if_ours();
+    }
+
+    /// The descriptors this socket holds (listener and lock), for a forked
+    /// process that must keep them while closing everything else.
+    pub fn raw_fds(&self) -> [std::os::fd::RawFd; 2] {
+        [self.listener.as_raw_fd(), self.lock.file.as_raw_fd()]
+    }
+
     /// The interface name the socket serves.
     pub fn ifname(&self) -> &str {
         &self.ifname
@@ -508,9 +522,15 @@ impl OwnedPath {
 
 impl Drop for OwnedPath {
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.remove_if_ours();
         }
+    }
+}
+
+impl OwnedPath {
+    /// Remove the file if the path still names the one we created.
+    fn remove_if_ours(&self) {
         let path = self.path.display();
         match fs::symlink_metadata(&self.path) {
             Ok(meta) if FileId::of(&meta) == self.id => match fs::remove_file(&self.path) {
@@ -533,7 +553,7 @@ struct LockFile {
     // descriptor, which releases the lock once no other process (a forked
     // child) shares it.
     path: OwnedPath,
-    _file: File,
+    file: File,
 }
 
 /// Accepts what Linux accepts as an interface name (`dev_valid_name` in
@@ -664,7 +684,7 @@ fn acquire_lock(dir: &Path, ifname: &str) -> Result<LockFile, UapiError> {
             Ok(named) if FileId::of(&named) == FileId::of(&locked) => {
                 return Ok(LockFile {
                     path: OwnedPath::new(path, &locked),
-                    _file: file,
+                    file,
                 });
             }
             // The previous owner unlinked it between our open and our lock.
