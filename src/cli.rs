@@ -25,18 +25,65 @@ pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    /// Log level: error, warn, info, debug, trace, or a tracing filter
+    /// [default: $RUST_LOG, else info; warn for `run`]
+    #[arg(long, value_name = "LEVEL", global = true)]
+    pub log_level: Option<String>,
+
     #[command(flatten)]
     pub attach: AttachArgs,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a command in new namespaces whose only network is the tunnel.
+    ///
+    /// Makes a user, network and mount namespace, gives it the TUN interface with
+    /// the config's addresses, routes, MTU and DNS servers, starts the engine,
+    /// then runs CMD there with your terminal, environment and working
+    /// directory. Exits with CMD's status (128+N if a signal N killed it).
+    Run(RunArgs),
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Print a new preshared key (base64), like `wg genpsk`.
     Genpsk,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
     Pubkey,
+}
+
+/// The `run` form.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// WireGuard configuration file (wg-quick format)
+    #[arg(short, long, value_name = "CONFIG")]
+    pub config: PathBuf,
+
+    /// Name of the interface inside [default: the config file's name, as
+    /// wg-quick does, else wg0]
+    #[arg(long, value_name = "IFNAME")]
+    pub ifname: Option<String>,
+
+    /// Directory for the UAPI socket IFNAME.sock (as for the attach form)
+    #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
+    pub tmpdir: Option<PathBuf>,
+
+    /// Run CMD as root inside its user namespace (like `unshare -r`), allowed to
+    /// change the namespace's network; by default it runs as your own uid
+    #[arg(long)]
+    pub map_root: bool,
+
+    /// Write "1" to this file descriptor once the tunnel is up, then close it
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<i32>,
+
+    /// The command and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// How TARGET names the namespace to attach to.
@@ -74,11 +121,6 @@ pub struct AttachArgs {
     /// [default: its owner, found by the kernel]
     #[arg(long, value_name = "PATH")]
     pub userns_path: Option<PathBuf>,
-
-    /// Log level: error, warn, info, debug, trace, or a tracing filter
-    /// [default: $RUST_LOG, else info]
-    #[arg(long, value_name = "LEVEL")]
-    pub log_level: Option<String>,
 
     /// PID of a process in the target namespaces, or a namespace path
     #[arg(required = true)]

@@ -18,5 +18,6 @@ pub mod keys;
 pub mod lifecycle;
 pub mod netlink;
 pub mod netns;
+pub mod run;
 pub mod tun;
 pub mod uapi;

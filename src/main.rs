@@ -16,10 +16,14 @@ use wireguard4netns::keys::{self, Key};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let log_level = cli.attach.log_level.clone();
-    init_logging(log_level.as_deref());
+    let default_level = match cli.command {
+        // The command owns the terminal: only say something when it matters.
+        Some(Command::Run(_)) => "warn",
+        _ => "info",
+    };
+    init_logging(cli.log_level.as_deref(), default_level);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("wireguard4netns: {e:#}");
             ExitCode::FAILURE
@@ -27,14 +31,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, default_level: &str) {
     let filter = match level {
         Some(level) => EnvFilter::try_new(level),
-        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new("info")),
+        None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(default_level)),
     };
     let filter = filter.unwrap_or_else(|e| {
         eprintln!("wireguard4netns: ignoring invalid log level: {e}");
-        EnvFilter::new("info")
+        EnvFilter::new(default_level)
     });
     // netlink-packet-route warns about every attribute newer than itself.
     let filter = match "netlink_packet_route=error".parse() {
@@ -49,10 +53,11 @@ fn init_logging(level: Option<&str>) {
         .init();
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
-        Some(Command::Genkey) => print_key(&keys::generate_private()),
-        Some(Command::Genpsk) => print_key(&keys::generate_preshared()),
+        Some(Command::Run(args)) => wireguard4netns::run::exec(&args),
+        Some(Command::Genkey) => print_key(&keys::generate_private()).map(|()| 0),
+        Some(Command::Genpsk) => print_key(&keys::generate_preshared()).map(|()| 0),
         Some(Command::Pubkey) => {
             let mut input = String::new();
             std::io::stdin()
@@ -63,11 +68,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .trim()
                 .parse()
                 .context("stdin does not hold a private key")?;
-            print_key(&keys::public_from_private(&key))
+            print_key(&keys::public_from_private(&key)).map(|()| 0)
         }
         None => {
             let plan = Plan::new(&cli.attach)?;
-            attach::exec(plan)
+            attach::exec(plan).map(|()| 0)
         }
     }
 }

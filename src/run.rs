@@ -1,0 +1,487 @@
+//! The `run` form: one command gives a program namespaces whose only network is
+//! the tunnel, the launcher that users of the original had to write themselves.
+//!
+//! Processes, all forked before any thread exists:
+//! - we (the engine) stay in the caller's namespaces, so the UDP socket does too;
+//! - a janitor removes the socket files should we be SIGKILLed;
+//! - the child unshares user+net+mount namespaces, maps the caller's uid and gid
+//!   to root inside (it needs root there to make the TUN, addresses, routes and
+//!   the resolv.conf bind mount), does that, sends us the TUN descriptor, waits
+//!   for "go" (the engine is up), then execs the command. Without `--map-root` it
+//!   first enters a nested user namespace that maps the caller's uid back to
+//!   itself, so the command runs as the caller and holds no capability over the
+//!   network namespace: it cannot take the tunnel down or add a way around it.
+//!
+//! The command keeps our stdio, terminal, environment and working directory.
+//! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it; its exit status is
+//! ours (128+N for a signal N, like a shell). It has `PR_SET_PDEATHSIG` set to
+//! SIGKILL, so it does not outlive us whatever the order of deaths.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use nix::errno::Errno;
+use nix::mount::{MsFlags, mount};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::signal::{Signal, kill};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, execv, getgid, getppid, getuid};
+
+use crate::attach::{resolve_endpoints, routes};
+use crate::cli::RunArgs;
+use crate::config::Config;
+use crate::engine::Engine;
+use crate::fdpass::{self, Channel};
+use crate::lifecycle::{self, Janitor, PidFd, ReadyFd};
+use crate::netns::{self, Configure, TunRequest};
+use crate::tun::{self, TunDevice};
+use crate::uapi::{self, UapiSocket};
+
+const GO: &[u8] = b"go";
+const REPLY_OK: &[u8] = b"ok";
+const REPLY_ERR: &[u8] = b"err:";
+
+/// Exit statuses of a shell that cannot run a command.
+const NOT_FOUND: i32 = 127;
+const NOT_EXECUTABLE: i32 = 126;
+
+/// The interface name: `--ifname`, else the config file's stem when it is a
+/// valid interface name (`wg-quick up vpn.conf` makes `vpn`), else `wg0`.
+fn ifname(args: &RunArgs) -> anyhow::Result<String> {
+    if let Some(name) = &args.ifname {
+        tun::validate_ifname(name)?;
+        return Ok(name.clone());
+    }
+    let stem = args
+        .config
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .filter(|s| tun::validate_ifname(s).is_ok());
+    Ok(stem.unwrap_or("wg0").to_owned())
+}
+
+/// The resolv.conf the command sees, from the config's DNS= servers and search
+/// domains; `None` when the config names no DNS server (the host's file stays).
+fn resolv_conf(config: &Config) -> Option<String> {
+    let iface = &config.interface;
+    if iface.dns.is_empty() && iface.dns_search.is_empty() {
+        return None;
+    }
+    let mut text = String::from("# written by wireguard4netns run from the config's DNS=\n");
+    for server in &iface.dns {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    if !iface.dns_search.is_empty() {
+        text.push_str(&format!("search {}\n", iface.dns_search.join(" ")));
+    }
+    Some(text)
+}
+
+/// Everything the child needs, prepared before the fork.
+struct ChildPlan<'a> {
+    ifname: &'a str,
+    config: &'a Config,
+    routes: Vec<ipnetwork::IpNetwork>,
+    resolv: Option<&'a Path>,
+    map_root: bool,
+    uid: Uid,
+    gid: Gid,
+    command: Vec<CString>,
+}
+
+/// Run `wireguard4netns run` to the end; returns the command's exit status.
+pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
+    let ifname = ifname(args)?;
+    let config = Config::from_file(&args.config)?;
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", args.config.display());
+    }
+    if config.mtu() > tun::MAX_MTU {
+        bail!(
+            "{}: MTU {} is larger than this engine supports ({}); lower it",
+            args.config.display(),
+            config.mtu(),
+            tun::MAX_MTU
+        );
+    }
+    let endpoints =
+        resolve_endpoints(&config).with_context(|| format!("in {}", args.config.display()))?;
+    let ready_fd = args
+        .ready_fd
+        .map(|fd| ReadyFd::take(fd, "--ready-fd"))
+        .transpose()?;
+    let command = args
+        .command
+        .iter()
+        .map(|arg| CString::new(arg.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .context("the command contains a NUL byte")?;
+    if command.is_empty() {
+        bail!("no command given: wireguard4netns run --config CONFIG -- CMD [ARGS…]");
+    }
+
+    let dir = args.tmpdir.clone().unwrap_or_else(uapi::default_dir);
+    let socket = UapiSocket::bind(&dir, &ifname)?;
+    let resolv_path = match resolv_conf(&config) {
+        Some(text) => Some(write_private_file(
+            &dir.join(format!("{ifname}.resolv.conf")),
+            &text,
+        )?),
+        None => None,
+    };
+    let resolv_guard = RemoveOnDrop(resolv_path.clone());
+    let janitor = {
+        let (socket, resolv) = (&socket, resolv_path.clone());
+        Janitor::spawn(&socket.raw_fds(), move || {
+            socket.remove_files();
+            if let Some(path) = &resolv {
+                let _ = fs::remove_file(path);
+            }
+        })
+        .context("cannot start the cleanup process")?
+    };
+
+    let plan = ChildPlan {
+        ifname: &ifname,
+        config: &config,
+        routes: routes(&config),
+        resolv: resolv_path.as_deref(),
+        map_root: args.map_root,
+        uid: getuid(),
+        gid: getgid(),
+        command,
+    };
+    let (ours, theirs) = fdpass::channel_pair().context("cannot make a socketpair")?;
+    let parent = nix::unistd::getpid();
+    // The child never returns: it execs the command or exits.
+    let child = match lifecycle::fork_before_threads().context("cannot fork")? {
+        ForkResult::Child => {
+            drop(ours);
+            child_main(&plan, &theirs, parent)
+        }
+        ForkResult::Parent { child } => child,
+    };
+    drop(theirs);
+    let result = parent_main(&plan, &ours, child, &socket, &endpoints, ready_fd);
+    drop(socket);
+    drop(resolv_guard);
+    janitor.dismiss();
+    result
+}
+
+/// Removes a file of ours when dropped.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// Write `text` to a new file readable by all (it is bind-mounted as
+/// /etc/resolv.conf, which every program must read).
+fn write_private_file(path: &Path, text: &str) -> anyhow::Result<PathBuf> {
+    let _ = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(text.as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path.to_owned())
+}
+
+fn parent_main(
+    plan: &ChildPlan<'_>,
+    channel: &Channel,
+    child: Pid,
+    socket: &UapiSocket,
+    endpoints: &[Option<std::net::SocketAddr>],
+    ready_fd: Option<ReadyFd>,
+) -> anyhow::Result<u8> {
+    let reply = channel.recv();
+    let tun_fd: OwnedFd = match reply {
+        Ok(Some(msg)) if msg.data == REPLY_OK && msg.fd.is_some() => msg.fd.context("no fd")?,
+        Ok(Some(msg)) if msg.data.starts_with(REPLY_ERR) => {
+            let _ = waitpid(child, None);
+            bail!("{}", String::from_utf8_lossy(&msg.data[REPLY_ERR.len()..]));
+        }
+        other => {
+            let status = wait_status(child);
+            bail!("the namespace child ended before setting up the tunnel ({status:?}, {other:?})");
+        }
+    };
+    // Watch the child from now on; a pidfd cannot be fooled by PID reuse.
+    let pidfd = PidFd::open(child.as_raw()).context("cannot watch the command")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let engine = runtime.block_on(async {
+        let tun = TunDevice::new(tun_fd, plan.config.mtu())?;
+        let (client, server) = gotatun::device::uapi::UapiServer::new();
+        let engine = Engine::start(tun, plan.config, endpoints, server).await?;
+        let serving = uapi::serve(socket, client)?;
+        anyhow::Ok((engine, serving))
+    });
+    let (engine, serving) = match engine {
+        Ok(running) => running,
+        Err(e) => {
+            // The child waits for "go"; closing the channel makes it exit.
+            let _ = kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(e);
+        }
+    };
+    channel.send(GO, None).context("cannot start the command")?;
+    if let Some(ready) = ready_fd {
+        ready.notify();
+    }
+    tracing::info!(
+        "{} is up; UAPI socket {}; running {:?}",
+        plan.ifname,
+        socket.path().display(),
+        plan.command
+    );
+
+    runtime.block_on(async {
+        let exited = pidfd.exited();
+        tokio::pin!(exited);
+        loop {
+            tokio::select! {
+                _ = &mut exited => break,
+                signal = lifecycle::termination_signal() => match signal {
+                    Ok(name) => forward(child, name),
+                    Err(e) => {
+                        tracing::warn!("cannot watch signals: {e}");
+                        std::future::pending::<()>().await;
+                    }
+                },
+            }
+        }
+    });
+    // Inside the runtime: the engine's drop hands its shutdown to the runtime.
+    runtime.block_on(async move {
+        drop(serving);
+        drop(engine);
+    });
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    Ok(exit_code(wait_status(child)))
+}
+
+fn forward(child: Pid, name: &str) {
+    let signal = match name {
+        "SIGINT" => Signal::SIGINT,
+        "SIGHUP" => Signal::SIGHUP,
+        _ => Signal::SIGTERM,
+    };
+    tracing::info!("forwarding {name} to the command");
+    let _ = kill(child, signal);
+}
+
+/// Reap the child. `StillAlive` stands for "no status" (already reaped).
+fn wait_status(child: Pid) -> WaitStatus {
+    loop {
+        match waitpid(child, None) {
+            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return status,
+            Ok(_) | Err(Errno::EINTR) => continue,
+            Err(_) => return WaitStatus::StillAlive,
+        }
+    }
+}
+
+/// A shell's convention: the exit code, or 128+N for death by signal N.
+fn exit_code(status: WaitStatus) -> u8 {
+    match status {
+        WaitStatus::Exited(_, code) => u8::try_from(code).unwrap_or(1),
+        WaitStatus::Signaled(_, sig, _) => 128u8.saturating_add(sig as u8),
+        _ => 1,
+    }
+}
+
+/// The child: make the namespaces, the TUN and the resolv.conf, hand the TUN
+/// over, wait for "go", exec the command. Never returns.
+fn child_main(plan: &ChildPlan<'_>, channel: &Channel, parent: Pid) -> ! {
+    // Die with the engine, and don't start if it is already gone.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if getppid() != parent {
+        lifecycle::exit_now(1);
+    }
+    match setup_namespaces(plan) {
+        Ok(fd) => {
+            if channel.send(REPLY_OK, Some(fd.as_fd())).is_err() {
+                lifecycle::exit_now(1);
+            }
+        }
+        Err(msg) => {
+            let mut reply = REPLY_ERR.to_vec();
+            reply.extend_from_slice(msg.as_bytes());
+            reply.truncate(fdpass::MAX_MESSAGE);
+            let _ = channel.send(&reply, None);
+            lifecycle::exit_now(1);
+        }
+    }
+    // The engine answers "go" once it is up, or closes the channel.
+    match channel.recv() {
+        Ok(Some(msg)) if msg.data == GO => {}
+        _ => lifecycle::exit_now(1),
+    }
+    if !plan.map_root
+        && let Err(msg) = become_caller(plan.uid, plan.gid)
+    {
+        eprintln!("wireguard4netns: {msg}");
+        lifecycle::exit_now(1);
+    }
+    // Credential changes clear the parent-death signal: set it again.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if getppid() != parent {
+        lifecycle::exit_now(1);
+    }
+    let (code, why) = exec_command(&plan.command);
+    eprintln!(
+        "wireguard4netns: {}: {why}",
+        plan.command[0].to_string_lossy()
+    );
+    lifecycle::exit_now(code)
+}
+
+/// Exec the command the way a shell does, and on failure return the shell's
+/// status and message: 127 when no such command exists, 126 when it exists but
+/// cannot be executed. (`execvp` alone would say EACCES for a missing command
+/// whenever some PATH directory is unreadable to us, and 126 for it.)
+fn exec_command(command: &[CString]) -> (i32, String) {
+    let program = &command[0];
+    let name = program.as_bytes();
+    let candidates: Vec<CString> = if name.contains(&b'/') {
+        vec![program.clone()]
+    } else {
+        let path =
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+        path.as_bytes()
+            .split(|&b| b == b':')
+            .map(|dir| {
+                let dir = if dir.is_empty() { &b"."[..] } else { dir };
+                let mut full = dir.to_vec();
+                full.push(b'/');
+                full.extend_from_slice(name);
+                full
+            })
+            .filter_map(|full| CString::new(full).ok())
+            .collect()
+    };
+    let mut found = None;
+    for candidate in &candidates {
+        let path = Path::new(std::ffi::OsStr::from_bytes(candidate.as_bytes()));
+        if !path.is_file() {
+            continue;
+        }
+        let Err(err) = execv(candidate, command);
+        found.get_or_insert(err);
+    }
+    match found {
+        None if name.contains(&b'/') && !Path::new(std::ffi::OsStr::from_bytes(name)).exists() => {
+            (NOT_FOUND, "no such file or directory".to_owned())
+        }
+        None if name.contains(&b'/') => (NOT_EXECUTABLE, "is not a regular file".to_owned()),
+        None => (NOT_FOUND, "command not found".to_owned()),
+        Some(err) => (NOT_EXECUTABLE, format!("cannot execute: {}", err.desc())),
+    }
+}
+
+/// In the child: new user+net+mount namespaces with the caller mapped to root,
+/// then the TUN, ICMP, and the resolv.conf.
+fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
+    unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
+        .map_err(|e| match e {
+            Errno::EPERM | Errno::ENOSPC | Errno::EUSERS => format!(
+                "cannot create a user namespace: {} (hint: unprivileged user namespaces are disabled; as root: sysctl -w user.max_user_namespaces=28633, and kernel.unprivileged_userns_clone=1 where that exists)",
+                e.desc()
+            ),
+            other => format!("cannot create namespaces: {}", other.desc()),
+        })?;
+    write_id_maps(0, plan.uid.as_raw(), 0, plan.gid.as_raw())?;
+
+    // Our mounts stay ours: nothing propagates back to the host.
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| format!("cannot make the mount namespace private: {}", e.desc()))?;
+
+    // Unprivileged ICMP (`ping` without setuid or CAP_NET_RAW) for our gid,
+    // which is gid 0 of this user namespace.
+    fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0")
+        .map_err(|e| format!("cannot allow ping in the namespace: {e}"))?;
+
+    let request = TunRequest {
+        ifname: plan.ifname,
+        mtu: plan.config.mtu(),
+        configure: Some(Configure {
+            addresses: &plan.config.interface.addresses,
+            routes: &plan.routes,
+        }),
+    };
+    let fd = netns::make_tun_here(&request)?;
+
+    if let Some(resolv) = plan.resolv {
+        mount(
+            Some(resolv),
+            "/etc/resolv.conf",
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| {
+            format!(
+                "cannot bind-mount {} over /etc/resolv.conf: {}",
+                resolv.display(),
+                e.desc()
+            )
+        })?;
+    }
+    Ok(fd)
+}
+
+/// Enter a nested user namespace in which the caller is themselves again.
+fn become_caller(uid: Uid, gid: Gid) -> Result<(), String> {
+    unshare(CloneFlags::CLONE_NEWUSER)
+        .map_err(|e| format!("cannot drop root in the namespace: {}", e.desc()))?;
+    write_id_maps(uid.as_raw(), 0, gid.as_raw(), 0)
+}
+
+/// Map one uid and one gid into the user namespace we just made. A process may
+/// map its own ids without privilege once `setgroups` is denied.
+fn write_id_maps(
+    inside_uid: u32,
+    outside_uid: u32,
+    inside_gid: u32,
+    outside_gid: u32,
+) -> Result<(), String> {
+    let write = |file: &str, text: String| {
+        fs::write(file, &text).map_err(|e| format!("cannot write {file} ({}): {e}", text.trim()))
+    };
+    write("/proc/self/setgroups", "deny".to_owned())?;
+    write(
+        "/proc/self/uid_map",
+        format!("{inside_uid} {outside_uid} 1\n"),
+    )?;
+    write(
+        "/proc/self/gid_map",
+        format!("{inside_gid} {outside_gid} 1\n"),
+    )
+}
