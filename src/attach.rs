@@ -17,7 +17,9 @@ use ipnetwork::IpNetwork;
 use crate::cli::{AttachArgs, NetnsType};
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::lifecycle::{self, DaemonOutcome, Daemonized, Janitor, Notifier, PidFd, StopReason};
+use crate::lifecycle::{
+    self, DaemonOutcome, Daemonized, ExitFd, Janitor, Notifier, PidFd, ReadyFd, StopReason,
+};
 use crate::netns::{self, Configure, Target, TunRequest};
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
@@ -32,6 +34,8 @@ pub struct Plan {
     pub socket_dir: PathBuf,
     pub configure: bool,
     pub foreground: bool,
+    pub ready_fd: Option<ReadyFd>,
+    pub exit_fd: Option<ExitFd>,
 }
 
 /// Parse a TARGET argument the way `--netns-type` says.
@@ -111,6 +115,14 @@ impl Plan {
             socket_dir: args.tmpdir.clone().unwrap_or_else(uapi::default_dir),
             configure: args.configure,
             foreground: args.foreground,
+            ready_fd: args
+                .ready_fd
+                .map(|fd| ReadyFd::take(fd, "--ready-fd"))
+                .transpose()?,
+            exit_fd: args
+                .exit_fd
+                .map(|fd| ExitFd::take(fd, "--exit-fd"))
+                .transpose()?,
         })
     }
 }
@@ -118,7 +130,7 @@ impl Plan {
 /// Run the attach form to the end. In background mode the original process
 /// returns once the daemon says the tunnel is up (or why it is not); the daemon
 /// returns when it stops.
-pub fn exec(plan: Plan) -> anyhow::Result<()> {
+pub fn exec(mut plan: Plan) -> anyhow::Result<()> {
     let mut notifier = if plan.foreground {
         Notifier::foreground()
     } else {
@@ -128,7 +140,8 @@ pub fn exec(plan: Plan) -> anyhow::Result<()> {
             Daemonized::Original(DaemonOutcome::Failed(msg)) => bail!("{msg}"),
         }
     };
-    let result = prepare(&plan).and_then(|prepared| serve(&plan, prepared, &mut notifier));
+    let fds = (plan.ready_fd.take(), plan.exit_fd.take());
+    let result = prepare(&plan).and_then(|prepared| serve(&plan, prepared, fds, &mut notifier));
     if let Err(e) = &result {
         notifier.fail(&format!("{e:#}"));
     }
@@ -175,7 +188,12 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
     })
 }
 
-fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Result<()> {
+fn serve(
+    plan: &Plan,
+    prepared: Prepared,
+    (ready_fd, exit_fd): (Option<ReadyFd>, Option<ExitFd>),
+    notifier: &mut Notifier,
+) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -191,6 +209,7 @@ fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Re
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
+        tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let _uapi = uapi::serve(&socket, client)?;
         tracing::info!(
             "{} is up in {}; UAPI socket {}",
@@ -199,6 +218,18 @@ fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Re
             socket.path().display()
         );
         notifier.ready();
+        if let Some(ready) = ready_fd {
+            ready.notify();
+        }
+        let exit_requested = async {
+            match exit_fd {
+                // An error polling it is treated as a request to stop.
+                Some(fd) => {
+                    let _ = fd.closed().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
 
         let target_exit = async {
             match pidfd {
@@ -215,6 +246,7 @@ fn serve(plan: &Plan, prepared: Prepared, notifier: &mut Notifier) -> anyhow::Re
         let reason = tokio::select! {
             reason = target_exit => reason,
             () = tun.gone() => StopReason::InterfaceDeleted,
+            () = exit_requested => StopReason::ExitFd,
             () = engine.failed() => StopReason::EngineFailed,
             signal = lifecycle::termination_signal() => StopReason::Signal(signal?),
         };

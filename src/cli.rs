@@ -113,6 +113,14 @@ pub struct AttachArgs {
     #[arg(long)]
     pub foreground: bool,
 
+    /// Write "1" to this file descriptor once the tunnel is up, then close it
+    #[arg(long, value_name = "N")]
+    pub ready_fd: Option<i32>,
+
+    /// Stop when this file descriptor is written to or closed
+    #[arg(long, value_name = "N")]
+    pub exit_fd: Option<i32>,
+
     /// What TARGET is
     #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
     pub netns_type: NetnsType,

@@ -263,37 +263,44 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-/// `--ready-fd N`: a descriptor the caller gave us, written "1" once when the
-/// tunnel is up, then closed (slirp4netns' convention).
+/// Take ownership of descriptor `fd` that the caller handed us with `flag`
+/// (e.g. `--ready-fd 5`): check that it is open and make it close-on-exec, so
+/// the command of `run` does not inherit it.
+fn take_fd(fd: RawFd, flag: &str) -> io::Result<OwnedFd> {
+    let not_open = || {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{flag} {fd} is not an open file descriptor"),
+        )
+    };
+    if fd < 0 {
+        return Err(not_open());
+    }
+    // SAFETY: F_GETFD only reads the descriptor flags; an unused number gives
+    // EBADF, which is the check.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(not_open());
+    }
+    // SAFETY: as above; sets FD_CLOEXEC on a descriptor that is open.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    // SAFETY: the descriptor is open and the caller handed it to us to own;
+    // nothing else in this process refers to it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `--ready-fd N`: written "1" once when the tunnel is up, then closed
+/// (slirp4netns' convention).
 #[derive(Debug)]
 pub struct ReadyFd {
     file: File,
 }
 
 impl ReadyFd {
-    /// Take ownership of descriptor `fd`; `flag` names it in errors. It is made
-    /// close-on-exec so the command of `run` does not inherit it.
+    /// Take descriptor `fd`; `flag` names it in errors.
     pub fn take(fd: RawFd, flag: &str) -> io::Result<Self> {
-        let not_open = || {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{flag} {fd} is not an open file descriptor"),
-            )
-        };
-        if fd < 0 {
-            return Err(not_open());
-        }
-        // SAFETY: F_GETFD only reads the descriptor flags; an unused number
-        // gives EBADF, which is the check.
-        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
-            return Err(not_open());
-        }
-        // SAFETY: as above; sets FD_CLOEXEC on a descriptor that is open.
-        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
-        // SAFETY: the descriptor is open and was handed to us by the caller to
-        // own (write once, close); nothing else in this process uses it.
-        let file = unsafe { File::from_raw_fd(fd) };
-        Ok(Self { file })
+        Ok(Self {
+            file: File::from(take_fd(fd, flag)?),
+        })
     }
 
     /// Write "1" and close.
@@ -301,6 +308,39 @@ impl ReadyFd {
         if let Err(e) = self.file.write_all(b"1") {
             tracing::warn!("cannot write to the ready fd: {e}");
         }
+    }
+}
+
+/// `--exit-fd N`: we stop when it becomes readable, i.e. when the caller writes
+/// to it or closes the other end (slirp4netns' convention).
+#[derive(Debug)]
+pub struct ExitFd {
+    fd: OwnedFd,
+}
+
+impl ExitFd {
+    /// Take descriptor `fd`; `flag` names it in errors.
+    pub fn take(fd: RawFd, flag: &str) -> io::Result<Self> {
+        Ok(Self {
+            fd: take_fd(fd, flag)?,
+        })
+    }
+
+    /// Wait until the descriptor is readable (data, end-of-file or error). We
+    /// never read it, so its blocking mode does not matter. Needs a runtime.
+    pub async fn closed(self) -> io::Result<()> {
+        // SAFETY: an `OwnedFd` is a valid open descriptor whose `as_raw_fd()`
+        // never changes, and the `AsyncFd` owns it until it is dropped.
+        let fd = unsafe {
+            AsyncFd::register_with_interest(
+                self.fd,
+                tokio::io::Interest::READABLE | tokio::io::Interest::ERROR,
+            )
+        }?;
+        let _guard = fd
+            .ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR)
+            .await?;
+        Ok(())
     }
 }
 
@@ -358,6 +398,7 @@ impl PidFd {
 pub enum StopReason {
     TargetExited(i32),
     InterfaceDeleted,
+    ExitFd,
     EngineFailed,
     Signal(&'static str),
 }
@@ -368,6 +409,7 @@ impl std::fmt::Display for StopReason {
             StopReason::TargetExited(pid) => write!(f, "target process {pid} exited"),
             StopReason::InterfaceDeleted => write!(f, "the TUN interface was deleted"),
             StopReason::EngineFailed => write!(f, "the WireGuard engine failed"),
+            StopReason::ExitFd => write!(f, "the exit fd was closed or written"),
             StopReason::Signal(name) => write!(f, "received {name}"),
         }
     }

@@ -544,3 +544,84 @@ fn exits_when_interface_is_deleted() {
     assert!(s.target.is_alive(), "the target died with the interface");
     eprintln!("exits_when_interface_is_deleted: exited ({status:?}) {took:?} after `ip link del`");
 }
+
+/// slirp4netns' lifecycle descriptors: `--ready-fd` gets "1" once the tunnel is
+/// up; closing the other end of `--exit-fd` stops us within 2 s, socket and all.
+#[test]
+fn ready_fd_and_exit_fd() {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let Some(id) = require_root_env("ready_fd_and_exit_fd") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let ready = s.dir.path().join("ready.fifo");
+    let exit = s.dir.path().join("exit.fifo");
+    for fifo in [&ready, &exit] {
+        run_ok(&mut as_user("mkfifo", [fifo]));
+    }
+    // O_RDWR never blocks on a FIFO (Linux): we hold a writer on the exit FIFO
+    // and a non-blocking reader on the ready FIFO before the program opens them.
+    let exit_writer = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&exit)
+        .expect("open exit fifo");
+    let mut ready_reader = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&ready)
+        .expect("open ready fifo");
+
+    let mut args = vec![
+        "-c".into(),
+        r#"exec "$0" "$@" 3>"$READY" 4<"$EXIT""#.into(),
+        binary().as_os_str().to_owned(),
+    ];
+    args.extend(s.args(
+        s.target.pid(),
+        &[
+            "--foreground",
+            "--configure",
+            "--ready-fd",
+            "3",
+            "--exit-fd",
+            "4",
+        ],
+    ));
+    let mut child = as_user("bash", args)
+        .env("READY", &ready)
+        .env("EXIT", &exit)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn our binary");
+
+    let mut got = Vec::new();
+    let readied = wait_for(Duration::from_secs(10), || {
+        let mut buf = [0u8; 8];
+        if let Ok(n) = ready_reader.read(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+        }
+        !got.is_empty()
+    });
+    if !readied {
+        kill_child(&mut child);
+        panic!("nothing on --ready-fd within 10 s");
+    }
+    assert_eq!(got, b"1", "--ready-fd must get exactly \"1\"");
+    s.expect_ping(s.peer_v4(), 1);
+
+    let t = Instant::now();
+    drop(exit_writer);
+    let status = wait_until(&mut child, Instant::now() + EXIT_BUDGET + EXIT_SLACK);
+    let took = t.elapsed();
+    if status.is_none() {
+        kill_child(&mut child);
+        panic!("still running {took:?} after --exit-fd was closed");
+    }
+    assert!(gone(&s.socket()), "socket left behind after --exit-fd");
+    eprintln!("ready_fd_and_exit_fd: exited ({status:?}) {took:?} after the exit fd closed");
+}
