@@ -5,12 +5,17 @@
 
 use std::net::SocketAddr;
 
-use gotatun::device::uapi::UapiServer;
+use std::collections::HashMap;
+use std::time::Duration;
+
+use gotatun::device::uapi::command::{Get, Request, Response};
+use gotatun::device::uapi::{UapiClient, UapiServer};
 use gotatun::device::{self, Device, Peer};
 use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::{PublicKey, StaticSecret};
 
 use crate::config::Config;
+use crate::keys::Key;
 use crate::tun::TunDevice;
 
 type Transports = (UdpSocketFactory, TunDevice, TunDevice);
@@ -79,5 +84,44 @@ impl Engine {
     /// Resolves when the device hits an unrecoverable error (e.g. its TUN died).
     pub async fn failed(&mut self) {
         self.device.wait().await
+    }
+}
+
+/// Log handshakes and peers coming and going at info level, with the peer's key
+/// and endpoint (gotatun logs handshakes at debug, without saying with whom).
+/// Asks the device once a second through its UAPI channel; ends with the device.
+pub async fn log_peer_events(client: UapiClient) {
+    let mut seen: HashMap<[u8; 32], Option<u64>> = HashMap::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut first = true;
+    loop {
+        tick.tick().await;
+        let Ok(Response::Get(state)) = client.send(Request::Get(Get::default())).await else {
+            return;
+        };
+        let mut current = HashMap::with_capacity(state.peers.len());
+        for peer in &state.peers {
+            let key = peer.peer.public_key.0;
+            let handshake = peer.last_handshake_time_sec;
+            let name = Key::from_bytes(key);
+            match seen.get(&key) {
+                None if !first => tracing::info!("peer {name} added"),
+                Some(before) if handshake.is_some() && *before != handshake => {
+                    let endpoint = peer
+                        .peer
+                        .endpoint
+                        .map_or_else(|| "no endpoint".to_owned(), |e| e.to_string());
+                    tracing::info!("handshake with peer {name} ({endpoint})");
+                }
+                _ => {}
+            }
+            current.insert(key, handshake);
+        }
+        for key in seen.keys().filter(|k| !current.contains_key(*k)) {
+            tracing::info!("peer {} removed", Key::from_bytes(*key));
+        }
+        seen = current;
+        first = false;
     }
 }

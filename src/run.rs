@@ -233,6 +233,7 @@ fn parent_main(
         let tun = TunDevice::new(tun_fd, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let engine = Engine::start(tun, plan.config, endpoints, server).await?;
+        tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let serving = uapi::serve(socket, client)?;
         anyhow::Ok((engine, serving))
     });
