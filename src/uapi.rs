@@ -61,7 +61,7 @@
 //!
 //! # Use
 //!
-//! ```ignore
+//! ```text
 //! // Before any runtime thread exists, before fork():
 //! let socket = UapiSocket::bind(&dir, "wg0")?;
 //! // … fork: the side that will not serve calls socket.forget_in_parent() …
