@@ -7,6 +7,8 @@
 //! instance fails before it creates anything), fork the namespace helper for the
 //! TUN, and only then start tokio and the engine.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

@@ -4,6 +4,8 @@
 //! `wireguard4netns [OPTIONS] TARGET IFNAME CONFIG`, so existing launchers keep
 //! working; the subcommands are the tools around it.
 
+#![forbid(unsafe_code)]
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};

@@ -26,6 +26,7 @@
 //! The parser reads untrusted text (and is meant to be fuzzed): outside the
 //! tests it may not unwrap, expect, index or panic.
 
+#![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
     deny(

@@ -3,6 +3,8 @@
 //! initial state. The UAPI server half is plugged in here; its socket transport
 //! lives in `uapi`.
 
+#![forbid(unsafe_code)]
+
 use std::net::SocketAddr;
 
 use std::collections::HashMap;

@@ -15,6 +15,8 @@
 //! A `Key` is often a private key and debug output ends up in logs, so its
 //! `Debug` prints no key material.
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::str::FromStr;
 

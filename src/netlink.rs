@@ -52,6 +52,8 @@
 //! interface, though, traffic would not reach the tunnel, so that is an error
 //! ([`NetlinkError::RouteConflict`]) rather than a silent success.
 
+#![cfg_attr(not(test), forbid(unsafe_code))]
+
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

@@ -17,6 +17,8 @@
 //! ours (128+N for a signal N, like a shell). It has `PR_SET_PDEATHSIG` set to
 //! SIGKILL, so it does not outlive us whatever the order of deaths.
 
+#![forbid(unsafe_code)]
+
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
