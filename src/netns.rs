@@ -62,22 +62,17 @@ pub enum NetnsError {
         "{0} is in our own network namespace; attaching would add the tunnel to the host, start the target in a new network namespace (unshare -Urn)"
     )]
     OwnNetNamespace(String),
-    #[error("cannot open {path}: {source}")]
-    Open {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    // The OS errors below are part of the messages, not `source()`s: the
+    // binary prints the source chain too, and would say them twice.
+    #[error("cannot open {}: {error}", path.display())]
+    Open { path: PathBuf, error: io::Error },
     #[error(
-        "cannot find the user namespace that owns {path}: {source} (hint: pass it with --userns-path)"
+        "cannot find the user namespace that owns {}: {error} (hint: pass it with --userns-path)",
+        path.display()
     )]
-    OwnerUserNs {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    OwnerUserNs { path: PathBuf, error: io::Error },
     #[error("cannot start the namespace helper: {0}")]
-    Spawn(#[source] io::Error),
+    Spawn(io::Error),
     #[error("internal error: the namespace helper must be forked before any thread is started")]
     Threaded,
     #[error("{0}")]
@@ -104,9 +99,9 @@ impl Namespaces {
 fn open_ns(path: &Path) -> Result<OwnedFd, NetnsError> {
     fs::File::open(path)
         .map(OwnedFd::from)
-        .map_err(|source| NetnsError::Open {
+        .map_err(|error| NetnsError::Open {
             path: path.to_owned(),
-            source,
+            error,
         })
 }
 
@@ -115,9 +110,9 @@ fn same_ns(fd: &OwnedFd, ours: &str) -> Result<bool, NetnsError> {
     let theirs = fs::File::from(fd.try_clone().map_err(NetnsError::Spawn)?)
         .metadata()
         .map_err(NetnsError::Spawn)?;
-    let ours = fs::metadata(ours).map_err(|source| NetnsError::Open {
+    let ours = fs::metadata(ours).map_err(|error| NetnsError::Open {
         path: ours.into(),
-        source,
+        error,
     })?;
     Ok(theirs.dev() == ours.dev() && theirs.ino() == ours.ino())
 }
@@ -134,13 +129,13 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
                 Err(_) => return Err(NetnsError::NoSuchProcess(pid)),
             };
             let deny = |e: NetnsError| match e {
-                NetnsError::Open { ref source, .. }
-                    if matches!(source.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
+                NetnsError::Open { ref error, .. }
+                    if matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
                 {
                     NetnsError::NotYours { pid, owner }
                 }
-                NetnsError::Open { ref source, .. }
-                    if source.raw_os_error() == Some(libc::ENOENT) =>
+                NetnsError::Open { ref error, .. }
+                    if error.raw_os_error() == Some(libc::ENOENT) =>
                 {
                     NetnsError::NoSuchProcess(pid)
                 }
@@ -162,9 +157,9 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
             let net = open_ns(net_path)?;
             let user = match user {
                 Some(path) => open_ns(path)?,
-                None => owner_user_ns(&net).map_err(|source| NetnsError::OwnerUserNs {
+                None => owner_user_ns(&net).map_err(|error| NetnsError::OwnerUserNs {
                     path: net_path.clone(),
-                    source,
+                    error,
                 })?,
             };
             if same_ns(&user, "/proc/self/ns/user")? {
@@ -292,12 +287,22 @@ fn join(ns: &Namespaces) -> Result<(), String> {
             )
         })?;
     }
-    setns(&ns.net, CloneFlags::CLONE_NEWNET).map_err(|e| {
+    setns(&ns.net, CloneFlags::CLONE_NEWNET).map_err(|e| join_net_error(&ns.target, e))
+}
+
+/// `setns(CLONE_NEWNET)` needs `CAP_SYS_ADMIN` in the user namespace that owns
+/// the network namespace; `EPERM` means that one is not the target's (nor below
+/// it), typically a namespace made by root (`ip netns add`).
+fn join_net_error(target: &Target, errno: nix::errno::Errno) -> String {
+    if errno == nix::errno::Errno::EPERM {
         format!(
-            "cannot join the network namespace of {}: {e} (hint: it must be owned by your user namespace; was it made with `unshare --net` inside `unshare --user`?)",
-            ns.target
+            "not permitted to join the network namespace of {target}: {errno} (hint: that network namespace belongs to a user namespace you do not own, e.g. root's; make the target with `unshare --user --map-root-user --net` so that both are yours)"
         )
-    })
+    } else {
+        format!(
+            "cannot join the network namespace of {target}: {errno} (hint: it must be owned by your user namespace; was it made with `unshare --net` inside `unshare --user`?)"
+        )
+    }
 }
 
 fn reap(child: Pid) -> String {
@@ -330,6 +335,20 @@ mod tests {
         assert!(
             err.contains("has not unshared a user namespace")
                 || err.contains("our own network namespace"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn foreign_network_namespace_says_not_permitted() {
+        let err = join_net_error(&Target::Pid(42), nix::errno::Errno::EPERM);
+        assert!(
+            err.starts_with("not permitted to join the network namespace of process 42"),
+            "{err}"
+        );
+        assert!(err.contains("you do not own"), "{err}");
+        assert!(
+            err.contains("unshare --user --map-root-user --net"),
             "{err}"
         );
     }

@@ -58,27 +58,23 @@ pub enum TunError {
     )]
     DeviceNotAccessible,
     #[error("cannot open {TUN_PATH}: {0}")]
-    Open(#[source] io::Error),
+    Open(io::Error),
+    #[error(
+        "{TUN_PATH} is not the TUN device: it refuses TUNSETIFF ({0}) (hint: it must be the character device 10,200; as root: `rm {TUN_PATH} && mknod {TUN_PATH} c 10 200 && chmod 0666 {TUN_PATH}`)"
+    )]
+    NotTunDevice(io::Error),
     #[error(
         "interface {name} already exists in the target's network namespace; pick another name or delete it (`ip link del {name}` inside)"
     )]
     Exists { name: String },
     #[error(
-        "not allowed to create interface {name} in the target's network namespace: {source} (hint: the namespace must be owned by a user namespace you own, e.g. one made by `unshare --user --map-root-user --net`)"
+        "not allowed to create interface {name} in the target's network namespace: {error} (hint: the namespace must be owned by a user namespace you own, e.g. one made by `unshare --user --map-root-user --net`)"
     )]
-    NotPermitted {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("cannot create TUN interface {name}: {source}")]
-    Create {
-        name: String,
-        #[source]
-        source: io::Error,
-    },
+    NotPermitted { name: String, error: io::Error },
+    #[error("cannot create TUN interface {name}: {error}")]
+    Create { name: String, error: io::Error },
     #[error("cannot make the TUN descriptor non-blocking: {0}")]
-    NonBlocking(#[source] io::Error),
+    NonBlocking(io::Error),
 }
 
 /// Check an interface name the way the kernel's `dev_valid_name()` does, so a
@@ -147,15 +143,23 @@ pub fn create(name: &str) -> Result<OwnedFd, TunError> {
     // open /dev/net/tun descriptor that outlives the call.
     let res = unsafe { tunsetiff(file.as_raw_fd(), &req) };
     if let Err(errno) = res {
-        let source = io::Error::from(errno);
-        let name = name.to_owned();
-        return Err(match errno {
-            Errno::EBUSY | Errno::EEXIST => TunError::Exists { name },
-            Errno::EPERM | Errno::EACCES => TunError::NotPermitted { name, source },
-            _ => TunError::Create { name, source },
-        });
+        return Err(tunsetiff_error(name, errno));
     }
     Ok(OwnedFd::from(file))
+}
+
+/// What a failed `TUNSETIFF` means for the user.
+fn tunsetiff_error(name: &str, errno: Errno) -> TunError {
+    let error = io::Error::from(errno);
+    let name = name.to_owned();
+    match errno {
+        Errno::EBUSY | Errno::EEXIST => TunError::Exists { name },
+        Errno::EPERM | Errno::EACCES => TunError::NotPermitted { name, error },
+        // Something other than the TUN clone device is at the path (a file, or
+        // /dev/null bind-mounted over it).
+        Errno::ENOTTY => TunError::NotTunDevice(error),
+        _ => TunError::Create { name, error },
+    }
 }
 
 /// The name the kernel gave the device (read back with `TUNGETIFF`); used in
@@ -302,6 +306,21 @@ mod tests {
             let err = validate_ifname(bad).unwrap_err().to_string();
             assert!(err.contains(why), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn tunsetiff_errors_say_what_to_do() {
+        let err = tunsetiff_error("wg0", Errno::ENOTTY).to_string();
+        assert!(err.contains("is not the TUN device"), "{err}");
+        assert!(err.contains("mknod /dev/net/tun c 10 200"), "{err}");
+        let err = tunsetiff_error("wg0", Errno::EBUSY).to_string();
+        assert!(err.contains("wg0 already exists"), "{err}");
+        // The OS error is in the message, so it must not be the source too:
+        // the binary prints the source chain and would repeat it.
+        let err = tunsetiff_error("wg0", Errno::EPERM);
+        assert!(std::error::Error::source(&err).is_none(), "{err}");
+        let os = io::Error::from(Errno::EPERM).to_string();
+        assert!(err.to_string().contains(&os), "{err}");
     }
 
     #[test]

@@ -166,14 +166,14 @@ pub enum UapiError {
     /// The socket directory (or one of its parents) could not be created or
     /// inspected.
     #[error(
-        "cannot create socket directory {}: {source} (hint: choose another --tmpdir)",
+        "cannot create socket directory {}: {error} (hint: choose another --tmpdir)",
         path.display()
     )]
     CreateDir {
         /// The directory.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// Something other than a directory is where the socket directory should be.
@@ -197,14 +197,14 @@ pub enum UapiError {
 
     /// We may not create files in the socket directory.
     #[error(
-        "socket directory {} is not writable: {source} (hint: choose another --tmpdir)",
+        "socket directory {} is not writable: {error} (hint: choose another --tmpdir)",
         path.display()
     )]
     DirNotWritable {
         /// The directory.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The socket path does not fit into `sockaddr_un`.
@@ -244,54 +244,54 @@ pub enum UapiError {
 
     /// An existing socket could not be checked for a live server.
     #[error(
-        "cannot check whether the existing socket {} is in use: {source} (hint: stop the process that owns it, or pick another --tmpdir)",
+        "cannot check whether the existing socket {} is in use: {error} (hint: stop the process that owns it, or pick another --tmpdir)",
         path.display()
     )]
     Probe {
         /// The socket path.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// A stale socket (nobody listening) could not be removed.
     #[error(
-        "cannot remove stale socket {}: {source} (hint: remove it yourself, or pick another --tmpdir)",
+        "cannot remove stale socket {}: {error} (hint: remove it yourself, or pick another --tmpdir)",
         path.display()
     )]
     RemoveStale {
         /// The socket path.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The lock file could not be opened or locked.
-    #[error("cannot lock {}: {source} (hint: choose another --tmpdir)", path.display())]
+    #[error("cannot lock {}: {error} (hint: choose another --tmpdir)", path.display())]
     Lock {
         /// The lock file.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// Creating, binding or setting up the listening socket failed.
-    #[error("cannot create UAPI socket {}: {source}", path.display())]
+    #[error("cannot create UAPI socket {}: {error}", path.display())]
     Bind {
         /// The socket path.
         path: PathBuf,
         /// What the OS said.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The listening socket cannot be served (no tokio runtime, or `accept`
     /// failed for good).
-    #[error("cannot serve UAPI socket {}: {source}", path.display())]
+    #[error("cannot serve UAPI socket {}: {error}", path.display())]
     Serve {
         /// The socket path.
         path: PathBuf,
         /// What went wrong.
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -376,9 +376,9 @@ impl UapiSocket {
 
         remove_if_stale(&path, ifname)?;
 
-        let bind_err = |source: io::Error| UapiError::Bind {
+        let bind_err = |error: io::Error| UapiError::Bind {
             path: path.clone(),
-            source,
+            error,
         };
         let fd = socket::socket(
             AddressFamily::Unix,
@@ -467,9 +467,9 @@ impl UapiSocket {
     /// [`UapiError::Serve`] when there is no runtime or the descriptor cannot
     /// be duplicated.
     pub fn tokio_listener(&self) -> Result<tokio::net::UnixListener, UapiError> {
-        let serve_err = |source: io::Error| UapiError::Serve {
+        let serve_err = |error: io::Error| UapiError::Serve {
             path: self.path().to_owned(),
-            source,
+            error,
         };
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(serve_err(io::Error::other(
@@ -584,9 +584,9 @@ fn validate_ifname(ifname: &str) -> Result<(), UapiError> {
 
 /// Creates `dir` (0700) if it is missing, else checks it is a safe directory.
 fn prepare_dir(dir: &Path) -> Result<(), UapiError> {
-    let create_err = |path: &Path, source: io::Error| UapiError::CreateDir {
+    let create_err = |path: &Path, error: io::Error| UapiError::CreateDir {
         path: path.to_owned(),
-        source,
+        error,
     };
     match fs::metadata(dir) {
         Ok(meta) => return check_dir(dir, &meta),
@@ -644,9 +644,9 @@ fn check_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), UapiError> {
 /// `dir/IFNAME.lock`, making sure the locked file is the one the path names.
 fn acquire_lock(dir: &Path, ifname: &str) -> Result<LockFile, UapiError> {
     let path = lock_path(dir, ifname);
-    let lock_err = |source: io::Error| UapiError::Lock {
+    let lock_err = |error: io::Error| UapiError::Lock {
         path: path.clone(),
-        source,
+        error,
     };
     for _ in 0..LOCK_ATTEMPTS {
         // std opens with O_CLOEXEC; O_NOFOLLOW keeps a planted symlink from
@@ -664,7 +664,7 @@ fn acquire_lock(dir: &Path, ifname: &str) -> Result<LockFile, UapiError> {
             Err(e) if is_permission_error(&e) => {
                 return Err(UapiError::DirNotWritable {
                     path: dir.to_owned(),
-                    source: e,
+                    error: e,
                 });
             }
             Err(e) => return Err(lock_err(e)),
@@ -708,10 +708,10 @@ fn remove_if_stale(path: &Path, ifname: &str) -> Result<(), UapiError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
+        Err(error) => {
             return Err(UapiError::Probe {
                 path: path.to_owned(),
-                source,
+                error,
             });
         }
     };
@@ -731,9 +731,9 @@ fn remove_if_stale(path: &Path, ifname: &str) -> Result<(), UapiError> {
             match fs::remove_file(path) {
                 Ok(()) => Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(source) => Err(UapiError::RemoveStale {
+                Err(error) => Err(UapiError::RemoveStale {
                     path: path.to_owned(),
-                    source,
+                    error,
                 }),
             }
         }
@@ -746,7 +746,7 @@ fn remove_if_stale(path: &Path, ifname: &str) -> Result<(), UapiError> {
         Err(Errno::ENOENT) => Ok(()),
         Err(errno) => Err(UapiError::Probe {
             path: path.to_owned(),
-            source: errno.into(),
+            error: errno.into(),
         }),
     }
 }
@@ -1043,7 +1043,7 @@ impl Serving {
             Ok(result) => result,
             Err(e) => Err(UapiError::Serve {
                 path: self.path.clone(),
-                source: io::Error::other(format!("the UAPI server task ended: {e}")),
+                error: io::Error::other(format!("the UAPI server task ended: {e}")),
             }),
         }
     }
@@ -1093,13 +1093,13 @@ pub async fn serve_listener(
                     tracing::warn!("accepting a UAPI connection failed: {e}");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
-                Err(source) => {
+                Err(error) => {
                     let path = listener
                         .local_addr()
                         .ok()
                         .and_then(|a| a.as_pathname().map(Path::to_owned))
                         .unwrap_or_default();
-                    return Err(UapiError::Serve { path, source });
+                    return Err(UapiError::Serve { path, error });
                 }
             },
             Some(joined) = connections.join_next(), if !connections.is_empty() => match joined {
@@ -1570,6 +1570,31 @@ mod tests {
             assert!(matches!(err, UapiError::UnsafeDir { .. }), "{err}");
             assert!(err.to_string().contains("12345"));
         }
+    }
+
+    /// The binary prints an error with its `source()` chain (`{:#}`), so a
+    /// message that already holds the OS error must not return it as source:
+    /// it would be printed twice.
+    #[test]
+    fn os_error_is_printed_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join("file");
+        fs::write(&file, "").unwrap();
+        let err = UapiSocket::bind(&file.join("sub"), "wg0").unwrap_err();
+        assert!(matches!(err, UapiError::CreateDir { .. }), "{err}");
+        let mut chain = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(e) = source {
+            chain += &format!(": {e}");
+            source = e.source();
+        }
+        let os = io::Error::from_raw_os_error(libc::ENOTDIR).to_string();
+        assert_eq!(chain.matches(&os).count(), 1, "{chain}");
+        assert!(chain.contains(&file.join("sub").display().to_string()));
+        assert!(
+            chain.ends_with("(hint: choose another --tmpdir)"),
+            "{chain}"
+        );
     }
 
     #[test]
