@@ -1799,3 +1799,169 @@ impl Drop for Foreground {
 pub fn gone(path: &Path) -> bool {
     fs::symlink_metadata(path).is_err()
 }
+
+// ---------------------------------------------------------------------------
+// Added for e2e_run.rs and e2e_bad_input.rs: processes, dir listings, the
+// `run` form, spawned programs with their output in files
+// ---------------------------------------------------------------------------
+
+/// The state letter of `/proc/PID/stat` (`R`, `S`, `Z`, …); None when there is
+/// no such process.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name in parentheses may itself hold ") ".
+    stat.rsplit_once(") ")?.1.chars().next()
+}
+
+/// Whether `pid` exists and is not a zombie (a dead process nobody reaped yet).
+pub fn process_running(pid: u32) -> bool {
+    process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
+}
+
+/// `(pid, comm)` of the running children of `ppid`, from `/proc/*/stat`.
+pub fn children_of(ppid: u32) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut kids = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let (Some((head, rest)), Some(open)) = (stat.rsplit_once(") "), stat.find(" (")) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next().unwrap_or("?");
+        let parent = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if parent == Some(ppid) && state != "Z" && state != "X" {
+            kids.push((pid, head[open + 2..].to_owned()));
+        }
+    }
+    kids
+}
+
+/// Names of the entries of `dir`, sorted; empty if it cannot be read.
+pub fn dir_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Our binary as uid 65534:
+/// `run --config CONFIG --tmpdir DIR FLAGS… -- COMMAND…`.
+pub fn run_form<S: AsRef<OsStr>>(
+    config: &Path,
+    dir: &Path,
+    flags: &[&str],
+    command: impl IntoIterator<Item = S>,
+) -> Command {
+    let mut c = as_user(binary(), ["run", "--config"]);
+    c.arg(config).arg("--tmpdir").arg(dir).args(flags).arg("--");
+    c.args(command);
+    c
+}
+
+/// A command spawned with stdin from /dev/null and stdout/stderr going to
+/// files of its own (so nothing can block on a full pipe). On drop, if still
+/// running: SIGTERM by PID, SIGKILL after 2 s, reaped.
+pub struct Spawned {
+    child: Child,
+    /// The spawned process (with `setpriv`, which execs in place: our binary).
+    pub pid: u32,
+    desc: String,
+    logs: tempfile::TempDir,
+    exited: Option<ExitStatus>,
+}
+
+impl Spawned {
+    pub fn start(mut c: Command) -> Self {
+        let desc = describe(&c);
+        let logs = tempfile::Builder::new()
+            .prefix("w4n-spawned-")
+            .tempdir_in("/tmp")
+            .expect("log dir");
+        let out = fs::File::create(logs.path().join("stdout")).expect("stdout file");
+        let err = fs::File::create(logs.path().join("stderr")).expect("stderr file");
+        let child = c
+            .env("LC_ALL", "C")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
+        Self {
+            pid: child.id(),
+            child,
+            desc,
+            logs,
+            exited: None,
+        }
+    }
+
+    pub fn stdout(&self) -> String {
+        text(&fs::read(self.logs.path().join("stdout")).unwrap_or_default())
+    }
+
+    pub fn stderr(&self) -> String {
+        text(&fs::read(self.logs.path().join("stderr")).unwrap_or_default())
+    }
+
+    /// The command line, stdout and stderr, for failure messages.
+    pub fn report(&self) -> String {
+        format!(
+            "{} ({:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.desc,
+            self.exited,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("waitpid");
+        }
+        self.exited
+    }
+
+    /// Wait up to `timeout` for it to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = wait_until(&mut self.child, Instant::now() + timeout);
+        }
+        self.exited
+    }
+
+    /// Send `sig` by PID unless it has been reaped.
+    pub fn signal(&mut self, sig: Signal) {
+        if self.try_exit().is_none() {
+            signal(self.pid, sig);
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            signal(self.pid, Signal::SIGTERM);
+            if wait_until(&mut self.child, Instant::now() + Duration::from_secs(2)).is_none() {
+                kill_child(&mut self.child);
+            }
+        }
+    }
+}

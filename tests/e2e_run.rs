@@ -1,0 +1,572 @@
+//! End-to-end tests of the `run` form
+//! (`wireguard4netns run --config CONFIG [--ifname IF] [--tmpdir DIR] [--map-root]
+//! [--ready-fd N] -- CMD [ARGS…]`): our binary runs as uid 65534, makes its own
+//! user+net+mount namespaces for the command, and talks to a real `wireguard-go`
+//! peer in a root-owned namespace. See `common/mod.rs` for the harness. They
+//! need root; without it they skip (or fail when `CI=true`).
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use common::*;
+
+/// Bound for one `run` whose command does a little (ping, a 1 s iperf3 …).
+const RUN_TIMEOUT: Duration = Duration::from_secs(40);
+/// Bound for one `run` whose command does nearly nothing.
+const QUICK_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// One test's world for `run`: a work dir (the `--tmpdir`, the configs), a
+/// client key pair, and, when the test needs traffic, a [`Peer`] that accepts
+/// the client (tunnel `.1`/`::1`; the client is `.2`/`::2`). Without a peer the
+/// config's Endpoint is a local port nobody listens on: the tunnel comes up,
+/// it just carries nothing.
+///
+/// On drop: instances of our binary started with this work dir get 3 s to go,
+/// then SIGKILL by PID; then the peer and the dir go.
+struct RunWorld {
+    id: TestId,
+    config: ClientConfig,
+    /// `DNS =` entries: servers and search domains.
+    dns: Vec<String>,
+    peer: Option<Peer>,
+    dir: WorkDir,
+}
+
+impl RunWorld {
+    fn new(id: TestId, with_peer: bool) -> Self {
+        let keys = KeyPair::generate();
+        let dir = WorkDir::new(&id);
+        let (peer, peer_public, endpoint) = if with_peer {
+            let peer = Peer::server(&id, &keys.public, None);
+            let (public, endpoint) = (peer.keys.public.clone(), peer.endpoint());
+            (Some(peer), public, endpoint)
+        } else {
+            let other = KeyPair::generate();
+            (None, other.public, format!("127.0.0.1:{}", id.port(1)))
+        };
+        let config = ClientConfig {
+            private_key: keys.private.clone(),
+            addresses: vec![
+                format!("{}/24", id.tunnel_v4(2)),
+                format!("{}/64", id.tunnel_v6(2)),
+            ],
+            peer_public_key: peer_public,
+            allowed_ips: vec![
+                format!("{}/24", id.tunnel_v4(0)),
+                format!("{}/64", id.tunnel_v6(0)),
+            ],
+            endpoint,
+            ..ClientConfig::default()
+        };
+        Self {
+            id,
+            config,
+            dns: Vec::new(),
+            peer,
+            dir,
+        }
+    }
+
+    fn peer(&self) -> &Peer {
+        self.peer.as_ref().expect("this world has a peer")
+    }
+
+    /// The config, with `DNS =` when [`RunWorld::dns`] is set, as `DIR/NAME`.
+    fn write_config(&self, name: &str) -> PathBuf {
+        let mut text = self.config.render();
+        if !self.dns.is_empty() {
+            text = text.replacen(
+                "[Interface]\n",
+                &format!("[Interface]\nDNS = {}\n", self.dns.join(", ")),
+                1,
+            );
+        }
+        self.dir.write(name, &text, 0o600)
+    }
+
+    /// `run --config DIR/wg0.conf --tmpdir DIR FLAGS… -- COMMAND…` as uid
+    /// 65534, in DIR.
+    fn command<S: AsRef<OsStr>>(
+        &self,
+        flags: &[&str],
+        command: impl IntoIterator<Item = S>,
+    ) -> Command {
+        let config = self.write_config("wg0.conf");
+        let mut c = run_form(&config, self.dir.path(), flags, command);
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    /// Run `sh -c SCRIPT` through our binary, bounded by `timeout`.
+    fn sh(&self, flags: &[&str], script: &str, timeout: Duration) -> Output {
+        let mut c = self.command(flags, ["sh", "-c", script]);
+        run_timeout(&mut c, None, timeout).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Files in the work dir other than the test's own (configs and the
+    /// `ready`/`started`/`go` files of some tests): while our program runs,
+    /// its socket, lock and resolv.conf.
+    fn leftovers(&self) -> Vec<String> {
+        dir_entries(self.dir.path())
+            .into_iter()
+            .filter(|n| {
+                !((n.ends_with(".conf") && !n.ends_with(".resolv.conf"))
+                    || ["ready", "started", "go"].contains(&n.as_str()))
+            })
+            .collect()
+    }
+
+    fn assert_nothing_left(&self, context: &str) {
+        let running = wait_for(EXIT_BUDGET, || instances(self.dir.path()).is_empty());
+        assert!(
+            running,
+            "{context}: processes of our binary left: {:?}",
+            instances(self.dir.path())
+        );
+        assert_eq!(
+            self.leftovers(),
+            Vec::<String>::new(),
+            "{context}: files left in {}",
+            self.dir.path().display()
+        );
+    }
+}
+
+impl Drop for RunWorld {
+    fn drop(&mut self) {
+        let killed = reap_instances(self.dir.path(), Duration::from_secs(3));
+        if !killed.is_empty() {
+            eprintln!("cleanup: instances {killed:?} of our binary still running; SIGKILLed");
+        }
+    }
+}
+
+/// `Output` → (exit code, stdout, stderr), panicking with all of it on death
+/// by signal.
+fn code_of(desc: &str, out: &Output) -> (i32, String, String) {
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| panic!("{desc}: {}\n{stdout}\n{stderr}", out.status));
+    (code, stdout, stderr)
+}
+
+/// A shell function for the command's scripts: `until_reply ADDR` pings once a
+/// second until the first reply (at most 10 s), then `ping -c 3` must get all.
+const UNTIL_REPLY: &str = r#"
+until_reply() {
+    n=0
+    until ping -n -c 1 -W 1 "$1" >/dev/null 2>&1; do
+        n=$((n + 1))
+        [ "$n" -lt 10 ] || { echo "no reply from $1 within 10 tries"; ping -n -c 1 -W 1 "$1"; return 1; }
+        sleep 0.2
+    done
+    ping -n -c 3 -i 0.2 -W 2 "$1"
+}
+"#;
+
+/// A one-shot iperf3 server on the peer's tunnel address, run as root in its
+/// namespace; killed on drop.
+struct IperfServer {
+    proc: Spawned,
+    port: u16,
+}
+
+impl IperfServer {
+    fn start(peer: &Peer, port: u16) -> Self {
+        let addr = peer.tunnel_v4.to_string();
+        let port_s = port.to_string();
+        let proc = Spawned::start(
+            peer.place()
+                .cmd("iperf3", ["-s", "-1", "-B", &addr, "-p", &port_s]),
+        );
+        let mut server = Self { proc, port };
+        let want = format!(":{port}");
+        let listening = wait_for(Duration::from_secs(10), || {
+            let out = run(&mut peer.place().cmd("ss", ["-Hltn"]));
+            text(&out.stdout).contains(&want) || server.proc.try_exit().is_some()
+        });
+        assert!(
+            listening && server.proc.try_exit().is_none(),
+            "iperf3 server not listening on {addr}{want}\n{}",
+            server.proc.report()
+        );
+        server
+    }
+}
+
+/// The command reaches the peer through the tunnel: ping over IPv4 and IPv6,
+/// and a 1 s iperf3 TCP transfer to a server on the peer's tunnel address.
+#[test]
+fn run_reaches_peer_by_ping_and_tcp() {
+    let Some(id) = require_root_env("run_reaches_peer_by_ping_and_tcp") else {
+        return;
+    };
+    assert!(
+        Command::new("iperf3").arg("--version").output().is_ok(),
+        "iperf3 is not installed (tests/run installs it)"
+    );
+    let w = RunWorld::new(id, true);
+    let mut server = IperfServer::start(w.peer(), w.id.port(1));
+    let script = format!(
+        "{UNTIL_REPLY}\nset -e\nuntil_reply {v4}\nuntil_reply {v6}\n\
+         iperf3 -c {v4} -p {port} -t 1 -f m\n",
+        v4 = w.peer().tunnel_v4,
+        v6 = w.peer().tunnel_v6,
+        port = server.port,
+    );
+    let t = Instant::now();
+    let out = w.sh(&[], &script, RUN_TIMEOUT);
+    let (code, stdout, stderr) = code_of("run", &out);
+    assert_eq!(
+        code,
+        0,
+        "the command failed\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}\n{}",
+        w.peer().diagnostics()
+    );
+    assert!(
+        stdout.contains("receiver"),
+        "no iperf3 summary:\n{stdout}\n{stderr}"
+    );
+    let server_exit = server.proc.wait_exit(Duration::from_secs(5));
+    assert!(
+        server_exit.is_some_and(|s| s.success()),
+        "iperf3 server: {}",
+        server.proc.report()
+    );
+    let rate = stdout
+        .lines()
+        .filter(|l| l.contains("receiver"))
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join("; ");
+    eprintln!(
+        "run_reaches_peer_by_ping_and_tcp: done in {:?}; {rate}",
+        t.elapsed()
+    );
+    w.assert_nothing_left("after the command exited");
+}
+
+/// The command sees the config's DNS servers and search domains in
+/// /etc/resolv.conf; the host's file stays as it was, during the run and after.
+#[test]
+fn run_sees_dns_in_resolv_conf_and_host_file_is_unchanged() {
+    let Some(id) = require_root_env("run_sees_dns_in_resolv_conf_and_host_file_is_unchanged")
+    else {
+        return;
+    };
+    let mut w = RunWorld::new(id, false);
+    let server4 = w.id.tunnel_v4(53);
+    let server6 = w.id.tunnel_v6(53);
+    let domain = format!("{}.test", w.id.name(""));
+    w.dns = vec![
+        server4.to_string(),
+        server6.to_string(),
+        domain.clone(),
+        "example.invalid".to_owned(),
+    ];
+    let host_before = fs::read("/etc/resolv.conf").ok();
+    let started = w.dir.path().join("started");
+    let go = w.dir.path().join("go");
+    // Print the file, say so, and wait (at most 15 s) for the test to look at
+    // the host's file while the bind mount exists.
+    let script = format!(
+        "cat /etc/resolv.conf && : > {started} && n=0 && \
+         while [ ! -e {go} ] && [ $n -lt 300 ]; do sleep 0.05; n=$((n + 1)); done",
+        started = started.display(),
+        go = go.display(),
+    );
+    let mut run = Spawned::start(w.command(&[], ["sh", "-c", &script]));
+    let up = wait_for(QUICK_TIMEOUT, || {
+        started.exists() || run.try_exit().is_some()
+    });
+    assert!(
+        up && started.exists(),
+        "command did not start\n{}",
+        run.report()
+    );
+    let host_during = fs::read("/etc/resolv.conf").ok();
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    fs::write(&go, "").expect("signal the command");
+    let status = run.wait_exit(QUICK_TIMEOUT);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "run failed\n{}",
+        run.report()
+    );
+    let inside = run.stdout();
+    for want in [
+        format!("nameserver {server4}"),
+        format!("nameserver {server6}"),
+    ] {
+        assert!(
+            inside.lines().any(|l| l.trim() == want),
+            "no `{want}` in the command's /etc/resolv.conf:\n{inside}"
+        );
+    }
+    let search: Vec<&str> = inside
+        .lines()
+        .find_map(|l| l.strip_prefix("search "))
+        .map(|l| l.split_whitespace().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        search,
+        vec![domain.as_str(), "example.invalid"],
+        "search domains in the command's /etc/resolv.conf:\n{inside}"
+    );
+    assert_eq!(
+        host_during, host_before,
+        "the host's /etc/resolv.conf changed during the run"
+    );
+    assert!(
+        !mounts.contains(&w.dir.path().display().to_string()),
+        "a mount of the work dir is visible in the host's mount namespace:\n{mounts}"
+    );
+    assert_eq!(
+        fs::read("/etc/resolv.conf").ok(),
+        host_before,
+        "the host's /etc/resolv.conf changed after the run"
+    );
+    w.assert_nothing_left("after the command exited");
+}
+
+/// The command's exit status is ours: 0, 7, and 128+15 when it dies of SIGTERM.
+#[test]
+fn run_passes_exit_status_through() {
+    let Some(id) = require_root_env("run_passes_exit_status_through") else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    for (script, want) in [("exit 0", 0), ("exit 7", 7), ("kill -TERM $$", 143)] {
+        let out = w.sh(&[], script, QUICK_TIMEOUT);
+        let (code, stdout, stderr) = code_of(script, &out);
+        assert_eq!(
+            code, want,
+            "`{script}`\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+        );
+        assert!(
+            stderr.trim().is_empty(),
+            "`{script}`: our program wrote to stderr:\n{stderr}"
+        );
+        w.assert_nothing_left(script);
+    }
+}
+
+/// `--map-root`: the command is uid and gid 0 inside; without it, the
+/// caller's (65534).
+#[test]
+fn run_map_root_or_callers_uid() {
+    let Some(id) = require_root_env("run_map_root_or_callers_uid") else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    for (flags, want) in [(&["--map-root"][..], "0 0"), (&[][..], "65534 65534")] {
+        let out = w.sh(flags, "echo $(id -u) $(id -g)", QUICK_TIMEOUT);
+        let (code, stdout, stderr) = code_of("id", &out);
+        assert_eq!(code, 0, "{flags:?}: {stdout}\n{stderr}");
+        assert_eq!(stdout.trim(), want, "uid and gid inside with {flags:?}");
+    }
+}
+
+/// The command runs in the caller's working directory with the caller's
+/// environment.
+#[test]
+fn run_keeps_cwd_and_environment() {
+    let Some(id) = require_root_env("run_keeps_cwd_and_environment") else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    let value = format!("probe {} with spaces", w.id.name(""));
+    let mut c = w.command(&[], ["sh", "-c", r#"pwd; printf '%s\n' "$W4N_PROBE""#]);
+    c.env("W4N_PROBE", &value);
+    let out = run_timeout(&mut c, None, QUICK_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (code, stdout, stderr) = code_of("pwd", &out);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        vec![w.dir.path().to_str().expect("utf-8 path"), value.as_str()],
+        "cwd and $W4N_PROBE inside"
+    );
+}
+
+/// `--ready-fd N` writes "1" to N once the tunnel is up; the command sees it
+/// there while it runs.
+#[test]
+fn run_ready_fd_writes_1() {
+    let Some(id) = require_root_env("run_ready_fd_writes_1") else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    let ready = w.dir.path().join("ready");
+    let config = w.write_config("wg0.conf");
+    let script = format!(
+        r#"n=0; until [ "$(cat {ready})" = 1 ]; do [ $n -lt 100 ] || exit 9; sleep 0.05; n=$((n + 1)); done"#,
+        ready = ready.display()
+    );
+    // fd 3 opened by a shell (as uid 65534) on the file, then our binary.
+    let mut c = as_user(
+        "sh",
+        [
+            "-c",
+            r#"exec "$0" "$@" 3>"$W4N_READY""#,
+            binary().to_str().expect("utf-8 path"),
+            "run",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--tmpdir",
+            w.dir.path().to_str().expect("utf-8 path"),
+            "--ready-fd",
+            "3",
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+    );
+    c.env("W4N_READY", &ready).current_dir(w.dir.path());
+    let out = run_timeout(&mut c, None, QUICK_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (code, stdout, stderr) = code_of("ready-fd", &out);
+    assert_eq!(
+        code,
+        0,
+        "the command did not see \"1\" in the ready file ({:?})\n{stdout}\n{stderr}",
+        fs::read_to_string(&ready)
+    );
+    assert_eq!(fs::read_to_string(&ready).expect("ready file"), "1");
+}
+
+/// Without `--ifname` the interface is named after the config file
+/// (`vpn0.conf` → `vpn0`, as wg-quick does), and so is the socket; `--ifname`
+/// overrides it.
+#[test]
+fn run_default_ifname_is_config_stem() {
+    let Some(id) = require_root_env("run_default_ifname_is_config_stem") else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    let config = w.write_config("vpn0.conf");
+    let dir = w.dir.path();
+    for (flags, name) in [(&[][..], "vpn0"), (&["--ifname", "tun7"][..], "tun7")] {
+        let script = format!(
+            "ip -o link show dev {name} && test -S {sock} && ip -o addr show dev {name}",
+            sock = dir.join(format!("{name}.sock")).display()
+        );
+        let mut c = run_form(&config, dir, flags, ["sh", "-c", &script]);
+        c.current_dir(dir);
+        let out = run_timeout(&mut c, None, QUICK_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        let (code, stdout, stderr) = code_of("ifname", &out);
+        assert_eq!(
+            code, 0,
+            "{flags:?}: no interface {name} or socket {name}.sock inside\n{stdout}\n{stderr}"
+        );
+        assert!(
+            stdout.contains(&format!("{}/24", w.id.tunnel_v4(2))),
+            "{name} lacks the config's address:\n{stdout}"
+        );
+        w.assert_nothing_left(name);
+    }
+}
+
+/// Start `run -- sleep 30` and wait until the sleep runs; returns the spawned
+/// program (its PID is our binary's: setpriv execs in place) and the sleep's PID.
+fn start_sleeper(w: &RunWorld) -> (Spawned, u32) {
+    let mut run = Spawned::start(w.command(&[], ["sleep", "30"]));
+    let mut sleeper = None;
+    wait_for(QUICK_TIMEOUT, || {
+        sleeper = children_of(run.pid)
+            .into_iter()
+            .find(|(_, comm)| comm == "sleep")
+            .map(|(pid, _)| pid);
+        sleeper.is_some() || run.try_exit().is_some()
+    });
+    let sleeper = sleeper.unwrap_or_else(|| panic!("the command never ran\n{}", run.report()));
+    assert!(
+        !gone(&w.dir.path().join("wg0.sock")),
+        "no socket while the command runs"
+    );
+    (run, sleeper)
+}
+
+/// SIGTERM to wireguard4netns during `run -- sleep 30` is forwarded: the
+/// command dies of it, we exit 143, and nothing is left: no process, no
+/// socket, lock or resolv.conf.
+#[test]
+fn run_sigterm_ends_command_and_leaves_nothing() {
+    let Some(id) = require_root_env("run_sigterm_ends_command_and_leaves_nothing") else {
+        return;
+    };
+    let mut w = RunWorld::new(id, false);
+    w.dns = vec![w.id.tunnel_v4(53).to_string()];
+    let (mut run, sleeper) = start_sleeper(&w);
+    assert!(
+        !gone(&w.dir.path().join("wg0.resolv.conf")),
+        "no resolv.conf while the command runs: {:?}",
+        dir_entries(w.dir.path())
+    );
+    let t = Instant::now();
+    run.signal(Signal::SIGTERM);
+    let status = run.wait_exit(EXIT_BUDGET + EXIT_SLACK);
+    let took = t.elapsed();
+    assert!(
+        status.is_some(),
+        "still running {took:?} after SIGTERM\n{}",
+        run.report()
+    );
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(143),
+        "exit status after SIGTERM\n{}",
+        run.report()
+    );
+    assert!(
+        wait_for(EXIT_BUDGET, || !process_running(sleeper)),
+        "the command (sleep, PID {sleeper}) outlived wireguard4netns"
+    );
+    w.assert_nothing_left("after SIGTERM");
+    eprintln!("run_sigterm_ends_command_and_leaves_nothing: exited 143 {took:?} after SIGTERM");
+}
+
+/// SIGKILL to wireguard4netns during `run -- sleep 30`: within 2 s the command
+/// is gone (parent-death signal) and the janitor has removed the socket files.
+#[test]
+fn run_sigkill_leaves_nothing_within_2s() {
+    let Some(id) = require_root_env("run_sigkill_leaves_nothing_within_2s") else {
+        return;
+    };
+    let mut w = RunWorld::new(id, false);
+    w.dns = vec![w.id.tunnel_v4(53).to_string()];
+    let (mut run, sleeper) = start_sleeper(&w);
+    let t = Instant::now();
+    run.signal(Signal::SIGKILL);
+    let dir = w.dir.path().to_owned();
+    let clean = wait_for(EXIT_BUDGET, || {
+        !process_running(sleeper) && instances(&dir).is_empty() && w.leftovers().is_empty()
+    });
+    let took = t.elapsed();
+    assert!(
+        clean,
+        "{took:?} after SIGKILL: command running: {}, our processes: {:?}, files: {:?}",
+        process_running(sleeper),
+        instances(&dir),
+        w.leftovers()
+    );
+    let status = run.wait_exit(Duration::from_secs(1));
+    assert_eq!(
+        status.and_then(|s| std::os::unix::process::ExitStatusExt::signal(&s)),
+        Some(9),
+        "{}",
+        run.report()
+    );
+    eprintln!("run_sigkill_leaves_nothing_within_2s: all gone {took:?} after SIGKILL");
+}
