@@ -19,5 +19,6 @@ pub mod lifecycle;
 pub mod netlink;
 pub mod netns;
 pub mod run;
+pub mod tools;
 pub mod tun;
 pub mod uapi;

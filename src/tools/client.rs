@@ -1,0 +1,480 @@
+//! A small synchronous UAPI client: connect to `DIR/IFNAME.sock`, send one
+//! request, read the answer up to its empty line.
+//!
+//! It does what `wg` does in `ipc-uapi-unix.h`, with two differences. Every
+//! step has a deadline ([`TIMEOUT`]): a stuck server gets an error naming its
+//! socket, not a tool that hangs. And a socket nobody listens on
+//! (`ECONNREFUSED`) is reported and skipped, not deleted as `wg` deletes it:
+//! its owner (see `uapi`'s lock file) cleans up after itself, and the next
+//! instance replaces a stale one.
+//!
+//! `connect(2)` on a unix stream socket blocks only while the listener's
+//! backlog is full; done non-blocking it fails with `EAGAIN` then, and we
+//! retry until the deadline.
+
+use std::fs;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+
+use super::proto::{self, Device, ProtoError, SetRequest};
+use crate::uapi::socket_path;
+
+/// How long connecting, and then each read or write, may take.
+pub const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An answer larger than this is refused: 64 MiB is some 200 000 peers.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// Pause between attempts to connect to a listener whose backlog is full.
+const CONNECT_RETRY: Duration = Duration::from_millis(10);
+
+/// Why talking to a tunnel failed. Each message names the socket (or the
+/// directory and interface) and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid interface name {name:?}: {reason}")]
+    InvalidName { name: String, reason: &'static str },
+
+    #[error(
+        "no tunnel named {ifname} in {} (is wireguard4netns running? use --tmpdir if it was started with one)",
+        dir.display()
+    )]
+    NoTunnel { ifname: String, dir: PathBuf },
+
+    #[error(
+        "{} is not a socket, so it is no tunnel's (hint: check --tmpdir)",
+        path.display()
+    )]
+    NotASocket { path: PathBuf },
+
+    #[error(
+        "tunnel {ifname} is not running: nobody answers on {} (a leftover of a killed process; starting the tunnel again replaces it)",
+        path.display()
+    )]
+    NotRunning { ifname: String, path: PathBuf },
+
+    #[error(
+        "cannot connect to {}: permission denied (the tunnel belongs to another user; run this as that user or as root)",
+        path.display()
+    )]
+    PermissionDenied { path: PathBuf },
+
+    #[error("cannot connect to {}: {error}", path.display())]
+    Connect { path: PathBuf, error: io::Error },
+
+    #[error(
+        "no answer from {} within {} s (is the tunnel's process stopped or stuck?)",
+        path.display(),
+        TIMEOUT.as_secs()
+    )]
+    Timeout { path: PathBuf },
+
+    #[error("cannot talk to {}: {error}", path.display())]
+    Io { path: PathBuf, error: io::Error },
+
+    #[error("{} sent an answer larger than {} MiB; refusing it", path.display(), MAX_ANSWER >> 20)]
+    TooLarge { path: PathBuf },
+
+    #[error("{} sent an answer that is not the WireGuard UAPI protocol: {error}", path.display())]
+    Protocol { path: PathBuf, error: ProtoError },
+
+    #[error("the tunnel at {} refused the {request} request: {} (errno {errno})", path.display(), Errno::from_raw(*errno).desc())]
+    Refused {
+        path: PathBuf,
+        request: &'static str,
+        errno: i32,
+    },
+
+    #[error("cannot list the tunnels in {}: {error}", dir.display())]
+    List { dir: PathBuf, error: io::Error },
+}
+
+/// Reads the configuration and state of tunnel `ifname` in `dir`.
+///
+/// # Errors
+/// [`ClientError`] when there is no such tunnel, it does not answer in time,
+/// the answer is not the protocol, or it carries a non-zero `errno`.
+pub fn get(dir: &Path, ifname: &str) -> Result<Device, ClientError> {
+    let (path, answer) = exchange(dir, ifname, "get=1\n\n")?;
+    let device = proto::parse_get_response(&answer).map_err(|error| ClientError::Protocol {
+        path: path.clone(),
+        error,
+    })?;
+    if device.errno != 0 {
+        return Err(ClientError::Refused {
+            path,
+            request: "get",
+            errno: device.errno,
+        });
+    }
+    Ok(device)
+}
+
+/// Applies `request` to tunnel `ifname` in `dir`.
+///
+/// # Errors
+/// As [`get`]; [`ClientError::Refused`] when the tunnel answers with a
+/// non-zero `errno`.
+pub fn set(dir: &Path, ifname: &str, request: &SetRequest) -> Result<(), ClientError> {
+    let (path, answer) = exchange(dir, ifname, &request.to_string())?;
+    let errno = proto::parse_set_response(&answer).map_err(|error| ClientError::Protocol {
+        path: path.clone(),
+        error,
+    })?;
+    if errno != 0 {
+        return Err(ClientError::Refused {
+            path,
+            request: "set",
+            errno: errno.saturating_abs(),
+        });
+    }
+    Ok(())
+}
+
+/// The interfaces with a live socket in `dir`, sorted by name: every
+/// `NAME.sock` that is a socket (symlinks followed, as `wg` does) and on which
+/// a connection is not refused. A missing `dir` has none.
+///
+/// # Errors
+/// [`ClientError::List`] when `dir` exists but cannot be read.
+pub fn list_interfaces(dir: &Path) -> Result<Vec<String>, ClientError> {
+    let list_err = |error| ClientError::List {
+        dir: dir.to_owned(),
+        error,
+    };
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(list_err(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(list_err)?;
+        let file_name = entry.file_name();
+        let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".sock")) else {
+            continue;
+        };
+        if name.is_empty() {
+            continue;
+        }
+        let path = entry.path();
+        let is_socket = fs::metadata(&path).is_ok_and(|m| m.file_type().is_socket());
+        if !is_socket {
+            continue;
+        }
+        match connect(&path, Instant::now() + TIMEOUT) {
+            Err(Errno::ECONNREFUSED) => continue,
+            _ => names.push(name.to_owned()),
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Checks a name the way `wg` does (no `/`), plus what makes it unusable in a
+/// file name.
+pub fn validate_ifname(name: &str) -> Result<(), ClientError> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.contains('/') {
+        "it contains '/'"
+    } else if name.contains('\0') {
+        "it contains a NUL byte"
+    } else {
+        return Ok(());
+    };
+    Err(ClientError::InvalidName {
+        name: name.to_owned(),
+        reason,
+    })
+}
+
+/// Sends `request` to `dir/IFNAME.sock` and returns the socket path and the
+/// answer up to and including its empty line.
+fn exchange(dir: &Path, ifname: &str, request: &str) -> Result<(PathBuf, String), ClientError> {
+    validate_ifname(ifname)?;
+    let path = socket_path(dir, ifname);
+    let deadline = Instant::now() + TIMEOUT;
+    let meta = fs::metadata(&path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => ClientError::NoTunnel {
+            ifname: ifname.to_owned(),
+            dir: dir.to_owned(),
+        },
+        io::ErrorKind::PermissionDenied => ClientError::PermissionDenied { path: path.clone() },
+        _ => ClientError::Connect {
+            path: path.clone(),
+            error: e,
+        },
+    })?;
+    if !meta.file_type().is_socket() {
+        return Err(ClientError::NotASocket { path });
+    }
+    let stream = connect(&path, deadline).map_err(|errno| match errno {
+        Errno::ECONNREFUSED => ClientError::NotRunning {
+            ifname: ifname.to_owned(),
+            path: path.clone(),
+        },
+        Errno::EACCES | Errno::EPERM => ClientError::PermissionDenied { path: path.clone() },
+        Errno::ENOENT => ClientError::NoTunnel {
+            ifname: ifname.to_owned(),
+            dir: dir.to_owned(),
+        },
+        Errno::ETIMEDOUT => ClientError::Timeout { path: path.clone() },
+        other => ClientError::Connect {
+            path: path.clone(),
+            error: other.into(),
+        },
+    })?;
+    let answer = talk(stream, request).map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            ClientError::Timeout { path: path.clone() }
+        }
+        io::ErrorKind::OutOfMemory => ClientError::TooLarge { path: path.clone() },
+        _ => ClientError::Io {
+            path: path.clone(),
+            error: e,
+        },
+    })?;
+    Ok((path, answer))
+}
+
+/// A connected, blocking stream; `ETIMEDOUT` when the backlog stays full
+/// until `deadline`.
+fn connect(path: &Path, deadline: Instant) -> Result<UnixStream, Errno> {
+    let addr = UnixAddr::new(path)?;
+    loop {
+        let fd: OwnedFd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )?;
+        match socket::connect(fd.as_raw_fd(), &addr) {
+            Ok(()) => {
+                let stream = UnixStream::from(fd);
+                stream.set_nonblocking(false).map_err(io_errno)?;
+                return Ok(stream);
+            }
+            Err(Errno::EAGAIN | Errno::EINTR) if Instant::now() < deadline => {
+                std::thread::sleep(CONNECT_RETRY);
+            }
+            Err(Errno::EAGAIN) => return Err(Errno::ETIMEDOUT),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn io_errno(e: io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+/// Writes `request` and reads until the answer's empty line, each step bound
+/// by [`TIMEOUT`]. An oversized answer is `OutOfMemory`.
+fn talk(mut stream: UnixStream, request: &str) -> io::Result<String> {
+    stream.set_write_timeout(Some(TIMEOUT))?;
+    stream.set_read_timeout(Some(TIMEOUT))?;
+    stream.write_all(request.as_bytes())?;
+    let mut answer = Vec::with_capacity(4096);
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let Some(data) = chunk.get(..n) else {
+            return Err(io::ErrorKind::InvalidData.into());
+        };
+        // The empty line may straddle two reads: look from one byte back.
+        let from = answer.len().saturating_sub(1);
+        answer.extend_from_slice(data);
+        if let Some(end) = answer_end(&answer, from) {
+            answer.truncate(end);
+            return Ok(String::from_utf8_lossy(&answer).into_owned());
+        }
+        if n == 0 {
+            // Closed early: hand over what came, the parser says what is missing.
+            return Ok(String::from_utf8_lossy(&answer).into_owned());
+        }
+        if answer.len() > MAX_ANSWER {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+    }
+}
+
+/// The length of the answer through its empty line, searching from `from`:
+/// a `\n` at the very start, or the first `\n\n`.
+fn answer_end(answer: &[u8], from: usize) -> Option<usize> {
+    if answer.first() == Some(&b'\n') {
+        return Some(1);
+    }
+    answer
+        .get(from..)?
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| from + i + 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixListener;
+    use std::thread;
+
+    fn serve_once(listener: UnixListener, answer: &'static [u8]) -> thread::JoinHandle<String> {
+        thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = Vec::new();
+            let mut byte = [0u8; 1];
+            // Read the request through its empty line.
+            while !request.ends_with(b"\n\n") {
+                if conn.read(&mut byte).unwrap() == 0 {
+                    break;
+                }
+                request.push(byte[0]);
+            }
+            for piece in answer.chunks(3) {
+                conn.write_all(piece).unwrap();
+            }
+            // Keep the connection open a moment: the client must not wait for EOF.
+            thread::sleep(Duration::from_millis(200));
+            String::from_utf8(request).unwrap()
+        })
+    }
+
+    #[test]
+    fn get_reads_up_to_the_empty_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("wg0.sock")).unwrap();
+        let server = serve_once(listener, b"listen_port=7\nerrno=0\n\nleftover");
+        let device = get(dir.path(), "wg0").unwrap();
+        assert_eq!(device.listen_port, Some(7));
+        assert_eq!(server.join().unwrap(), "get=1\n\n");
+    }
+
+    #[test]
+    fn set_sends_the_request_and_reports_errno() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("wg0.sock")).unwrap();
+        let server = serve_once(listener, b"errno=22\n\n");
+        let request = SetRequest {
+            listen_port: Some(1),
+            ..SetRequest::default()
+        };
+        let err = set(dir.path(), "wg0", &request).unwrap_err();
+        assert!(
+            matches!(err, ClientError::Refused { errno: 22, .. }),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("Invalid argument"), "{err}");
+        assert_eq!(server.join().unwrap(), "set=1\nlisten_port=1\n\n");
+    }
+
+    #[test]
+    fn no_socket_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = get(dir.path(), "wg0").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "no tunnel named wg0 in {} (is wireguard4netns running? use --tmpdir if it was started with one)",
+                dir.path().display()
+            )
+        );
+    }
+
+    #[test]
+    fn stale_socket_is_not_running_and_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wg0.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let err = get(dir.path(), "wg0").unwrap_err();
+        assert!(matches!(err, ClientError::NotRunning { .. }), "{err:?}");
+        assert!(path.exists());
+        assert!(list_interfaces(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_regular_file_is_not_a_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::write(dir.path().join("wg0.sock"), "").unwrap();
+        let err = get(dir.path(), "wg0").unwrap_err();
+        assert!(matches!(err, ClientError::NotASocket { .. }), "{err:?}");
+        assert!(list_interfaces(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn silent_server_times_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let _listener = UnixListener::bind(dir.path().join("wg0.sock")).unwrap();
+        // The kernel completes the connection from the backlog; nobody answers.
+        let start = Instant::now();
+        let err = get(dir.path(), "wg0").unwrap_err();
+        assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+        assert!(start.elapsed() < TIMEOUT + Duration::from_secs(2));
+    }
+
+    #[test]
+    fn early_close_is_a_protocol_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("wg0.sock")).unwrap();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 7];
+            conn.read_exact(&mut request).unwrap();
+            conn.write_all(b"listen_port=1\n").unwrap();
+        });
+        let err = get(dir.path(), "wg0").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ClientError::Protocol {
+                    error: ProtoError::Truncated,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn names_with_a_slash_are_refused() {
+        let err = get(Path::new("/tmp"), "../x").unwrap_err();
+        assert!(matches!(err, ClientError::InvalidName { .. }), "{err:?}");
+        assert!(get(Path::new("/tmp"), "").is_err());
+    }
+
+    #[test]
+    fn listing_finds_live_sockets_only_sorted() {
+        let dir = tempfile::tempdir().unwrap();
+        let _b = UnixListener::bind(dir.path().join("b.sock")).unwrap();
+        let _a = UnixListener::bind(dir.path().join("a.sock")).unwrap();
+        drop(UnixListener::bind(dir.path().join("stale.sock")).unwrap());
+        fs::write(dir.path().join("file.sock"), "").unwrap();
+        fs::write(dir.path().join("a.lock"), "").unwrap();
+        let _bare = UnixListener::bind(dir.path().join(".sock")).unwrap();
+        assert_eq!(list_interfaces(dir.path()).unwrap(), ["a", "b"]);
+        assert!(
+            list_interfaces(&dir.path().join("missing"))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn answer_end_finds_the_empty_line() {
+        assert_eq!(answer_end(b"\n", 0), Some(1));
+        assert_eq!(answer_end(b"errno=0\n\nmore", 0), Some(9));
+        assert_eq!(answer_end(b"errno=0\n\n", 7), Some(9));
+        assert_eq!(answer_end(b"errno=0\n", 0), None);
+        assert_eq!(answer_end(b"", 0), None);
+    }
+}
