@@ -51,6 +51,10 @@ pub enum Command {
     Genpsk,
     /// Read a private key on stdin and print its public key, like `wg pubkey`.
     Pubkey,
+    /// Show tunnels' configuration and state, like `wg show`.
+    Show(crate::tools::ShowArgs),
+    /// Change a running tunnel's configuration, like `wg set`.
+    Set(crate::tools::SetArgs),
 }
 
 /// The `run` form.

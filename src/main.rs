@@ -56,6 +56,8 @@ fn init_logging(level: Option<&str>, default_level: &str) {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     match cli.command {
         Some(Command::Run(args)) => wireguard4netns::run::exec(&args),
+        Some(Command::Show(args)) => Ok(wireguard4netns::tools::show(&args).map(|()| 0)?),
+        Some(Command::Set(args)) => Ok(wireguard4netns::tools::set(&args).map(|()| 0)?),
         Some(Command::Genkey) => print_key(&keys::generate_private()).map(|()| 0),
         Some(Command::Genpsk) => print_key(&keys::generate_preshared()).map(|()| 0),
         Some(Command::Pubkey) => {

@@ -16,3 +16,8 @@
 
 pub mod client;
 pub mod proto;
+pub mod set;
+pub mod show;
+
+pub use set::{SetArgs, SetError, set};
+pub use show::{ShowArgs, ShowError, show};
