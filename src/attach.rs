@@ -254,8 +254,8 @@ fn serve(
         };
         tracing::info!("stopping: {reason}");
         // WireGuard has no goodbye message, so there is nothing to flush: the
-        // engine's tasks die with the runtime below, and the TUN with our fd.
-        drop(engine);
+        // engine ends with the process (see `abandon_runtime`).
+        std::mem::forget(engine);
         drop(socket);
         janitor.dismiss();
         if reason == StopReason::EngineFailed {
@@ -263,6 +263,6 @@ fn serve(
         }
         Ok(())
     });
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    lifecycle::abandon_runtime(runtime);
     result
 }

@@ -393,6 +393,16 @@ impl PidFd {
     }
 }
 
+/// Leave the runtime running until the process exits, instead of shutting it
+/// down. Called once our files are cleaned up and we are about to exit: the
+/// engine holds nothing that needs flushing (WireGuard has no goodbye message,
+/// the TUN goes with our descriptor), while gotatun's stop sequence, and even a
+/// runtime shutdown, wakes its tasks in an order in which they log spurious
+/// "channel closed" errors at the user.
+pub fn abandon_runtime(runtime: tokio::runtime::Runtime) {
+    std::mem::forget(runtime);
+}
+
 /// Why the engine stopped.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StopReason {

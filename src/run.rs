@@ -275,12 +275,10 @@ fn parent_main(
             }
         }
     });
-    // Inside the runtime: the engine's drop hands its shutdown to the runtime.
-    runtime.block_on(async move {
-        drop(serving);
-        drop(engine);
-    });
-    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    drop(serving);
+    // The engine ends with the process (see `abandon_runtime`).
+    std::mem::forget(engine);
+    lifecycle::abandon_runtime(runtime);
     Ok(exit_code(wait_status(child)))
 }
 
@@ -409,8 +407,11 @@ fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
         .map_err(|e| match e {
             Errno::EPERM | Errno::ENOSPC | Errno::EUSERS => format!(
-                "cannot create a user namespace: {} (hint: unprivileged user namespaces are disabled; as root: sysctl -w user.max_user_namespaces=28633, and kernel.unprivileged_userns_clone=1 where that exists)",
-                e.desc()
+                "cannot create a user namespace: {} (hint: as root: sysctl -w user.max_user_namespaces=28633, and kernel.unprivileged_userns_clone=1 where that exists)",
+                match e {
+                    Errno::EPERM => "unprivileged user namespaces are disabled (kernel.unprivileged_userns_clone=0, or a security policy such as AppArmor's)",
+                    _ => "user namespaces are disabled or exhausted (user.max_user_namespaces is 0 or reached)",
+                }
             ),
             other => format!("cannot create namespaces: {}", other.desc()),
         })?;
