@@ -76,6 +76,12 @@ pub enum ClientError {
     )]
     Timeout { path: PathBuf },
 
+    #[error(
+        "{} closed the connection without an answer (has the tunnel stopped? see its log)",
+        path.display()
+    )]
+    Closed { path: PathBuf },
+
     #[error("cannot talk to {}: {error}", path.display())]
     Io { path: PathBuf, error: io::Error },
 
@@ -237,6 +243,9 @@ fn exchange(dir: &Path, ifname: &str, request: &str) -> Result<(PathBuf, String)
             ClientError::Timeout { path: path.clone() }
         }
         io::ErrorKind::OutOfMemory => ClientError::TooLarge { path: path.clone() },
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::ConnectionReset => {
+            ClientError::Closed { path: path.clone() }
+        }
         _ => ClientError::Io {
             path: path.clone(),
             error: e,
@@ -300,7 +309,10 @@ fn talk(mut stream: UnixStream, request: &str) -> io::Result<String> {
             return Ok(String::from_utf8_lossy(&answer).into_owned());
         }
         if n == 0 {
-            // Closed early: hand over what came, the parser says what is missing.
+            if answer.is_empty() {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            // Closed mid-answer: hand over what came, the parser says what is missing.
             return Ok(String::from_utf8_lossy(&answer).into_owned());
         }
         if answer.len() > MAX_ANSWER {
@@ -442,6 +454,21 @@ mod tests {
             ),
             "{err:?}"
         );
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn closing_without_an_answer_is_reported_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(dir.path().join("wg0.sock")).unwrap();
+        let server = thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut request = [0u8; 7];
+            conn.read_exact(&mut request).unwrap();
+        });
+        let err = get(dir.path(), "wg0").unwrap_err();
+        assert!(matches!(err, ClientError::Closed { .. }), "{err:?}");
+        assert!(err.to_string().contains("without an answer"), "{err}");
         server.join().unwrap();
     }
 
