@@ -733,6 +733,32 @@ mod tests {
         }
     }
 
+    /// A poor man's fuzzer until there is a fuzz target: mutated and cut
+    /// copies of a valid answer must give a result, never a panic.
+    #[test]
+    fn mutated_answers_never_panic() {
+        let example = example().into_bytes();
+        let alphabet = b"=\n0123456789abcdef:[]%/.-+x\xff\xc3";
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..20_000 {
+            let mut text = example.clone();
+            for _ in 0..next() % 4 + 1 {
+                let at = (next() % text.len() as u64) as usize;
+                text[at] = alphabet[(next() % alphabet.len() as u64) as usize];
+            }
+            text.truncate((next() % (text.len() as u64 + 1)) as usize);
+            let text = String::from_utf8_lossy(&text);
+            let _ = parse_get_response(&text);
+            let _ = parse_set_response(&text);
+        }
+    }
+
     #[test]
     fn errors_do_not_repeat_long_values() {
         let long = "x".repeat(1000);
