@@ -127,6 +127,31 @@ fn show_dump_is_byte_identical_to_wg() {
     });
     assert_eq!(ours_all, wg_all, "`show all dump`");
     assert_eq!(ours_all.lines().count(), 3, "{ours_all}");
+
+    // wireguard-go answers differently from gotatun (protocol_version, an
+    // all-zero preshared key, zero counters and handshake times where gotatun
+    // leaves lines out): read the peer's own socket, as root, with ours and wg.
+    wg(&[
+        "set",
+        &s.peer.ifname,
+        "peer",
+        &idle.public,
+        "allowed-ips",
+        "fd00::/64",
+    ]);
+    for args in [
+        vec![s.peer.ifname.as_str(), "dump"],
+        vec![s.peer.ifname.as_str()],
+    ] {
+        let (ours_out, wg_out) = settle(|| {
+            let mut all = vec!["show", "--tmpdir", WG_RUN_DIR];
+            all.extend(&args);
+            let mut wg_args = vec!["show"];
+            wg_args.extend(&args);
+            (text(&run_ok(&mut cmd(binary(), all)).stdout), wg(&wg_args))
+        });
+        assert_eq!(ours_out, wg_out, "wireguard-go's socket, {args:?}");
+    }
 }
 
 #[test]
