@@ -210,7 +210,7 @@ fn serve(
         } = prepared;
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
-        let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
+        let engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let _uapi = uapi::serve(&socket, client)?;
         tracing::info!(
@@ -249,7 +249,6 @@ fn serve(
             reason = target_exit => reason,
             () = tun.gone() => StopReason::InterfaceDeleted,
             () = exit_requested => StopReason::ExitFd,
-            () = engine.failed() => StopReason::EngineFailed,
             signal = lifecycle::termination_signal() => StopReason::Signal(signal?),
         };
         tracing::info!("stopping: {reason}");
@@ -258,9 +257,6 @@ fn serve(
         std::mem::forget(engine);
         drop(socket);
         janitor.dismiss();
-        if reason == StopReason::EngineFailed {
-            bail!("{} stopped: {reason}", plan.ifname);
-        }
         Ok(())
     });
     lifecycle::abandon_runtime(runtime);

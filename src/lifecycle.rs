@@ -409,7 +409,6 @@ pub enum StopReason {
     TargetExited(i32),
     InterfaceDeleted,
     ExitFd,
-    EngineFailed,
     Signal(&'static str),
 }
 
@@ -418,7 +417,6 @@ impl std::fmt::Display for StopReason {
         match self {
             StopReason::TargetExited(pid) => write!(f, "target process {pid} exited"),
             StopReason::InterfaceDeleted => write!(f, "the TUN interface was deleted"),
-            StopReason::EngineFailed => write!(f, "the WireGuard engine failed"),
             StopReason::ExitFd => write!(f, "the exit fd was closed or written"),
             StopReason::Signal(name) => write!(f, "received {name}"),
         }

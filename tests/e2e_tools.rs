@@ -354,14 +354,11 @@ fn set_through_our_tool_is_seen_by_wg_and_back() {
 
 /// `set listen-port` moves the UDP socket and the tunnel keeps working.
 ///
-/// Ignored: gotatun 0.10.2 tears down the old connection's tasks in an order
-/// that lets `handle_outgoing` see its TUN channel closed and register a
-/// fatal error ("Unexpected error on tun interface: channel closed") in about
-/// a third of the runs; `Engine::failed` then stops the tunnel ("the
-/// WireGuard engine failed"). Every reconfiguring `set` (listen-port,
-/// private-key, fwmark) can hit it, through `wg set` as well.
+/// gotatun 0.10.2 rebuilds its connection on every reconfiguring `set`
+/// (listen-port, private-key, fwmark), and the old connection's tasks may
+/// register a "fatal" error on the way out. We do not stop on those: a deleted
+/// TUN is detected on its own, and the new connection works.
 #[test]
-#[ignore = "gotatun 0.10.2: a reconfiguring set can stop the engine (see the doc comment)"]
 fn set_listen_port_keeps_the_tunnel() {
     let Some((s, link, _idle)) = running_tunnel("set_listen_port_keeps_the_tunnel") else {
         return;
