@@ -625,3 +625,81 @@ fn ready_fd_and_exit_fd() {
     assert!(gone(&s.socket()), "socket left behind after --exit-fd");
     eprintln!("ready_fd_and_exit_fd: exited ({status:?}) {took:?} after the exit fd closed");
 }
+
+/// Bind mounts of a namespace, made by root, unmounted on drop.
+struct NsBind(std::path::PathBuf);
+
+impl NsBind {
+    fn new(source: String, path: std::path::PathBuf) -> Self {
+        std::fs::write(&path, b"").expect("mount point");
+        run_ok(&mut cmd(
+            "mount",
+            [
+                std::ffi::OsStr::new("--bind"),
+                source.as_ref(),
+                path.as_ref(),
+            ],
+        ));
+        Self(path)
+    }
+}
+
+impl Drop for NsBind {
+    fn drop(&mut self) {
+        let _ = run(&mut cmd("umount", [&self.0]));
+    }
+}
+
+/// `--netns-type=path`: attach to a bind-mounted network namespace (as rootless
+/// container tools keep them under /run/user/UID/netns/), with its owning user
+/// namespace given by `--userns-path` or found by the kernel.
+#[test]
+fn attach_by_namespace_path() {
+    let Some(id) = require_root_env("attach_by_namespace_path") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let pid = s.target.pid();
+    let net = NsBind::new(format!("/proc/{pid}/ns/net"), s.dir.path().join("netns"));
+    let user = NsBind::new(format!("/proc/{pid}/ns/user"), s.dir.path().join("userns"));
+    let net_path = net.0.to_string_lossy().into_owned();
+    let user_path = user.0.to_string_lossy().into_owned();
+
+    for flags in [
+        vec![
+            "--configure",
+            "--netns-type=path",
+            "--userns-path",
+            &user_path,
+        ],
+        vec!["--configure", "--netns-type=path"],
+    ] {
+        let mut args: Vec<std::ffi::OsString> = s.args(0, &flags);
+        // `args` put the PID 0 where TARGET goes: the namespace path instead.
+        let target = args.len() - 3;
+        args[target] = net_path.clone().into();
+        args.insert(0, "--foreground".into());
+        let log = s.dir.path().join("path-attach.log");
+        let mut child = as_user(binary(), &args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log"))
+            .spawn()
+            .expect("spawn our binary");
+        if !wait_for(Duration::from_secs(10), || !gone(&s.socket())) {
+            kill_child(&mut child);
+            panic!(
+                "no socket with {flags:?}: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        s.expect_ping(s.peer_v4(), 1);
+        signal(child.id(), Signal::SIGTERM);
+        let status = wait_until(&mut child, Instant::now() + EXIT_BUDGET + EXIT_SLACK);
+        if status.is_none() {
+            kill_child(&mut child);
+            panic!("still running after SIGTERM with {flags:?}");
+        }
+        assert!(gone(&s.socket()), "socket left behind with {flags:?}");
+    }
+}
