@@ -18,6 +18,7 @@ pub mod keys;
 pub mod lifecycle;
 pub mod netlink;
 pub mod netns;
+pub mod offload;
 pub mod run;
 pub mod tools;
 pub mod tun;
