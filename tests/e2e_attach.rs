@@ -327,11 +327,18 @@ fn wg_tool_reads_and_changes_running_tunnel() {
     s.expect_ping(s.peer_v6(), 2);
 }
 
-/// `--foreground`: when the target exits, our process exits within 2 s and
-/// removes its socket.
-#[test]
-fn exits_when_target_exits() {
-    let Some(id) = require_root_env("exits_when_target_exits") else {
+/// What ends a `--foreground` instance in [`stops_and_cleans_up`].
+enum Stop {
+    TargetExits,
+    Signal(Signal),
+    InterfaceDeleted,
+}
+
+/// A `--foreground` instance with a working tunnel is stopped the way `stop`
+/// says: it must exit within 2 s and remove its socket; the target survives
+/// everything but its own death.
+fn stops_and_cleans_up(test: &str, stop: Stop) {
+    let Some(id) = require_root_env(test) else {
         return;
     };
     let mut s = Scenario::new(id, ScenarioOpts::default());
@@ -341,20 +348,42 @@ fn exits_when_target_exits() {
     s.expect_ping(s.peer_v4(), 1);
 
     let t = Instant::now();
-    s.target.kill();
+    let what = match stop {
+        Stop::TargetExits => {
+            s.target.kill();
+            "its target exited".to_owned()
+        }
+        Stop::Signal(sig) => {
+            fg.signal(sig);
+            format!("{sig}")
+        }
+        Stop::InterfaceDeleted => {
+            s.target.ip_ok(["link", "del", "dev", &s.ifname]);
+            "`ip link del`".to_owned()
+        }
+    };
     let status = fg.wait_exit(EXIT_BUDGET + EXIT_SLACK);
     let took = t.elapsed();
     assert!(
         status.is_some(),
-        "still running {took:?} after its target exited\n--- its output ---\n{}",
+        "still running {took:?} after {what}\n--- its output ---\n{}",
         fg.log()
     );
     assert!(
         gone(&s.socket()),
-        "{} left behind after exit ({status:?})",
+        "{} left behind after {what} ({status:?})",
         s.socket().display()
     );
-    eprintln!("exits_when_target_exits: exited ({status:?}) {took:?} after the target was killed");
+    if !matches!(stop, Stop::TargetExits) {
+        assert!(s.target.is_alive(), "the target died with our process");
+    }
+    eprintln!("{test}: exited ({status:?}) {took:?} after {what}");
+}
+
+/// When the target exits, our process exits within 2 s and removes its socket.
+#[test]
+fn exits_when_target_exits() {
+    stops_and_cleans_up("exits_when_target_exits", Stop::TargetExits);
 }
 
 /// Background mode: the command returns promptly with its stdio released, the
@@ -474,75 +503,23 @@ fn second_instance_same_socket_fails() {
     );
 }
 
-fn signal_stops_and_cleans_up(test: &str, sig: Signal) {
-    let Some(id) = require_root_env(test) else {
-        return;
-    };
-    let mut s = Scenario::new(id, ScenarioOpts::default());
-    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
-    fg.wait_socket(&s.socket(), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    s.expect_ping(s.peer_v4(), 1);
-
-    let t = Instant::now();
-    fg.signal(sig);
-    let status = fg.wait_exit(EXIT_BUDGET + EXIT_SLACK);
-    let took = t.elapsed();
-    assert!(
-        status.is_some(),
-        "still running {took:?} after {sig}\n--- its output ---\n{}",
-        fg.log()
-    );
-    assert!(
-        gone(&s.socket()),
-        "{} left behind after {sig} ({status:?})",
-        s.socket().display()
-    );
-    assert!(s.target.is_alive(), "the target died with our process");
-    eprintln!("{test}: exited ({status:?}) {took:?} after {sig}");
-}
-
 /// `--foreground` instance, SIGTERM by PID: exits within 2 s, socket gone.
 #[test]
 fn sigterm_stops_and_cleans_up() {
-    signal_stops_and_cleans_up("sigterm_stops_and_cleans_up", Signal::SIGTERM);
+    stops_and_cleans_up("sigterm_stops_and_cleans_up", Stop::Signal(Signal::SIGTERM));
 }
 
 /// The same for SIGINT (Ctrl-C).
 #[test]
 fn sigint_stops_and_cleans_up() {
-    signal_stops_and_cleans_up("sigint_stops_and_cleans_up", Signal::SIGINT);
+    stops_and_cleans_up("sigint_stops_and_cleans_up", Stop::Signal(Signal::SIGINT));
 }
 
 /// Deleting the interface inside the namespace ends the tunnel: our process
 /// exits within 2 s and removes its socket; the target lives on.
 #[test]
 fn exits_when_interface_is_deleted() {
-    let Some(id) = require_root_env("exits_when_interface_is_deleted") else {
-        return;
-    };
-    let mut s = Scenario::new(id, ScenarioOpts::default());
-    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
-    fg.wait_socket(&s.socket(), Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}"));
-    s.expect_ping(s.peer_v4(), 1);
-
-    let t = Instant::now();
-    s.target.ip_ok(["link", "del", "dev", &s.ifname]);
-    let status = fg.wait_exit(EXIT_BUDGET + EXIT_SLACK);
-    let took = t.elapsed();
-    assert!(
-        status.is_some(),
-        "still running {took:?} after its interface was deleted\n--- its output ---\n{}",
-        fg.log()
-    );
-    assert!(
-        gone(&s.socket()),
-        "{} left behind after the interface was deleted ({status:?})",
-        s.socket().display()
-    );
-    assert!(s.target.is_alive(), "the target died with the interface");
-    eprintln!("exits_when_interface_is_deleted: exited ({status:?}) {took:?} after `ip link del`");
+    stops_and_cleans_up("exits_when_interface_is_deleted", Stop::InterfaceDeleted);
 }
 
 /// slirp4netns' lifecycle descriptors: `--ready-fd` gets "1" once the tunnel is
