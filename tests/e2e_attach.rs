@@ -346,6 +346,13 @@ fn stops_and_cleans_up(test: &str, stop: Stop) {
     fg.wait_socket(&s.socket(), Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}"));
     s.expect_ping(s.peer_v4(), 1);
+    // Handshakes are logged at info, naming the peer (checked once a second).
+    let handshake = format!("handshake with peer {}", s.peer.keys.public);
+    assert!(
+        wait_for(Duration::from_secs(3), || fg.log().contains(&handshake)),
+        "no {handshake:?} in the log:\n{}",
+        fg.log()
+    );
 
     let t = Instant::now();
     let what = match stop {
