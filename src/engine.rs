@@ -107,16 +107,22 @@ pub async fn log_peer_events(client: UapiClient) {
             let key = peer.peer.public_key.0;
             let handshake = peer.last_handshake_time_sec;
             let name = Key::from_bytes(key);
-            match seen.get(&key) {
-                None if !first => tracing::info!("peer {name} added"),
-                Some(before) if handshake.is_some() && *before != handshake => {
-                    let endpoint = peer
-                        .peer
-                        .endpoint
-                        .map_or_else(|| "no endpoint".to_owned(), |e| e.to_string());
-                    tracing::info!("handshake with peer {name} ({endpoint})");
-                }
-                _ => {}
+            let before = seen.get(&key);
+            if before.is_none() && !first {
+                tracing::info!("peer {name} added");
+            }
+            // The device recomputes the handshake's wall-clock second on every
+            // request, so it may move by one without a new handshake; real
+            // handshakes are at least REKEY_TIMEOUT (5 s) apart.
+            let earlier = before.copied().flatten();
+            if let Some(at) = handshake
+                && earlier.is_none_or(|earlier| at > earlier + 1)
+            {
+                let endpoint = peer
+                    .peer
+                    .endpoint
+                    .map_or_else(|| "no endpoint".to_owned(), |e| e.to_string());
+                tracing::info!("handshake with peer {name} ({endpoint})");
             }
             current.insert(key, handshake);
         }
