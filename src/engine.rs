@@ -22,6 +22,12 @@ use crate::tun::TunDevice;
 
 type Transports = (UdpSocketFactory, TunDevice, TunDevice);
 
+/// `SO_RCVBUF`/`SO_SNDBUF` of the UDP socket, as wireguard-go sets them: the
+/// TUN hands us 64 KiB bursts (GSO), which overflow the default ~208 KiB
+/// receive buffer of the peer's socket (and ours, for its bursts) and turn
+/// into TCP retransmits. The kernel caps it at `net.core.rmem_max`/`wmem_max`.
+const UDP_SOCKET_BUFFER: usize = 7 << 20;
+
 /// Errors starting the engine.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -68,6 +74,8 @@ impl Engine {
         let port = config.interface.listen_port.unwrap_or(0);
         let mut builder = device::build()
             .with_default_udp()
+            .udp_recv_buffer_size(UDP_SOCKET_BUFFER)
+            .udp_send_buffer_size(UDP_SOCKET_BUFFER)
             .with_ip(tun)
             .with_private_key(StaticSecret::from(*config.interface.private_key.as_bytes()))
             .with_listen_port(port)

@@ -12,16 +12,31 @@
 //! interface of the same name is an error (`EBUSY`) instead of being silently
 //! attached to, which would hijack someone else's persistent TUN.
 //!
-//! [`TunDevice`] implements gotatun's [`IpRecv`]/[`IpSend`]. Both are driven by
-//! tokio's `AsyncFd` on the non-blocking descriptor. An error from `IpRecv` is
-//! fatal to the engine, so packets the kernel should never hand us (too short to
-//! be IP) are dropped here, and only a dead device (`EBADFD` after the interface
-//! was deleted) is reported.
+//! Offloads: we also ask for `IFF_VNET_HDR` and enable `TUNSETOFFLOAD` (checksum,
+//! TSO4/TSO6, and USO4/USO6 where the kernel has them, Linux 6.2+). Every read
+//! and write then starts with a `virtio_net_hdr` ([`VNET_HDR_LEN`] bytes, set
+//! with `TUNSETVNETHDRSZ`), a read may return a 64 KiB TCP/UDP super-packet
+//! that we split into MTU-sized packets, and a write may carry a super-packet
+//! that we coalesced from the engine's decrypted segments. The packet work is
+//! in `offload`; this module does the I/O around it. The kernel sets the TUN's
+//! features per interface, so the helper does it right after `TUNSETIFF`,
+//! inside the namespace; [`TunDevice`] learns from `TUNGETIFF` whether the
+//! descriptor it was handed speaks `virtio_net_hdr`, and handles both kinds.
+//!
+//! [`TunDevice`] implements gotatun's [`IpRecv`]/[`IpSend`], driven by tokio's
+//! `AsyncFd` on the non-blocking descriptor. `IpRecv::recv` reads one
+//! (super-)packet into a reused 64 KiB buffer and returns its segments, written
+//! into buffers from gotatun's pool. `IpSend::send` hands one packet at a time,
+//! so it only queues the packet for our writer task, which takes whatever has
+//! queued up (up to [`WRITE_BATCH`]), coalesces it and writes each result with
+//! one `writev`. An error from `IpRecv` is fatal to the engine, so packets the
+//! kernel should never hand us (too short to be IP, malformed GSO) are dropped
+//! here, and only a dead device (`EBADFD` after the interface was deleted) is
+//! reported.
 
 use std::ffi::CStr;
 use std::fs::OpenOptions;
-use std::io;
-use std::iter;
+use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
@@ -32,7 +47,11 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+
+use crate::offload::{self, Coalescer, VirtioNetHdr};
+
+pub use crate::offload::VNET_HDR_LEN;
 
 /// Path of the TUN clone device.
 pub const TUN_PATH: &str = "/dev/net/tun";
@@ -43,6 +62,26 @@ pub const IFNAME_MAX: usize = libc::IFNAMSIZ - 1;
 /// The largest packet the engine's buffers hold (gotatun's pool buffers are 4 KiB);
 /// MTUs above this would truncate packets.
 pub const MAX_MTU: u16 = 4096;
+
+/// Offloads we ask for with `TUNSETOFFLOAD`, best first: UDP segmentation
+/// needs Linux 6.2, so older kernels get TCP segmentation only, and a kernel
+/// refusing both still gets checksum offload (or nothing).
+const OFFLOADS: [libc::c_uint; 4] = [
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6 | libc::TUN_F_USO4 | libc::TUN_F_USO6,
+    libc::TUN_F_CSUM | libc::TUN_F_TSO4 | libc::TUN_F_TSO6,
+    libc::TUN_F_CSUM,
+    0,
+];
+
+/// Packets the writer task takes from its queue per round, coalesces and
+/// writes (a 64 KiB super-packet is ~46 segments of 1420 bytes).
+pub const WRITE_BATCH: usize = 64;
+
+/// Depth of the writer task's queue.
+const WRITE_QUEUE: usize = 1024;
+
+/// Size of gotatun's pool buffers, which a read fills first.
+const POOL_BUF: usize = 4096;
 
 /// Errors creating or configuring a TUN device.
 #[derive(Debug, thiserror::Error)]
@@ -113,9 +152,13 @@ struct IfReqFlags {
 }
 
 nix::ioctl_write_ptr_bad!(tunsetiff, libc::TUNSETIFF, IfReqFlags);
+nix::ioctl_read_bad!(tungetiff, libc::TUNGETIFF, IfReqFlags);
+nix::ioctl_write_ptr_bad!(tunsetvnethdrsz, libc::TUNSETVNETHDRSZ, libc::c_int);
+nix::ioctl_write_int_bad!(tunsetoffload, libc::TUNSETOFFLOAD);
 
 /// Create the TUN interface `name` in the current network namespace and return
-/// its (blocking, close-on-exec) descriptor.
+/// its (blocking, close-on-exec) descriptor, with `virtio_net_hdr` and the
+/// offloads the kernel accepts (see the module docs).
 pub fn create(name: &str) -> Result<OwnedFd, TunError> {
     validate_ifname(name)?;
     let file = OpenOptions::new()
@@ -131,7 +174,8 @@ pub fn create(name: &str) -> Result<OwnedFd, TunError> {
 
     let mut req = IfReqFlags {
         name: [0; libc::IFNAMSIZ],
-        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as libc::c_short,
+        flags: (libc::IFF_TUN | libc::IFF_NO_PI | libc::IFF_TUN_EXCL | libc::IFF_VNET_HDR)
+            as libc::c_short,
         _pad: [0; 22],
     };
     for (dst, src) in req.name.iter_mut().zip(name.bytes()) {
@@ -145,7 +189,49 @@ pub fn create(name: &str) -> Result<OwnedFd, TunError> {
     if let Err(errno) = res {
         return Err(tunsetiff_error(name, errno));
     }
-    Ok(OwnedFd::from(file))
+    let fd = OwnedFd::from(file);
+    let size = VNET_HDR_LEN as libc::c_int;
+    // SAFETY: TUNSETVNETHDRSZ reads one `int` from the pointer, which is valid
+    // for the call; the fd is an open TUN descriptor.
+    unsafe { tunsetvnethdrsz(fd.as_raw_fd(), &size) }.map_err(|errno| TunError::Create {
+        name: name.to_owned(),
+        error: errno.into(),
+    })?;
+    set_offloads(&fd);
+    Ok(fd)
+}
+
+/// Enable the best set of [`OFFLOADS`] the kernel accepts on a TUN with
+/// `IFF_VNET_HDR`, and return it. Offloads only make the data path faster, so a
+/// kernel that refuses them all leaves a working TUN.
+pub fn set_offloads(fd: &impl AsFd) -> libc::c_uint {
+    for flags in OFFLOADS {
+        // SAFETY: TUNSETOFFLOAD takes its argument by value (no pointer); the
+        // fd is borrowed for the call.
+        if unsafe { tunsetoffload(fd.as_fd().as_raw_fd(), flags as libc::c_int) }.is_ok() {
+            return flags;
+        }
+    }
+    0
+}
+
+/// `TUNGETIFF` on `fd`: the name and flags the kernel gave the device.
+fn getiff(fd: &impl AsFd) -> io::Result<IfReqFlags> {
+    let mut req = IfReqFlags {
+        name: [0; libc::IFNAMSIZ],
+        flags: 0,
+        _pad: [0; 22],
+    };
+    // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes, matching `IfReqFlags`)
+    // into `req`, which lives across the call; the fd is borrowed for its duration.
+    unsafe { tungetiff(fd.as_fd().as_raw_fd(), &mut req) }?;
+    Ok(req)
+}
+
+/// Whether reads and writes on this TUN descriptor carry a `virtio_net_hdr`.
+pub fn has_vnet_hdr(fd: &impl AsFd) -> io::Result<bool> {
+    let flags = getiff(fd)?.flags as libc::c_int;
+    Ok(flags & libc::IFF_VNET_HDR != 0)
 }
 
 /// What a failed `TUNSETIFF` means for the user.
@@ -165,15 +251,7 @@ fn tunsetiff_error(name: &str, errno: Errno) -> TunError {
 /// The name the kernel gave the device (read back with `TUNGETIFF`); used in
 /// tests and diagnostics.
 pub fn name_of(fd: &impl AsFd) -> io::Result<String> {
-    nix::ioctl_read_bad!(tungetiff, libc::TUNGETIFF, IfReqFlags);
-    let mut req = IfReqFlags {
-        name: [0; libc::IFNAMSIZ],
-        flags: 0,
-        _pad: [0; 22],
-    };
-    // SAFETY: TUNGETIFF writes a `struct ifreq` (40 bytes, matching `IfReqFlags`)
-    // into `req`, which lives across the call; the fd is borrowed for its duration.
-    unsafe { tungetiff(fd.as_fd().as_raw_fd(), &mut req) }?;
+    let req = getiff(fd)?;
     let bytes: Vec<u8> = req.name.iter().map(|&c| c as u8).collect();
     let name = CStr::from_bytes_until_nul(&bytes)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "unterminated name"))?;
@@ -181,33 +259,79 @@ pub fn name_of(fd: &impl AsFd) -> io::Result<String> {
 }
 
 /// The host side of the TUN: gotatun's packet source and sink.
-#[derive(Clone)]
+///
+/// Clones share the descriptor and the writer task; each clone has its own
+/// receive buffer (allocated on its first `recv`), since gotatun receives on
+/// one clone and sends on another.
 pub struct TunDevice {
     inner: Arc<Inner>,
+    writer: mpsc::Sender<Packet<[u8]>>,
+    rx: Option<Box<RxBuf>>,
+}
+
+impl Clone for TunDevice {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+            writer: self.writer.clone(),
+            rx: None,
+        }
+    }
 }
 
 struct Inner {
     fd: AsyncFd<OwnedFd>,
     mtu: u16,
+    /// Reads and writes carry a `virtio_net_hdr`.
+    vnet: bool,
     gone: watch::Sender<bool>,
+}
+
+/// What `recv` reuses from one call to the next.
+struct RxBuf {
+    /// A read lands in a pool buffer first (no copy for ordinary packets);
+    /// the rest of a super-packet lands here after `POOL_BUF` bytes of room,
+    /// into which the first part is copied to make it contiguous for splitting.
+    spill: Box<[u8]>,
+    /// The packets the last `recv` returned (drained by the caller).
+    out: Vec<Packet<Ip>>,
+}
+
+impl RxBuf {
+    fn new() -> Box<Self> {
+        Box::new(Self {
+            spill: vec![0; POOL_BUF + offload::MAX_PACKET].into_boxed_slice(),
+            out: Vec::with_capacity(offload::MAX_SEGMENTS),
+        })
+    }
 }
 
 impl TunDevice {
     /// Wrap a TUN descriptor (from [`create`], possibly made in another
-    /// namespace). Must be called inside a tokio runtime.
+    /// namespace). Must be called inside a tokio runtime: it starts the writer
+    /// task, which ends when the last clone is dropped.
     pub fn new(fd: OwnedFd, mtu: u16) -> Result<Self, TunError> {
+        // A TUN made without IFF_VNET_HDR (not by `create`) still works, one
+        // packet per read and write.
+        let vnet = has_vnet_hdr(&fd).unwrap_or(false);
         let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(|e| TunError::NonBlocking(e.into()))?;
         let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
         fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(|e| TunError::NonBlocking(e.into()))?;
         // SAFETY: an `OwnedFd` is a valid open descriptor whose `as_raw_fd()`
         // never changes, and the `AsyncFd` owns it until it is dropped.
         let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| TunError::NonBlocking(e.into()))?;
+        let inner = Arc::new(Inner {
+            fd,
+            mtu,
+            vnet,
+            gone: watch::Sender::new(false),
+        });
+        let (writer, queue) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(write_loop(Arc::clone(&inner), queue));
         Ok(Self {
-            inner: Arc::new(Inner {
-                fd,
-                mtu,
-                gone: watch::Sender::new(false),
-            }),
+            inner,
+            writer,
+            rx: None,
         })
     }
 
@@ -217,61 +341,20 @@ impl TunDevice {
         // An error means the sender is gone, which cannot happen while `self` lives.
         let _ = rx.wait_for(|gone| *gone).await;
     }
+}
 
+impl Inner {
     fn check_gone(&self, err: &io::Error) {
-        if matches!(
-            err.raw_os_error(),
-            Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::EBADF)
-        ) {
-            self.inner.gone.send_replace(true);
-        }
-    }
-}
-
-impl IpRecv for TunDevice {
-    async fn recv<'a>(
-        &'a mut self,
-        pool: &mut PacketBufPool,
-    ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
-        loop {
-            // Wait for ERROR too: a deleted interface only ever reports EPOLLERR,
-            // which plain `readable()` would sleep through forever.
-            let mut guard = self
-                .inner
-                .fd
-                .ready(Interest::READABLE | Interest::ERROR)
-                .await?;
-            let mut packet = pool.get();
-            let read = guard.try_io(|fd| Ok(nix::unistd::read(fd, &mut packet)?));
-            match read {
-                Err(_would_block) => continue,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Ok(Err(e)) => {
-                    self.check_gone(&e);
-                    return Err(e);
-                }
-                Ok(Ok(n)) => {
-                    packet.truncate(n);
-                    match packet.try_into_ip() {
-                        Ok(ip) => return Ok(iter::once(ip)),
-                        Err(e) => tracing::debug!("dropping a non-IP packet from the TUN: {e}"),
-                    }
-                }
-            }
+        if is_fatal(err) {
+            self.gone.send_replace(true);
         }
     }
 
-    fn mtu(&self) -> MtuWatcher {
-        MtuWatcher::new(self.inner.mtu)
-    }
-}
-
-impl IpSend for TunDevice {
-    async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
-        let bytes = packet.into_bytes();
+    /// One `writev` of a whole packet, waiting while the queue is full.
+    async fn write(&self, iov: &[IoSlice<'_>]) -> io::Result<()> {
         loop {
-            let mut guard = self.inner.fd.writable().await?;
-            match guard.try_io(|fd| Ok(nix::unistd::write(fd, &bytes)?)) {
+            let mut guard = self.fd.writable().await?;
+            match guard.try_io(|fd| Ok(nix::sys::uio::writev(fd, iov)?)) {
                 Err(_would_block) => continue,
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => {
@@ -281,6 +364,195 @@ impl IpSend for TunDevice {
                 Ok(Ok(_)) => return Ok(()),
             }
         }
+    }
+
+    /// Write one batch: coalesced with `virtio_net_hdr`s, or one packet per
+    /// write without. Only an error that kills the device is returned; a
+    /// packet the kernel refuses is dropped, as a NIC would.
+    async fn write_batch(
+        &self,
+        batch: &mut [Packet<[u8]>],
+        gro: &mut Coalescer,
+        writes: &mut Vec<offload::Write>,
+    ) -> io::Result<()> {
+        if !self.vnet {
+            for packet in batch.iter() {
+                self.drop_unless_fatal(self.write(&[IoSlice::new(packet)]).await)?;
+            }
+            return Ok(());
+        }
+        gro.coalesce_into(batch, writes);
+        for w in writes.iter() {
+            let hdr = w.hdr.encode();
+            let mut iov = [IoSlice::new(&[]); WRITE_BATCH + 1];
+            iov[0] = IoSlice::new(&hdr);
+            let mut n = 1;
+            for part in gro.parts(w, batch) {
+                iov[n] = IoSlice::new(part);
+                n += 1;
+            }
+            self.drop_unless_fatal(self.write(&iov[..n]).await)?;
+        }
+        Ok(())
+    }
+
+    fn drop_unless_fatal(&self, result: io::Result<()>) -> io::Result<()> {
+        match result {
+            Err(e) if is_fatal(&e) => Err(e),
+            Err(e) => {
+                tracing::debug!("the TUN refused a packet: {e}");
+                Ok(())
+            }
+            Ok(()) => Ok(()),
+        }
+    }
+}
+
+/// Errors after which the TUN is unusable (the interface was deleted).
+fn is_fatal(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::EBADF)
+    )
+}
+
+/// The writer task: takes what has queued up, coalesces it, writes it. Ends
+/// when every `TunDevice` is gone or the device dies (then `send` fails).
+async fn write_loop(inner: Arc<Inner>, mut queue: mpsc::Receiver<Packet<[u8]>>) {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut gro = Coalescer::new(false);
+    let mut writes = Vec::with_capacity(WRITE_BATCH);
+    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let result = inner.write_batch(&mut batch, &mut gro, &mut writes).await;
+        batch.clear();
+        if let Err(e) = result {
+            tracing::debug!("TUN writer stops: {e}");
+            return;
+        }
+    }
+}
+
+impl IpRecv for TunDevice {
+    async fn recv<'a>(
+        &'a mut self,
+        pool: &mut PacketBufPool,
+    ) -> io::Result<impl Iterator<Item = Packet<Ip>> + Send + 'a> {
+        let inner = &*self.inner;
+        let rx = self.rx.get_or_insert_with(RxBuf::new);
+        rx.out.clear();
+        let mut spare = None;
+        loop {
+            // Wait for ERROR too: a deleted interface only ever reports EPOLLERR,
+            // which plain `readable()` would sleep through forever.
+            let mut guard = inner.fd.ready(Interest::READABLE | Interest::ERROR).await?;
+            let mut packet = spare.take().unwrap_or_else(|| pool.get());
+            let mut hdr = [0u8; VNET_HDR_LEN];
+            let read = guard.try_io(|fd| {
+                if inner.vnet {
+                    let first = packet.len().min(POOL_BUF);
+                    let mut iov = [
+                        IoSliceMut::new(&mut hdr),
+                        IoSliceMut::new(&mut packet[..first]),
+                        IoSliceMut::new(&mut rx.spill[POOL_BUF..]),
+                    ];
+                    Ok(nix::sys::uio::readv(fd, &mut iov)?)
+                } else {
+                    Ok(nix::unistd::read(fd, &mut packet)?)
+                }
+            });
+            let n = match read {
+                Err(_would_block) => {
+                    spare = Some(packet);
+                    continue;
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+                    spare = Some(packet);
+                    continue;
+                }
+                Ok(Err(e)) => {
+                    inner.check_gone(&e);
+                    return Err(e);
+                }
+                Ok(Ok(n)) => n,
+            };
+            if !inner.vnet {
+                packet.truncate(n);
+                push_ip(&mut rx.out, packet);
+            } else if let Err(e) = split_read(&hdr, n, packet, rx, pool) {
+                tracing::debug!("dropping a packet from the TUN: {e}");
+            }
+            if !rx.out.is_empty() {
+                return Ok(rx.out.drain(..));
+            }
+        }
+    }
+
+    fn mtu(&self) -> MtuWatcher {
+        MtuWatcher::new(self.inner.mtu)
+    }
+}
+
+fn push_ip(out: &mut Vec<Packet<Ip>>, packet: Packet<[u8]>) {
+    match packet.try_into_ip() {
+        Ok(ip) => out.push(ip),
+        Err(e) => tracing::debug!("dropping a non-IP packet from the TUN: {e}"),
+    }
+}
+
+/// Turn one `virtio_net_hdr` read of `n` bytes (header included) into IP
+/// packets in `rx.out`: a plain packet is already in `packet`; a super-packet
+/// is split into buffers from `pool`.
+fn split_read(
+    hdr: &[u8; VNET_HDR_LEN],
+    n: usize,
+    mut packet: Packet<[u8]>,
+    rx: &mut RxBuf,
+    pool: &PacketBufPool,
+) -> Result<(), offload::OffloadError> {
+    let hdr = VirtioNetHdr::decode(hdr).ok_or(offload::OffloadError::Truncated)?;
+    let len = n
+        .checked_sub(VNET_HDR_LEN)
+        .ok_or(offload::OffloadError::Truncated)?;
+    let first = packet.len().min(POOL_BUF);
+    if hdr.gso() == VirtioNetHdr::GSO_NONE {
+        if len > first {
+            // Only with an MTU above what the engine's buffers hold.
+            return Err(offload::OffloadError::TooLong);
+        }
+        packet.truncate(len);
+        offload::complete_checksum(&mut packet, &hdr)?;
+        push_ip(&mut rx.out, packet);
+        return Ok(());
+    }
+    // Make the super-packet contiguous: its first part goes in front of the rest.
+    let start = POOL_BUF - first;
+    rx.spill[start..POOL_BUF].copy_from_slice(&packet[..first]);
+    let whole = &rx.spill[start..start + len];
+    let mut spare = Some(packet);
+    let out = &mut rx.out;
+    offload::gso_split(
+        whole,
+        &hdr,
+        |len| {
+            let mut p = spare.take().unwrap_or_else(|| pool.get());
+            if len <= p.len() {
+                p.truncate(len);
+            } else {
+                p.buf_mut().resize(len, 0);
+            }
+            p
+        },
+        |segment| push_ip(out, segment),
+    )?;
+    Ok(())
+}
+
+impl IpSend for TunDevice {
+    async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
+        self.writer
+            .send(packet.into_bytes())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the TUN writer has stopped"))
     }
 }
 
@@ -329,6 +601,713 @@ mod tests {
         assert_eq!(
             std::mem::size_of::<IfReqFlags>(),
             std::mem::size_of::<libc::ifreq>()
+        );
+    }
+
+    // ---- against the kernel: TSO/USO super-packets it makes, GRO writes it
+    // must accept -----------------------------------------------------------
+
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::time::{Duration, Instant};
+
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use nix::sched::{CloneFlags, unshare};
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::unistd::{ForkResult, Gid, Uid, fork, pipe2};
+
+    use crate::offload::testing::{Flow, pattern, timestamps, verify};
+
+    /// Why a kernel test stopped early.
+    enum Stop {
+        /// The machine cannot run it (no namespaces, no TUN): a failure when
+        /// `CI=true`, else a note on stderr.
+        Skip(String),
+        Fail(String),
+    }
+
+    impl From<String> for Stop {
+        fn from(message: String) -> Self {
+            Self::Fail(message)
+        }
+    }
+
+    impl From<io::Error> for Stop {
+        fn from(error: io::Error) -> Self {
+            Self::Fail(format!("unexpected I/O error: {error}"))
+        }
+    }
+
+    fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Stop> {
+        if condition {
+            Ok(())
+        } else {
+            Err(Stop::Fail(message()))
+        }
+    }
+
+    /// Runs `body` in a forked child that has a network namespace of its own
+    /// (in a new user namespace, or as root without one), and asserts it
+    /// passed. Forking keeps the test harness's threads and namespace out of it.
+    fn in_own_netns(test: &str, body: impl FnOnce() -> Result<(), Stop>) {
+        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).expect("pipe2");
+        // SAFETY: the child only makes system calls, allocates (glibc's malloc
+        // is usable after fork), starts its own threads and leaves with
+        // `_exit`, never returning into the test harness or touching its locks.
+        match unsafe { fork() }.expect("fork") {
+            ForkResult::Child => {
+                drop(read_end);
+                let run = || -> Result<(), Stop> {
+                    let (uid, gid) = (Uid::current(), Gid::current());
+                    match unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET) {
+                        Ok(()) => {
+                            let map = |path: &str, text: String| {
+                                std::fs::write(path, &text).map_err(|e| {
+                                    Stop::Skip(format!("cannot write {text:?} to {path}: {e}"))
+                                })
+                            };
+                            map("/proc/self/uid_map", format!("0 {uid} 1"))?;
+                            map("/proc/self/setgroups", "deny".to_owned())?;
+                            map("/proc/self/gid_map", format!("0 {gid} 1"))?;
+                        }
+                        Err(_) if uid.is_root() => unshare(CloneFlags::CLONE_NEWNET)
+                            .map_err(|e| Stop::Skip(format!("unshare(CLONE_NEWNET): {e}")))?,
+                        Err(e) => {
+                            return Err(Stop::Skip(format!(
+                                "user namespaces are unavailable: {e}"
+                            )));
+                        }
+                    }
+                    body()
+                };
+                std::panic::set_hook(Box::new(|info| {
+                    let _ = writeln!(io::stderr(), "kernel test child: {info}");
+                }));
+                let report = match catch_unwind(AssertUnwindSafe(run)) {
+                    Ok(Ok(())) => "pass\n".to_owned(),
+                    Ok(Err(Stop::Skip(reason))) => format!("skip\n{reason}"),
+                    Ok(Err(Stop::Fail(message))) => format!("fail\n{message}"),
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<String>()
+                            .cloned()
+                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+                            .unwrap_or_default();
+                        format!("fail\nthe child panicked: {what}")
+                    }
+                };
+                let _ = File::from(write_end).write_all(report.as_bytes());
+                // SAFETY: `_exit` ends the child at once, without running the
+                // parent's atexit handlers or unwinding into the harness.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => {
+                drop(write_end);
+                let status = waitpid(child, None).expect("waitpid");
+                assert_eq!(status, WaitStatus::Exited(child, 0), "{test}: child died");
+                // The child is gone, so its report is in the pipe; don't wait
+                // for EOF, which a sibling test's child could delay.
+                fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
+                let mut report = Vec::new();
+                let _ = File::from(read_end).read_to_end(&mut report);
+                let report = String::from_utf8_lossy(&report);
+                match report.split_once('\n') {
+                    Some(("pass", _)) => {}
+                    Some(("skip", reason)) => {
+                        if std::env::var("CI").as_deref() == Ok("true") {
+                            panic!("{test} cannot run (CI=true): {reason}");
+                        }
+                        let _ = writeln!(io::stderr(), "SKIPPED {test}: {reason}");
+                    }
+                    Some(("fail", message)) => panic!("{test}: {message}"),
+                    _ => panic!("{test}: the child sent no report ({report:?})"),
+                }
+            }
+        }
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(5);
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    const PSH: u8 = 0x08;
+
+    /// The TUN as the tests drive it: blocking reads with a deadline.
+    struct Tun {
+        file: File,
+        buf: Vec<u8>,
+    }
+
+    impl Tun {
+        /// The next packet the kernel sends out of the TUN, with its header.
+        fn read(&mut self) -> Result<(VirtioNetHdr, Vec<u8>), Stop> {
+            let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::from(TIMEOUT.as_millis() as u16))
+                .map_err(|e| Stop::Fail(format!("poll: {e}")))?;
+            ensure(ready == 1, || "no packet from the TUN in time".into())?;
+            let n = self.file.read(&mut self.buf)?;
+            let hdr = VirtioNetHdr::decode(&self.buf[..n]).ok_or("short read".to_owned())?;
+            Ok((hdr, self.buf[VNET_HDR_LEN..n].to_vec()))
+        }
+
+        /// The next packet of `flow`'s reverse direction, as IP packets (split
+        /// if it was a super-packet, checksum completed if it was partial),
+        /// each checked by the reference implementation. Also returns the
+        /// header and the super-packet as read.
+        #[allow(clippy::type_complexity)] // reason: test helper
+        fn read_flow(
+            &mut self,
+            flow: &Flow,
+            proto: u8,
+        ) -> Result<(VirtioNetHdr, Vec<u8>, Vec<Vec<u8>>), Stop> {
+            let deadline = Instant::now() + TIMEOUT;
+            while Instant::now() < deadline {
+                let (hdr, mut pkt) = self.read()?;
+                let Some((l4, p)) = l4_of(&pkt) else { continue };
+                if p != proto
+                    || (pkt[0] >> 4 == 6) != flow.src.is_ipv6()
+                    || pkt.len() < l4 + 4
+                    || pkt[l4..l4 + 2] != flow.dport.to_be_bytes()
+                    || pkt[l4 + 2..l4 + 4] != flow.sport.to_be_bytes()
+                {
+                    continue; // router solicitations, MLD reports, ...
+                }
+                let segments = if hdr.gso() == VirtioNetHdr::GSO_NONE {
+                    let mut single = pkt.clone();
+                    offload::complete_checksum(&mut single, &hdr)
+                        .map_err(|e| format!("complete_checksum: {e}"))?;
+                    vec![single]
+                } else {
+                    let mut out = Vec::new();
+                    offload::gso_split(&pkt, &hdr, |len| vec![0; len], |s| out.push(s))
+                        .map_err(|e| format!("gso_split of {hdr:?}: {e}"))?;
+                    out
+                };
+                for (i, s) in segments.iter().enumerate() {
+                    verify(s).map_err(|e| format!("segment {i} of {hdr:?}: {e}"))?;
+                }
+                pkt.truncate(pkt.len());
+                return Ok((hdr, pkt, segments));
+            }
+            Err(Stop::Fail("no packet of the flow in time".into()))
+        }
+
+        fn write(&mut self, hdr: &VirtioNetHdr, pkt: &[u8]) -> Result<(), Stop> {
+            let mut bytes = hdr.encode().to_vec();
+            bytes.extend_from_slice(pkt);
+            self.write_raw(&bytes)
+        }
+
+        fn write_raw(&mut self, bytes: &[u8]) -> Result<(), Stop> {
+            let n = self
+                .file
+                .write(bytes)
+                .map_err(|e| format!("the TUN refused a write of {} bytes: {e}", bytes.len()))?;
+            ensure(n == bytes.len(), || format!("short write {n}"))
+        }
+    }
+
+    fn l4_of(pkt: &[u8]) -> Option<(usize, u8)> {
+        match pkt.first()? >> 4 {
+            4 if pkt.len() >= 20 => Some((usize::from(pkt[0] & 0xf) * 4, pkt[9])),
+            6 if pkt.len() >= 40 => Some((40, pkt[6])),
+            _ => None,
+        }
+    }
+
+    /// The value of TCP option `kind` in the segment whose TCP header is at `l4`.
+    fn tcp_option(pkt: &[u8], l4: usize, kind: u8) -> Option<&[u8]> {
+        let end = l4 + usize::from(pkt[l4 + 12] >> 4) * 4;
+        let mut at = l4 + 20;
+        while at < end {
+            match pkt[at] {
+                0 => return None,
+                1 => at += 1,
+                k => {
+                    let len = usize::from(*pkt.get(at + 1)?);
+                    if len < 2 || at + len > end {
+                        return None;
+                    }
+                    if k == kind {
+                        return Some(&pkt[at + 2..at + len]);
+                    }
+                    at += len;
+                }
+            }
+        }
+        None
+    }
+
+    fn be32(b: &[u8], at: usize) -> u32 {
+        u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    /// With `W4N_CAPTURE` set, print a super-packet's header and IP/TCP/UDP
+    /// headers, the material of the fixtures in `offload`'s tests.
+    fn capture(what: &str, hdr: &VirtioNetHdr, pkt: &[u8], hdrs: usize) {
+        if std::env::var_os("W4N_CAPTURE").is_some() {
+            let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+            let _ = writeln!(
+                io::stderr(),
+                "CAPTURE {what}: vnet {} headers {} payload {}",
+                hex(&hdr.encode()),
+                hex(&pkt[..hdrs]),
+                pkt.len() - hdrs
+            );
+        }
+    }
+
+    /// A TCP connection between the kernel (listening at `flow.dst`) and us,
+    /// playing the peer on the TUN by hand: the kernel's TSO super-packets are
+    /// split and verified, and our segments go in coalesced.
+    fn tcp_both_ways(tun: &mut Tun, flow: Flow) -> Result<(), Stop> {
+        let listener = TcpListener::bind((flow.dst, flow.dport))?;
+        let v6 = flow.src.is_ipv6();
+        let isn: u32 = 0xfff0_0000; // our sequence numbers wrap during the test
+        let our_mss: u16 = if v6 { 1340 } else { 1360 };
+        let mut syn_opts = vec![2, 4];
+        syn_opts.extend_from_slice(&our_mss.to_be_bytes());
+        syn_opts.extend_from_slice(&[4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7]);
+        tun.write(
+            &VirtioNetHdr::default(),
+            &flow.tcp(1, isn, 0, SYN, 65535, &syn_opts, &[]),
+        )?;
+        let (_, synack, _) = tun.read_flow(&flow, 6)?;
+        let l4 = if v6 { 40 } else { 20 };
+        ensure(synack[l4 + 13] == SYN | ACK, || "no SYN-ACK".into())?;
+        let their_isn = be32(&synack, l4 + 4);
+        let their_mss = tcp_option(&synack, l4, 2)
+            .map(|o| u16::from_be_bytes([o[0], o[1]]))
+            .ok_or("no MSS in the SYN-ACK".to_owned())?;
+        let mut their_ts = tcp_option(&synack, l4, 8)
+            .map(|o| be32(o, 0))
+            .ok_or("no timestamps in the SYN-ACK".to_owned())?;
+        let ack_to = |id: u16, ack: u32, ecr: u32| {
+            flow.tcp(
+                id,
+                isn.wrapping_add(1),
+                ack,
+                ACK,
+                65535,
+                &timestamps(2, ecr),
+                &[],
+            )
+        };
+        tun.write(
+            &VirtioNetHdr::default(),
+            &ack_to(2, their_isn.wrapping_add(1), their_ts),
+        )?;
+        listener.set_nonblocking(true)?;
+        let deadline = Instant::now() + TIMEOUT;
+        let stream = loop {
+            match listener.accept() {
+                Ok((s, _)) => break s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                Err(e) => return Err(format!("accept: {e}").into()),
+            }
+        };
+        stream.set_nonblocking(false)?;
+
+        // Kernel to us: 200 003 bytes, odd on purpose, in TSO super-packets.
+        let sent = pattern(3, 200_003);
+        let mut writer = stream.try_clone()?;
+        let to_send = sent.clone();
+        let writing = std::thread::spawn(move || writer.write_all(&to_send));
+        let mut got = Vec::new();
+        let mut expected = their_isn.wrapping_add(1);
+        let (mut supers, mut most) = (0, 0);
+        let mut id = 3u16;
+        while got.len() < sent.len() {
+            let (hdr, pkt, segments) = tun.read_flow(&flow, 6)?;
+            if hdr.gso() != VirtioNetHdr::GSO_NONE {
+                if supers == 0 {
+                    capture(if v6 { "tcp6" } else { "tcp4" }, &hdr, &pkt, l4 + 32);
+                }
+                supers += 1;
+                most = most.max(segments.len());
+                ensure(
+                    hdr.gso()
+                        == if v6 {
+                            VirtioNetHdr::GSO_TCPV6
+                        } else {
+                            VirtioNetHdr::GSO_TCPV4
+                        },
+                    || format!("GSO type {hdr:?}"),
+                )?;
+            }
+            for s in &segments {
+                let hdrs = l4 + usize::from(s[l4 + 12] >> 4) * 4;
+                if let Some(o) = tcp_option(s, l4, 8) {
+                    their_ts = be32(o, 0);
+                }
+                if be32(s, l4 + 4) == expected {
+                    got.extend_from_slice(&s[hdrs..]);
+                    expected = expected.wrapping_add((s.len() - hdrs) as u32);
+                }
+            }
+            id = id.wrapping_add(1);
+            tun.write(&VirtioNetHdr::default(), &ack_to(id, expected, their_ts))?;
+        }
+        writing.join().map_err(|_| "writer panicked".to_owned())??;
+        ensure(got == sent, || {
+            "the kernel's stream arrived corrupted".into()
+        })?;
+        ensure(supers > 0 && most > 1, || {
+            format!("the kernel sent no TSO super-packets ({supers}, at most {most} segments)")
+        })?;
+
+        // Us to the kernel: segments of its MSS, coalesced into super-packets.
+        let payload_mss = usize::from(their_mss) - 12;
+        let ours = pattern(11, 150_001);
+        let mut reader = stream;
+        let want = ours.len();
+        let reading = std::thread::spawn(move || {
+            let mut buf = vec![0; want];
+            reader.read_exact(&mut buf).map(|()| buf)
+        });
+        let mut gro = Coalescer::new(false);
+        let mut seq = isn.wrapping_add(1);
+        let mut off = 0;
+        let mut coalesced = 0;
+        while off < ours.len() {
+            // 30 segments (~40 KB) per batch, within the kernel's first window.
+            let mut batch = Vec::new();
+            while batch.len() < 30 && off < ours.len() {
+                let n = payload_mss.min(ours.len() - off);
+                let last = batch.len() == 29 || off + n == ours.len();
+                let flags = if last { ACK | PSH } else { ACK };
+                id = id.wrapping_add(1);
+                let opts = timestamps(3, their_ts);
+                batch.push(flow.tcp(id, seq, expected, flags, 65535, &opts, &ours[off..off + n]));
+                seq = seq.wrapping_add(n as u32);
+                off += n;
+            }
+            let writes = gro.coalesce(&mut batch);
+            ensure(writes.len() == 1, || {
+                format!("{} writes for one batch", writes.len())
+            })?;
+            if writes[0].segments > 1 {
+                coalesced += 1;
+            }
+            for w in &writes {
+                tun.write_raw(&gro.assemble(w, &batch))?;
+            }
+            // Wait until the kernel acknowledged everything.
+            loop {
+                let (_, pkt, _) = tun.read_flow(&flow, 6)?;
+                if pkt[l4 + 13] & ACK != 0 && be32(&pkt, l4 + 8) == seq {
+                    break;
+                }
+            }
+        }
+        let received = reading
+            .join()
+            .map_err(|_| "reader panicked".to_owned())?
+            .map_err(|e| format!("reading what we sent: {e}"))?;
+        ensure(received == ours, || {
+            "our coalesced stream arrived corrupted".into()
+        })?;
+        ensure(coalesced > 0, || "nothing was coalesced".into())?;
+        Ok(())
+    }
+
+    /// UDP between a kernel socket at `flow.dst` and us: a plain datagram
+    /// (checksum left partial), a `UDP_SEGMENT` send (a USO super-packet where
+    /// the TUN has USO), and, with USO, our datagrams coalesced into one write.
+    fn udp_both_ways(tun: &mut Tun, flow: Flow, uso: bool) -> Result<(), Stop> {
+        let sock = UdpSocket::bind((flow.dst, flow.dport))?;
+        sock.connect((flow.src, flow.sport))?;
+        sock.set_read_timeout(Some(TIMEOUT))?;
+        let v6 = flow.src.is_ipv6();
+        let l4 = if v6 { 40 } else { 20 };
+
+        let small = pattern(0, 101);
+        sock.send(&small)?;
+        let (_, _, segments) = tun.read_flow(&flow, 17)?;
+        ensure(
+            segments.len() == 1 && segments[0][l4 + 8..] == small[..],
+            || "the small datagram arrived wrong".into(),
+        )?;
+
+        nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::UdpGsoSegment, &1200)
+            .map_err(|e| format!("UDP_SEGMENT: {e}"))?;
+        let big = pattern(5, 10_001);
+        sock.send(&big)?;
+        let mut got = Vec::new();
+        let mut supers = 0;
+        while got.len() < big.len() {
+            let (hdr, pkt, segments) = tun.read_flow(&flow, 17)?;
+            if hdr.gso() == VirtioNetHdr::GSO_UDP_L4 {
+                capture(if v6 { "udp6" } else { "udp4" }, &hdr, &pkt, l4 + 8);
+                supers += 1;
+            }
+            for s in &segments {
+                got.extend_from_slice(&s[l4 + 8..]);
+            }
+        }
+        ensure(got == big, || "the UDP_SEGMENT send arrived wrong".into())?;
+        ensure(!uso || supers == 1, || {
+            format!("{supers} USO super-packets, expected 1")
+        })?;
+
+        let mut datagrams: Vec<Vec<u8>> = (0..9)
+            .map(|i| flow.udp(i, &pattern(i as usize * 1200, 1200)))
+            .collect();
+        datagrams.push(flow.udp(9, &pattern(10_800, 401)));
+        let mut gro = Coalescer::new(uso);
+        let mut batch = datagrams.clone();
+        let writes = gro.coalesce(&mut batch);
+        ensure(writes.len() == if uso { 1 } else { 10 }, || {
+            format!("{} writes", writes.len())
+        })?;
+        for w in &writes {
+            tun.write_raw(&gro.assemble(w, &batch))?;
+        }
+        let mut buf = vec![0; 2000];
+        for (i, d) in datagrams.iter().enumerate() {
+            let n = sock
+                .recv(&mut buf)
+                .map_err(|e| format!("datagram {i}: {e}"))?;
+            ensure(buf[..n] == d[l4 + 8..], || {
+                format!("datagram {i} arrived wrong")
+            })?;
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn kernel_super_packets_split_and_coalesced_writes_accepted() {
+        in_own_netns(
+            "kernel_super_packets_split_and_coalesced_writes_accepted",
+            || {
+                let name = "w4noffload0";
+                let fd =
+                    create(name).map_err(|e| Stop::Skip(format!("cannot create a TUN: {e}")))?;
+                ensure(has_vnet_hdr(&fd)?, || "created without IFF_VNET_HDR".into())?;
+                let offloads = set_offloads(&fd);
+                ensure(offloads & libc::TUN_F_TSO4 != 0, || {
+                    format!("offloads {offloads:#x}")
+                })?;
+                let uso = offloads & libc::TUN_F_USO4 != 0;
+                if !uso {
+                    let _ = writeln!(
+                        io::stderr(),
+                        "NOTE: this kernel has no USO; UDP GRO untested"
+                    );
+                }
+                let addresses = [
+                    "10.9.0.1/24".parse().expect("net"),
+                    "fd09::1/64".parse().expect("net"),
+                ];
+                crate::netlink::configure_interface(name, 1420, &addresses, &[], true)
+                    .map_err(|e| format!("configure {name}: {e}"))?;
+                let mut tun = Tun {
+                    file: File::from(fd),
+                    buf: vec![0; VNET_HDR_LEN + offload::MAX_PACKET],
+                };
+                tcp_both_ways(&mut tun, Flow::v4(40000, 5001))?;
+                tcp_both_ways(&mut tun, Flow::v6(40001, 5002))?;
+                udp_both_ways(&mut tun, Flow::v4(6001, 6000), uso)?;
+                udp_both_ways(&mut tun, Flow::v6(6003, 6002), uso)?;
+                Ok(())
+            },
+        );
+    }
+
+    /// Runs `f` with the calling thread in the network namespace `ns`, then
+    /// back in `back`. Sockets keep the namespace they were made in.
+    fn in_netns<T>(ns: &File, back: &File, f: impl FnOnce() -> T) -> Result<T, Stop> {
+        nix::sched::setns(ns, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+        let t = f();
+        nix::sched::setns(back, CloneFlags::CLONE_NEWNET).map_err(|e| format!("setns: {e}"))?;
+        Ok(t)
+    }
+
+    /// This thread's counters of segments and datagrams dropped for a bad checksum.
+    fn checksum_errors() -> Result<(u64, u64), Stop> {
+        let snmp = std::fs::read_to_string("/proc/thread-self/net/snmp")?;
+        let counter = |proto: &str| -> Option<u64> {
+            let mut lines = snmp.lines().filter(|l| l.starts_with(proto));
+            let names = lines.next()?.split_whitespace();
+            let values = lines.next()?.split_whitespace();
+            let (_, v) = names.zip(values).find(|(n, _)| *n == "InCsumErrors")?;
+            v.parse().ok()
+        };
+        let tcp = counter("Tcp:").ok_or("no Tcp InCsumErrors".to_owned())?;
+        let udp = counter("Udp:").ok_or("no Udp InCsumErrors".to_owned())?;
+        Ok((tcp, udp))
+    }
+
+    /// Two gotatun devices on our `TunDevice`s, one per network namespace
+    /// (their UDP over loopback in B), and real traffic between the
+    /// namespaces: 10 MB each way over TCP (IPv4 and IPv6), UDP datagrams of
+    /// every size echoed back, and `UDP_SEGMENT` sends. The data must arrive
+    /// intact and neither kernel may have dropped a segment for a bad checksum.
+    #[test]
+    fn tunnel_between_two_namespaces_delivers_tcp_and_udp_intact() {
+        in_own_netns(
+            "tunnel_between_two_namespaces_delivers_tcp_and_udp_intact",
+            || {
+                use gotatun::device::{self, Peer};
+                use gotatun::x25519::{PublicKey, StaticSecret};
+
+                let ns_a = File::open("/proc/thread-self/ns/net")?;
+                let fd_a =
+                    create("w4nA").map_err(|e| Stop::Skip(format!("cannot create a TUN: {e}")))?;
+                let net = |s: &str| s.parse().expect("network");
+                crate::netlink::configure_interface(
+                    "w4nA",
+                    1420,
+                    &[net("10.77.0.1/24"), net("fd77::1/64")],
+                    &[],
+                    true,
+                )
+                .map_err(|e| format!("configure w4nA: {e}"))?;
+                unshare(CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| Stop::Skip(format!("second netns: {e}")))?;
+                let ns_b = File::open("/proc/thread-self/ns/net")?;
+                let fd_b = create("w4nB").map_err(|e| format!("create w4nB: {e}"))?;
+                crate::netlink::configure_interface(
+                    "w4nB",
+                    1420,
+                    &[net("10.77.0.2/24"), net("fd77::2/64")],
+                    &[],
+                    true,
+                )
+                .map_err(|e| format!("configure w4nB: {e}"))?;
+
+                // The runtime's threads start here, in B: the engines' UDP is there.
+                let rt = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()?;
+                let (key_a, key_b) = (
+                    StaticSecret::random_from_rng(rand_core::OsRng),
+                    StaticSecret::random_from_rng(rand_core::OsRng),
+                );
+                let (pub_a, pub_b) = (PublicKey::from(&key_a), PublicKey::from(&key_b));
+                let devices = rt.block_on(async {
+                    let a = device::build()
+                        .with_default_udp()
+                        .with_ip(TunDevice::new(fd_a, 1420).map_err(|e| e.to_string())?)
+                        .with_private_key(key_a)
+                        .with_listen_port(51901)
+                        .with_peers([Peer::new(pub_b)
+                            .with_endpoint("127.0.0.1:51902".parse().expect("addr"))
+                            .with_allowed_ips([net("10.77.0.2/32"), net("fd77::2/128")])])
+                        .build()
+                        .await
+                        .map_err(|e| format!("device A: {e}"))?;
+                    let b = device::build()
+                        .with_default_udp()
+                        .with_ip(TunDevice::new(fd_b, 1420).map_err(|e| e.to_string())?)
+                        .with_private_key(key_b)
+                        .with_listen_port(51902)
+                        .with_peers([Peer::new(pub_a)
+                            .with_endpoint("127.0.0.1:51901".parse().expect("addr"))
+                            .with_allowed_ips([net("10.77.0.1/32"), net("fd77::1/128")])])
+                        .build()
+                        .await
+                        .map_err(|e| format!("device B: {e}"))?;
+                    Ok::<_, String>((a, b))
+                })?;
+
+                for (server, port) in [("10.77.0.1", 7001), ("fd77::1", 7002)] {
+                    let addr: IpAddr = server.parse().expect("address");
+                    let listener = in_netns(&ns_a, &ns_b, || TcpListener::bind((addr, port)))??;
+                    let up = pattern(1, 10_000_000);
+                    let down = pattern(2, 10_000_000);
+                    let (up2, down2) = (up.clone(), down.clone());
+                    let serving = std::thread::spawn(move || -> io::Result<bool> {
+                        let (mut s, _) = listener.accept()?;
+                        s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                        let mut got = vec![0; up2.len()];
+                        s.read_exact(&mut got)?;
+                        s.write_all(&down2)?;
+                        Ok(got == up2)
+                    });
+                    let mut c = TcpStream::connect_timeout(&(addr, port).into(), TIMEOUT)?;
+                    c.set_read_timeout(Some(Duration::from_secs(30)))?;
+                    c.write_all(&up)?;
+                    let mut got = vec![0; down.len()];
+                    c.read_exact(&mut got)?;
+                    let upload_ok = serving.join().map_err(|_| "server panicked".to_owned())??;
+                    ensure(upload_ok, || format!("TCP to {server}: upload corrupted"))?;
+                    ensure(got == down, || {
+                        format!("TCP to {server}: download corrupted")
+                    })?;
+                }
+
+                for (server, port) in [("10.77.0.1", 7003), ("fd77::1", 7004)] {
+                    let addr: IpAddr = server.parse().expect("address");
+                    let echo = in_netns(&ns_a, &ns_b, || UdpSocket::bind((addr, port)))??;
+                    echo.set_read_timeout(Some(Duration::from_millis(500)))?;
+                    let echoing = std::thread::spawn(move || {
+                        let mut buf = vec![0; 65536];
+                        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+                            let _ = echo.send_to(&buf[..n], from);
+                        }
+                    });
+                    let c = UdpSocket::bind((
+                        if addr.is_ipv6() {
+                            "fd77::2"
+                        } else {
+                            "10.77.0.2"
+                        },
+                        0,
+                    ))?;
+                    c.connect((addr, port))?;
+                    c.set_read_timeout(Some(Duration::from_secs(2)))?;
+                    let max = if addr.is_ipv6() { 1420 - 48 } else { 1420 - 28 };
+                    let mut buf = vec![0; 65536];
+                    let mut echoed = 0;
+                    for len in (1..=max).step_by(7).chain([max]) {
+                        let d = pattern(len, len);
+                        c.send(&d)?;
+                        if let Ok(n) = c.recv(&mut buf) {
+                            ensure(buf[..n] == d[..], || {
+                                format!("UDP {len} B via {server} came back wrong")
+                            })?;
+                            echoed += 1;
+                        }
+                    }
+                    ensure(echoed > 150, || {
+                        format!("only {echoed} UDP datagrams came back via {server}")
+                    })?;
+                    // A UDP_SEGMENT send: a USO super-packet on B's TUN, split by us.
+                    nix::sys::socket::setsockopt(
+                        &c,
+                        nix::sys::socket::sockopt::UdpGsoSegment,
+                        &1000,
+                    )
+                    .map_err(|e| format!("UDP_SEGMENT: {e}"))?;
+                    let big = pattern(9, 20_500);
+                    c.send(&big)?;
+                    let mut back = Vec::new();
+                    while back.len() < big.len() {
+                        let n = c
+                            .recv(&mut buf)
+                            .map_err(|e| format!("USO echo via {server}: {e}"))?;
+                        back.extend_from_slice(&buf[..n]);
+                    }
+                    ensure(back == big, || {
+                        format!("UDP_SEGMENT send via {server} came back wrong")
+                    })?;
+                    drop(c);
+                    echoing.join().map_err(|_| "echo panicked".to_owned())?;
+                }
+
+                let errors_b = checksum_errors()?;
+                let errors_a = in_netns(&ns_a, &ns_b, checksum_errors)??;
+                ensure(errors_a == (0, 0) && errors_b == (0, 0), || {
+                    format!("checksum errors (TCP, UDP): A {errors_a:?}, B {errors_b:?}")
+                })?;
+                drop(devices);
+                Ok(())
+            },
         );
     }
 }
