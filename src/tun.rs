@@ -284,6 +284,8 @@ struct Inner {
     mtu: u16,
     /// Reads and writes carry a `virtio_net_hdr`.
     vnet: bool,
+    /// The kernel takes UDP super-packets (`GSO_UDP_L4`) on writes.
+    udp_gro: bool,
     gone: watch::Sender<bool>,
 }
 
@@ -314,6 +316,11 @@ impl TunDevice {
         // A TUN made without IFF_VNET_HDR (not by `create`) still works, one
         // packet per read and write.
         let vnet = has_vnet_hdr(&fd).unwrap_or(false);
+        // Asking again is harmless (the helper already did, inside the
+        // namespace; the device owner may do it from anywhere) and tells us
+        // whether this kernel does USO, and so takes UDP super-packets too.
+        let offloads = if vnet { set_offloads(&fd) } else { 0 };
+        let udp_gro = offloads & libc::TUN_F_USO4 != 0;
         let flags = fcntl(&fd, FcntlArg::F_GETFL).map_err(|e| TunError::NonBlocking(e.into()))?;
         let flags = OFlag::from_bits_retain(flags) | OFlag::O_NONBLOCK;
         fcntl(&fd, FcntlArg::F_SETFL(flags)).map_err(|e| TunError::NonBlocking(e.into()))?;
@@ -324,6 +331,7 @@ impl TunDevice {
             fd,
             mtu,
             vnet,
+            udp_gro,
             gone: watch::Sender::new(false),
         });
         let (writer, queue) = mpsc::channel(WRITE_QUEUE);
@@ -420,7 +428,7 @@ fn is_fatal(err: &io::Error) -> bool {
 /// when every `TunDevice` is gone or the device dies (then `send` fails).
 async fn write_loop(inner: Arc<Inner>, mut queue: mpsc::Receiver<Packet<[u8]>>) {
     let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut gro = Coalescer::new(false);
+    let mut gro = Coalescer::new(inner.udp_gro);
     let mut writes = Vec::with_capacity(WRITE_BATCH);
     while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
         let result = inner.write_batch(&mut batch, &mut gro, &mut writes).await;
