@@ -13,14 +13,14 @@ use std::time::Duration;
 use gotatun::device::uapi::command::{Get, Request, Response};
 use gotatun::device::uapi::{UapiClient, UapiServer};
 use gotatun::device::{self, Device, Peer};
-use gotatun::udp::socket::UdpSocketFactory;
 use gotatun::x25519::{PublicKey, StaticSecret};
 
 use crate::config::Config;
 use crate::keys::Key;
 use crate::tun::TunDevice;
+use crate::udp::UdpFactory;
 
-type Transports = (UdpSocketFactory, TunDevice, TunDevice);
+type Transports = (UdpFactory, TunDevice, TunDevice);
 
 /// `SO_RCVBUF`/`SO_SNDBUF` of the UDP socket, as wireguard-go sets them: the
 /// TUN hands us 64 KiB bursts (GSO), which overflow the default ~208 KiB
@@ -73,9 +73,7 @@ impl Engine {
     ) -> Result<Self, EngineError> {
         let port = config.interface.listen_port.unwrap_or(0);
         let mut builder = device::build()
-            .with_default_udp()
-            .udp_recv_buffer_size(UDP_SOCKET_BUFFER)
-            .udp_send_buffer_size(UDP_SOCKET_BUFFER)
+            .with_udp(UdpFactory::new(UDP_SOCKET_BUFFER))
             .with_ip(tun)
             .with_private_key(StaticSecret::from(*config.interface.private_key.as_bytes()))
             .with_listen_port(port)

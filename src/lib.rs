@@ -23,3 +23,4 @@ pub mod run;
 pub mod tools;
 pub mod tun;
 pub mod uapi;
+pub mod udp;
