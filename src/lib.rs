@@ -20,6 +20,8 @@ pub mod netlink;
 pub mod netns;
 pub mod offload;
 pub mod run;
+#[cfg(test)]
+mod testns;
 pub mod tools;
 pub mod tun;
 pub mod uapi;

@@ -1102,23 +1102,20 @@ pub fn configure_interface(
 #[cfg(test)]
 mod tests {
     //! Pure tests of the reply parser, then tests against the kernel: each of
-    //! those forks a child (single-threaded, so it may `unshare` a user
-    //! namespace), which enters fresh user and network namespaces, works on
-    //! `lo` and a TUN it creates, and reports over a pipe.
+    //! those runs in a forked child in fresh namespaces (see `testns`), works
+    //! on `lo` and a TUN it creates, and reports over a pipe.
 
     use super::*;
 
     use std::fs::{self, File, OpenOptions};
-    use std::io::{Read, Write};
+    use std::io::Read;
     use std::net::{SocketAddr as InetSocketAddr, UdpSocket};
     use std::os::fd::{AsFd, AsRawFd};
-    use std::panic::{AssertUnwindSafe, catch_unwind};
 
     use nix::fcntl::{FcntlArg, OFlag, fcntl};
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    use nix::sched::{CloneFlags, unshare};
-    use nix::sys::wait::{WaitStatus, waitpid};
-    use nix::unistd::{ForkResult, Gid, Uid, fork, pipe2};
+
+    use crate::testns::{Isolation, Stop, ensure, in_namespace};
 
     fn net(text: &str) -> IpNetwork {
         text.parse().expect("test network")
@@ -1312,137 +1309,10 @@ mod tests {
 
     // ---- against the kernel, in a forked child ---------------------------
 
-    /// Why a child stopped early.
-    #[derive(Debug)]
-    enum Stop {
-        /// The environment cannot run the test (no TUN, no user namespaces).
-        Skip(String),
-        Fail(String),
-    }
-
     impl From<NetlinkError> for Stop {
         fn from(error: NetlinkError) -> Self {
             Self::Fail(format!("unexpected error: {error}"))
         }
-    }
-
-    impl From<String> for Stop {
-        fn from(message: String) -> Self {
-            Self::Fail(message)
-        }
-    }
-
-    /// `assert!` for the child: it must report, not panic.
-    fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Stop> {
-        if condition {
-            Ok(())
-        } else {
-            Err(Stop::Fail(message()))
-        }
-    }
-
-    /// Which namespaces the child makes for itself.
-    #[derive(Clone, Copy)]
-    enum Isolation {
-        /// New user and network namespace (network only as root, if user
-        /// namespaces are refused): the child owns the network namespace.
-        OwnNetns,
-        /// Only a new user namespace: the child stays in the test's network
-        /// namespace, over which it has no privilege.
-        ForeignNetns,
-    }
-
-    /// Runs `body` in a forked child in its own namespaces, and asserts it
-    /// passed. A child that cannot run says why: a failure when `CI=true`,
-    /// else a note on stderr.
-    fn in_namespace(test: &str, isolation: Isolation, body: impl FnOnce() -> Result<(), Stop>) {
-        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).expect("pipe2");
-        // SAFETY: the child only makes system calls, allocates (glibc's
-        // malloc is usable after fork) and leaves with `_exit`, never
-        // returning into the test harness or touching its locks.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                drop(read_end);
-                let report = match catch_unwind(AssertUnwindSafe(|| child(isolation, body))) {
-                    Ok(Ok(())) => "pass\n".to_owned(),
-                    Ok(Err(Stop::Skip(reason))) => format!("skip\n{reason}"),
-                    Ok(Err(Stop::Fail(message))) => format!("fail\n{message}"),
-                    Err(_) => "fail\nthe child panicked".to_owned(),
-                };
-                let _ = File::from(write_end).write_all(report.as_bytes());
-                // SAFETY: `_exit` ends the child at once, without running the
-                // parent's atexit handlers or unwinding into the harness.
-                unsafe { libc::_exit(0) }
-            }
-            ForkResult::Parent { child } => {
-                drop(write_end);
-                let status = waitpid(child, None).expect("waitpid");
-                assert_eq!(status, WaitStatus::Exited(child, 0), "{test}: child died");
-                // The child is gone, so its report is in the pipe; read it
-                // without waiting for EOF, which a sibling test's child that
-                // inherited our write end could delay.
-                fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
-                let mut report = Vec::new();
-                let _ = File::from(read_end).read_to_end(&mut report);
-                let report = String::from_utf8_lossy(&report);
-                match report.split_once('\n') {
-                    Some(("pass", _)) => {}
-                    Some(("skip", reason)) => {
-                        if std::env::var("CI").as_deref() == Ok("true") {
-                            panic!("{test} cannot run (CI=true): {reason}");
-                        }
-                        // Straight to fd 2: libtest would swallow `eprintln!`
-                        // of a passing test.
-                        let _ = writeln!(io::stderr(), "SKIPPED {test}: {reason}");
-                    }
-                    Some(("fail", message)) => panic!("{test}: {message}"),
-                    _ => panic!("{test}: the child sent no report ({report:?})"),
-                }
-            }
-        }
-    }
-
-    fn child(isolation: Isolation, body: impl FnOnce() -> Result<(), Stop>) -> Result<(), Stop> {
-        let (uid, gid) = (Uid::current(), Gid::current());
-        match isolation {
-            Isolation::OwnNetns => {
-                match unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET) {
-                    Ok(()) => map_ids(uid, gid)?,
-                    // Root may be refused user namespaces (seccomp, sysctl)
-                    // and still have a network namespace of its own.
-                    Err(_) if uid.is_root() => unshare(CloneFlags::CLONE_NEWNET)
-                        .map_err(|error| Stop::Skip(format!("unshare(CLONE_NEWNET): {error}")))?,
-                    Err(error) => {
-                        return Err(Stop::Skip(format!(
-                            "user namespaces are unavailable: \
-                             unshare(CLONE_NEWUSER | CLONE_NEWNET): {error}"
-                        )));
-                    }
-                }
-            }
-            Isolation::ForeignNetns => {
-                // Never fall back here: the body must not act on the test
-                // machine's namespace with real privileges.
-                unshare(CloneFlags::CLONE_NEWUSER).map_err(|error| {
-                    Stop::Skip(format!(
-                        "user namespaces are unavailable: unshare(CLONE_NEWUSER): {error}"
-                    ))
-                })?;
-                map_ids(uid, gid)?;
-            }
-        }
-        body()
-    }
-
-    /// Maps our uid and gid to root in the new user namespace.
-    fn map_ids(uid: Uid, gid: Gid) -> Result<(), Stop> {
-        let write = |path: &str, text: String| {
-            fs::write(path, &text)
-                .map_err(|error| Stop::Skip(format!("cannot write {text:?} to {path}: {error}")))
-        };
-        write("/proc/self/uid_map", format!("0 {uid} 1"))?;
-        write("/proc/self/setgroups", "deny".to_owned())?;
-        write("/proc/self/gid_map", format!("0 {gid} 1"))
     }
 
     /// Creates a TUN called `name` (`IFF_TUN | IFF_NO_PI`); it lives as long

@@ -618,123 +618,13 @@ mod tests {
     use std::fs::File;
     use std::io::{Read, Write};
     use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
-    use std::panic::{AssertUnwindSafe, catch_unwind};
     use std::time::{Duration, Instant};
 
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
     use nix::sched::{CloneFlags, unshare};
-    use nix::sys::wait::{WaitStatus, waitpid};
-    use nix::unistd::{ForkResult, Gid, Uid, fork, pipe2};
 
     use crate::offload::testing::{Flow, pattern, timestamps, verify};
-
-    /// Why a kernel test stopped early.
-    enum Stop {
-        /// The machine cannot run it (no namespaces, no TUN): a failure when
-        /// `CI=true`, else a note on stderr.
-        Skip(String),
-        Fail(String),
-    }
-
-    impl From<String> for Stop {
-        fn from(message: String) -> Self {
-            Self::Fail(message)
-        }
-    }
-
-    impl From<io::Error> for Stop {
-        fn from(error: io::Error) -> Self {
-            Self::Fail(format!("unexpected I/O error: {error}"))
-        }
-    }
-
-    fn ensure(condition: bool, message: impl FnOnce() -> String) -> Result<(), Stop> {
-        if condition {
-            Ok(())
-        } else {
-            Err(Stop::Fail(message()))
-        }
-    }
-
-    /// Runs `body` in a forked child that has a network namespace of its own
-    /// (in a new user namespace, or as root without one), and asserts it
-    /// passed. Forking keeps the test harness's threads and namespace out of it.
-    fn in_own_netns(test: &str, body: impl FnOnce() -> Result<(), Stop>) {
-        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).expect("pipe2");
-        // SAFETY: the child only makes system calls, allocates (glibc's malloc
-        // is usable after fork), starts its own threads and leaves with
-        // `_exit`, never returning into the test harness or touching its locks.
-        match unsafe { fork() }.expect("fork") {
-            ForkResult::Child => {
-                drop(read_end);
-                let run = || -> Result<(), Stop> {
-                    let (uid, gid) = (Uid::current(), Gid::current());
-                    match unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET) {
-                        Ok(()) => {
-                            let map = |path: &str, text: String| {
-                                std::fs::write(path, &text).map_err(|e| {
-                                    Stop::Skip(format!("cannot write {text:?} to {path}: {e}"))
-                                })
-                            };
-                            map("/proc/self/uid_map", format!("0 {uid} 1"))?;
-                            map("/proc/self/setgroups", "deny".to_owned())?;
-                            map("/proc/self/gid_map", format!("0 {gid} 1"))?;
-                        }
-                        Err(_) if uid.is_root() => unshare(CloneFlags::CLONE_NEWNET)
-                            .map_err(|e| Stop::Skip(format!("unshare(CLONE_NEWNET): {e}")))?,
-                        Err(e) => {
-                            return Err(Stop::Skip(format!(
-                                "user namespaces are unavailable: {e}"
-                            )));
-                        }
-                    }
-                    body()
-                };
-                std::panic::set_hook(Box::new(|info| {
-                    let _ = writeln!(io::stderr(), "kernel test child: {info}");
-                }));
-                let report = match catch_unwind(AssertUnwindSafe(run)) {
-                    Ok(Ok(())) => "pass\n".to_owned(),
-                    Ok(Err(Stop::Skip(reason))) => format!("skip\n{reason}"),
-                    Ok(Err(Stop::Fail(message))) => format!("fail\n{message}"),
-                    Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<String>()
-                            .cloned()
-                            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
-                            .unwrap_or_default();
-                        format!("fail\nthe child panicked: {what}")
-                    }
-                };
-                let _ = File::from(write_end).write_all(report.as_bytes());
-                // SAFETY: `_exit` ends the child at once, without running the
-                // parent's atexit handlers or unwinding into the harness.
-                unsafe { libc::_exit(0) }
-            }
-            ForkResult::Parent { child } => {
-                drop(write_end);
-                let status = waitpid(child, None).expect("waitpid");
-                assert_eq!(status, WaitStatus::Exited(child, 0), "{test}: child died");
-                // The child is gone, so its report is in the pipe; don't wait
-                // for EOF, which a sibling test's child could delay.
-                fcntl(&read_end, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).expect("O_NONBLOCK");
-                let mut report = Vec::new();
-                let _ = File::from(read_end).read_to_end(&mut report);
-                let report = String::from_utf8_lossy(&report);
-                match report.split_once('\n') {
-                    Some(("pass", _)) => {}
-                    Some(("skip", reason)) => {
-                        if std::env::var("CI").as_deref() == Ok("true") {
-                            panic!("{test} cannot run (CI=true): {reason}");
-                        }
-                        let _ = writeln!(io::stderr(), "SKIPPED {test}: {reason}");
-                    }
-                    Some(("fail", message)) => panic!("{test}: {message}"),
-                    _ => panic!("{test}: the child sent no report ({report:?})"),
-                }
-            }
-        }
-    }
+    use crate::testns::{Isolation, Stop, ensure, in_namespace};
 
     const TIMEOUT: Duration = Duration::from_secs(5);
     const SYN: u8 = 0x02;
@@ -1088,8 +978,9 @@ mod tests {
 
     #[test]
     fn kernel_super_packets_split_and_coalesced_writes_accepted() {
-        in_own_netns(
+        in_namespace(
             "kernel_super_packets_split_and_coalesced_writes_accepted",
+            Isolation::OwnNetns,
             || {
                 let name = "w4noffload0";
                 let fd =
@@ -1156,8 +1047,9 @@ mod tests {
     /// intact and neither kernel may have dropped a segment for a bad checksum.
     #[test]
     fn tunnel_between_two_namespaces_delivers_tcp_and_udp_intact() {
-        in_own_netns(
+        in_namespace(
             "tunnel_between_two_namespaces_delivers_tcp_and_udp_intact",
+            Isolation::OwnNetns,
             || {
                 use gotatun::device::{self, Peer};
                 use gotatun::x25519::{PublicKey, StaticSecret};
