@@ -54,6 +54,12 @@ struct World {
 }
 
 impl World {
+    /// The world of `test`, or `None` where the end-to-end environment is
+    /// not usable (`require_root_env` has said why, or panicked under CI).
+    fn for_test(test: &str) -> Option<Self> {
+        require_root_env(test).map(Self::new)
+    }
+
     fn new(id: TestId) -> Self {
         let ours = KeyPair::generate();
         let theirs = KeyPair::generate();
@@ -372,10 +378,9 @@ fn in_private_mounts(setup: &str, args: impl IntoIterator<Item = OsString>) -> C
 /// A PID that does not exist (a child of ours that has exited and been reaped).
 #[test]
 fn pid_that_does_not_exist() {
-    let Some(id) = require_root_env("pid_that_does_not_exist") else {
+    let Some(w) = World::for_test("pid_that_does_not_exist") else {
         return;
     };
-    let w = World::new(id);
     let mut gone_pid = None;
     for _ in 0..10 {
         let mut child = cmd("true", Vec::<&str>::new()).spawn().expect("spawn true");
@@ -401,10 +406,9 @@ fn pid_that_does_not_exist() {
 /// A PID of another user: 1 (root's).
 #[test]
 fn pid_of_another_user() {
-    let Some(id) = require_root_env("pid_of_another_user") else {
+    let Some(w) = World::for_test("pid_of_another_user") else {
         return;
     };
-    let w = World::new(id);
     for mode in MODES {
         refused(
             &w,
@@ -420,10 +424,9 @@ fn pid_of_another_user() {
 /// `sleep` as uid 65534).
 #[test]
 fn pid_without_a_user_namespace() {
-    let Some(id) = require_root_env("pid_without_a_user_namespace") else {
+    let Some(w) = World::for_test("pid_without_a_user_namespace") else {
         return;
     };
-    let w = World::new(id);
     let plain = Holder::spawn(as_user("sleep", ["300"]));
     let pid = plain.pid().to_string();
     for mode in MODES {
@@ -446,10 +449,9 @@ fn pid_without_a_user_namespace() {
 /// is a root-owned one (`ip netns exec`), so `setns(CLONE_NEWNET)` is EPERM.
 #[test]
 fn pid_whose_network_namespace_is_not_ours() {
-    let Some(id) = require_root_env("pid_whose_network_namespace_is_not_ours") else {
+    let Some(w) = World::for_test("pid_whose_network_namespace_is_not_ours") else {
         return;
     };
-    let w = World::new(id);
     let netns = RootNetns::new(&w.id);
     // ip netns exec, setpriv and unshare all exec in place.
     let mut c = cmd("ip", ["netns", "exec", &netns.name, "setpriv"]);
@@ -476,10 +478,9 @@ fn pid_whose_network_namespace_is_not_ours() {
 // ---------------------------------------------------------------------------
 
 fn bad_ifname(test: &str, ifname: &str, says: &[&str]) {
-    let Some(id) = require_root_env(test) else {
+    let Some(w) = World::for_test(test) else {
         return;
     };
-    let w = World::new(id);
     let target = Target::spawn();
     let pid = target.pid().to_string();
     for mode in MODES {
@@ -526,10 +527,9 @@ fn ifname_with_whitespace() {
 /// made there first); it is neither taken over nor removed.
 #[test]
 fn ifname_already_exists() {
-    let Some(id) = require_root_env("ifname_already_exists") else {
+    let Some(w) = World::for_test("ifname_already_exists") else {
         return;
     };
-    let w = World::new(id);
     let target = Target::spawn();
     target.ip_ok(["tuntap", "add", "dev", &w.ifname, "mode", "tun"]);
     let pid = target.pid().to_string();
@@ -550,10 +550,9 @@ fn ifname_already_exists() {
 /// `/dev/net/tun` replaced by `setup` in a private mount namespace: the attach
 /// form (both modes) and `run` say `says`.
 fn bad_tun_device(test: &str, setup: &str, says: &[&str]) {
-    let Some(id) = require_root_env(test) else {
+    let Some(w) = World::for_test(test) else {
         return;
     };
-    let w = World::new(id);
     let target = Target::spawn();
     let config = w.valid_config();
     for mode in MODES {
@@ -644,10 +643,9 @@ fn bad_socket_dir(w: &World, what: &str, tmpdir: &Path, says: &[&str]) {
 /// A socket directory that cannot be created: its parent is root's, 0755.
 #[test]
 fn socket_dir_cannot_be_created() {
-    let Some(id) = require_root_env("socket_dir_cannot_be_created") else {
+    let Some(w) = World::for_test("socket_dir_cannot_be_created") else {
         return;
     };
-    let w = World::new(id);
     let parent = root_dir(&w.id);
     let tmpdir = parent.path().join("sockets");
     let shown = tmpdir.display().to_string();
@@ -667,10 +665,9 @@ fn socket_dir_cannot_be_created() {
 /// A socket directory below a file.
 #[test]
 fn socket_dir_below_a_file() {
-    let Some(id) = require_root_env("socket_dir_below_a_file") else {
+    let Some(w) = World::for_test("socket_dir_below_a_file") else {
         return;
     };
-    let w = World::new(id);
     let file = w.dir.write("plain-file", "", 0o600);
     let tmpdir = file.join("sockets");
     let shown = tmpdir.display().to_string();
@@ -689,10 +686,9 @@ fn socket_dir_below_a_file() {
 /// A socket directory that exists but is not writable for us (root's, 0755).
 #[test]
 fn socket_dir_not_writable() {
-    let Some(id) = require_root_env("socket_dir_not_writable") else {
+    let Some(w) = World::for_test("socket_dir_not_writable") else {
         return;
     };
-    let w = World::new(id);
     let tmpdir = root_dir(&w.id);
     let shown = tmpdir.path().display().to_string();
     bad_socket_dir(
@@ -716,10 +712,9 @@ fn socket_dir_not_writable() {
 /// undisturbed.
 #[test]
 fn second_instance_on_the_same_socket_run() {
-    let Some(id) = require_root_env("second_instance_on_the_same_socket_run") else {
+    let Some(w) = World::for_test("second_instance_on_the_same_socket_run") else {
         return;
     };
-    let w = World::new(id);
     let config = w.valid_config();
     let socket = w.dir.path().join("wg0.sock");
     let mut first = Spawned::start(w.run(&config, &[], ["sleep", "30"]));
@@ -809,10 +804,9 @@ fn config_with(w: &World, name: &str, key: &str, line: &str) -> (PathBuf, usize)
 }
 
 fn config_test(test: &str, key: &str, line: &str, says: &[&str]) {
-    let Some(id) = require_root_env(test) else {
+    let Some(w) = World::for_test(test) else {
         return;
     };
-    let w = World::new(id);
     let (path, number) = config_with(&w, "bad.conf", key, line);
     let at = format!("{}:{number}: {key}", path.display());
     let mut all = vec![at.as_str()];
@@ -822,10 +816,9 @@ fn config_test(test: &str, key: &str, line: &str, says: &[&str]) {
 
 #[test]
 fn config_missing() {
-    let Some(id) = require_root_env("config_missing") else {
+    let Some(w) = World::for_test("config_missing") else {
         return;
     };
-    let w = World::new(id);
     let path = w.dir.path().join("missing.conf");
     let shown = path.display().to_string();
     bad_config(
@@ -843,10 +836,9 @@ fn config_missing() {
 /// Mode 000, as its owner (uid 65534).
 #[test]
 fn config_unreadable() {
-    let Some(id) = require_root_env("config_unreadable") else {
+    let Some(w) = World::for_test("config_unreadable") else {
         return;
     };
-    let w = World::new(id);
     let path = w.dir.write("unreadable.conf", &w.config.render(), 0o000);
     let shown = path.display().to_string();
     bad_config(
@@ -863,10 +855,9 @@ fn config_unreadable() {
 
 #[test]
 fn config_empty() {
-    let Some(id) = require_root_env("config_empty") else {
+    let Some(w) = World::for_test("config_empty") else {
         return;
     };
-    let w = World::new(id);
     let path = w.dir.write("empty.conf", "", 0o600);
     let shown = path.display().to_string();
     bad_config(
@@ -880,10 +871,9 @@ fn config_empty() {
 /// Binary garbage, and text that is not a config.
 #[test]
 fn config_garbage() {
-    let Some(id) = require_root_env("config_garbage") else {
+    let Some(w) = World::for_test("config_garbage") else {
         return;
     };
-    let w = World::new(id);
     let bytes: Vec<u8> = (0u32..512)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8 | 0x80)
         .collect();
@@ -915,10 +905,9 @@ fn config_garbage() {
 /// A private key that is not base64; the message must not repeat it.
 #[test]
 fn key_not_base64() {
-    let Some(id) = require_root_env("key_not_base64") else {
+    let Some(w) = World::for_test("key_not_base64") else {
         return;
     };
-    let w = World::new(id);
     let secret = "not!base64@secret#value";
     let (path, number) = config_with(
         &w,
@@ -974,10 +963,9 @@ fn bad_allowed_ips() {
 
 #[test]
 fn bad_listen_port() {
-    let Some(id) = require_root_env("bad_listen_port") else {
+    let Some(w) = World::for_test("bad_listen_port") else {
         return;
     };
-    let w = World::new(id);
     // Added at the end of the file, so in [Peer]: put it in [Interface].
     let text = w
         .config
@@ -1013,10 +1001,9 @@ fn bad_persistent_keepalive() {
 /// its timeouts, not ours.
 #[test]
 fn endpoint_does_not_resolve() {
-    let Some(id) = require_root_env("endpoint_does_not_resolve") else {
+    let Some(w) = World::for_test("endpoint_does_not_resolve") else {
         return;
     };
-    let w = World::new(id);
     let host = format!("{}.invalid", w.id.name("host"));
     let (path, _) = config_with(
         &w,
@@ -1065,10 +1052,9 @@ fn endpoint_does_not_resolve() {
 /// untouched, parallel tests are unaffected.
 #[test]
 fn user_namespaces_disabled_run() {
-    let Some(id) = require_root_env("user_namespaces_disabled_run") else {
+    let Some(w) = World::for_test("user_namespaces_disabled_run") else {
         return;
     };
-    let w = World::new(id);
     let config = w.valid_config();
     let mut c = as_user(
         "unshare",
@@ -1103,10 +1089,9 @@ fn user_namespaces_disabled_run() {
 /// limit at 0 (set after the target was made) it still works.
 #[test]
 fn user_namespaces_disabled_attach_needs_none() {
-    let Some(id) = require_root_env("user_namespaces_disabled_attach_needs_none") else {
+    let Some(w) = World::for_test("user_namespaces_disabled_attach_needs_none") else {
         return;
     };
-    let w = World::new(id);
     let config = w.valid_config();
     let script = r#"
         bin=$1 dir=$2 conf=$3 ifname=$4
@@ -1155,10 +1140,9 @@ fn user_namespaces_disabled_attach_needs_none() {
 
 #[test]
 fn run_command_not_found() {
-    let Some(id) = require_root_env("run_command_not_found") else {
+    let Some(w) = World::for_test("run_command_not_found") else {
         return;
     };
-    let w = World::new(id);
     let config = w.valid_config();
     let name = format!("{}-no-such-command", w.id.name(""));
     refused(
@@ -1180,10 +1164,9 @@ fn run_command_not_found() {
 /// A file without execute permission, and a directory.
 #[test]
 fn run_command_not_executable() {
-    let Some(id) = require_root_env("run_command_not_executable") else {
+    let Some(w) = World::for_test("run_command_not_executable") else {
         return;
     };
-    let w = World::new(id);
     let config = w.valid_config();
     let script = w.dir.write("script.sh", "#!/bin/sh\nexit 0\n", 0o644);
     let shown = script.display().to_string();
@@ -1209,10 +1192,9 @@ fn run_command_not_executable() {
 /// Missing arguments are usage errors: exit 2, no panic.
 #[test]
 fn usage_errors_exit_2() {
-    let Some(id) = require_root_env("usage_errors_exit_2") else {
+    let Some(w) = World::for_test("usage_errors_exit_2") else {
         return;
     };
-    let w = World::new(id);
     let config = w.valid_config();
     refused(
         &w,
