@@ -264,25 +264,8 @@ pub enum ProtoError {
 pub fn parse_get_response(text: &str) -> Result<Device, ProtoError> {
     let mut device = Device::default();
     let mut errno = None;
-    let mut rest = text;
-    let mut number = 0;
-    loop {
-        number += 1;
-        let Some((line, after)) = rest.split_once('\n') else {
-            return Err(ProtoError::Truncated);
-        };
-        rest = after;
-        if line.is_empty() {
-            break;
-        }
-        let (key, value) = line
-            .split_once('=')
-            .ok_or(ProtoError::NotKeyValue { line: number })?;
-        let bad = || ProtoError::BadValue {
-            line: number,
-            key: key.to_owned(),
-            value: value.chars().take(80).collect(),
-        };
+    for_each_pair(text, |number, key, value| {
+        let bad = || bad_value(number, key, value);
         let peer = device.peers.last_mut();
         match (key, peer) {
             ("private_key", None) => device.private_key = Some(hex_key(value).ok_or_else(bad)?),
@@ -321,7 +304,8 @@ pub fn parse_get_response(text: &str) -> Result<Device, ProtoError> {
             ("errno", _) => errno = Some(number_up_to(value, i32::MAX as u64).ok_or_else(bad)?),
             _ => {}
         }
-    }
+        Ok(())
+    })?;
     device.errno = errno
         .and_then(|n| i32::try_from(n).ok())
         .ok_or(ProtoError::NoErrno)?;
@@ -335,6 +319,32 @@ pub fn parse_get_response(text: &str) -> Result<Device, ProtoError> {
 /// As [`parse_get_response`].
 pub fn parse_set_response(text: &str) -> Result<i32, ProtoError> {
     let mut errno = None;
+    for_each_pair(text, |number, key, value| {
+        if key == "errno" {
+            // `wg set` takes a sign here (its `get` does not).
+            let digits = value.strip_prefix('-').unwrap_or(value);
+            let parsed = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| value.parse::<i32>().ok())
+                .flatten();
+            errno = Some(parsed.ok_or_else(|| bad_value(number, key, value))?);
+        }
+        Ok(())
+    })?;
+    errno.ok_or(ProtoError::NoErrno)
+}
+
+/// Calls `each` with the line number, key and value of every `key=value` line
+/// of an answer, up to its closing empty line; text after that is not looked
+/// at.
+///
+/// # Errors
+/// [`ProtoError::NotKeyValue`] for a line without `=`,
+/// [`ProtoError::Truncated`] where the empty line is missing, and whatever
+/// `each` returns.
+fn for_each_pair(
+    text: &str,
+    mut each: impl FnMut(usize, &str, &str) -> Result<(), ProtoError>,
+) -> Result<(), ProtoError> {
     let mut rest = text;
     let mut number = 0;
     loop {
@@ -344,25 +354,23 @@ pub fn parse_set_response(text: &str) -> Result<i32, ProtoError> {
         };
         rest = after;
         if line.is_empty() {
-            break;
+            return Ok(());
         }
         let (key, value) = line
             .split_once('=')
             .ok_or(ProtoError::NotKeyValue { line: number })?;
-        if key == "errno" {
-            // `wg set` takes a sign here (its `get` does not).
-            let digits = value.strip_prefix('-').unwrap_or(value);
-            let parsed = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| value.parse::<i32>().ok())
-                .flatten();
-            errno = Some(parsed.ok_or_else(|| ProtoError::BadValue {
-                line: number,
-                key: key.to_owned(),
-                value: value.chars().take(80).collect(),
-            })?);
-        }
+        each(number, key, value)?;
     }
-    errno.ok_or(ProtoError::NoErrno)
+}
+
+/// The error for a `value` of `key` on line `line` that `wg` would not take;
+/// the value is cut at 80 characters.
+fn bad_value(line: usize, key: &str, value: &str) -> ProtoError {
+    ProtoError::BadValue {
+        line,
+        key: key.to_owned(),
+        value: value.chars().take(80).collect(),
+    }
 }
 
 /// A decimal number as `wg`'s `NUM()` takes it: digits only, in range.
