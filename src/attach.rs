@@ -196,11 +196,7 @@ fn serve(
     (ready_fd, exit_fd): (Option<ReadyFd>, Option<ExitFd>),
     notifier: &mut Notifier,
 ) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
         let Prepared {
             tun,

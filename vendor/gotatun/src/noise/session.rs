@@ -16,7 +16,7 @@ use crate::{
     noise::index_table::Index,
     packet::{Packet, WgData, WgDataHeader, WgKind},
 };
-use bytes::{Buf, BytesMut};
+use bytes::Buf;
 use parking_lot::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use zerocopy::FromBytes;
@@ -234,12 +234,16 @@ impl Session {
         }
         let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed);
 
-        let len = WgData::OVERHEAD + packet.len();
+        let payload_len = packet.len();
+        let len = WgData::OVERHEAD + payload_len;
 
-        // Prepare a buffer to hold our the WgData packet and our encapsulated payload.
-        // TODO: we can remove this allocation by pre-allocating some extra
-        // space at the beginning of `packet`s allocation, and using that.
-        let mut buf = Packet::from_bytes(BytesMut::zeroed(len));
+        // wireguard4netns: encapsulate in the packet's own buffer instead of allocating,
+        // zeroing and copying into a new one for every packet: grow it by the overhead (pool
+        // buffers have room; others reallocate once) and move the payload up past the header.
+        let mut buf = packet;
+        buf.buf_mut().resize(len, 0);
+        buf.buf_mut()
+            .copy_within(..payload_len, WgDataHeader::LEN);
 
         let data = WgData::mut_from_bytes(buf.buf_mut())
             .expect("buffer size is at least WgData::OVERHEAD");
@@ -248,11 +252,6 @@ impl Session {
         data.header = WgDataHeader::new()
             .with_receiver_idx(self.sending_index)
             .with_counter(sending_key_counter);
-
-        // Copy inner packet into place.
-        debug_assert_eq!(packet.len(), data.encrypted_encapsulated_packet_mut().len());
-        data.encrypted_encapsulated_packet_mut()
-            .copy_from_slice(&packet);
 
         let mut nonce = [0u8; 12];
         nonce[4..12].copy_from_slice(&sending_key_counter.to_le_bytes());
@@ -332,6 +331,7 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
     use crate::noise::index_table::IndexTable;
 
     /// Build a `Session` with throwaway keys and a real receiving index.
