@@ -26,10 +26,10 @@
 //! [`TunDevice`] implements gotatun's [`IpRecv`]/[`IpSend`], driven by tokio's
 //! `AsyncFd` on the non-blocking descriptor. `IpRecv::recv` reads one
 //! (super-)packet into a reused 64 KiB buffer and returns its segments, written
-//! into buffers from gotatun's pool. `IpSend::send` hands one packet at a time,
-//! so it only queues the packet for our writer task, which takes whatever has
-//! queued up (up to [`WRITE_BATCH`]), coalesces it and writes each result with
-//! one `writev`. An error from `IpRecv` is fatal to the engine, so packets the
+//! into buffers from gotatun's pool. gotatun's send task hands `IpSend::send_many`
+//! whatever it has queued (up to [`WRITE_BATCH`], a method our vendored copy
+//! adds); we coalesce that and write each result with one `writev`, on that
+//! task, without another queue in between. An error from `IpRecv` is fatal to the engine, so packets the
 //! kernel should never hand us (too short to be IP, malformed GSO) are dropped
 //! here, and only a dead device (`EBADFD` after the interface was deleted) is
 //! reported.
@@ -47,7 +47,7 @@ use nix::errno::Errno;
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::offload::{self, Coalescer, VirtioNetHdr};
 
@@ -73,12 +73,9 @@ const OFFLOADS: [libc::c_uint; 4] = [
     0,
 ];
 
-/// Packets the writer task takes from its queue per round, coalesces and
-/// writes (a 64 KiB super-packet is ~46 segments of 1420 bytes).
+/// Packets `send_many` takes at once, coalesces and writes (a 64 KiB
+/// super-packet is ~46 segments of 1420 bytes).
 pub const WRITE_BATCH: usize = 64;
-
-/// Depth of the writer task's queue.
-const WRITE_QUEUE: usize = 1024;
 
 /// Size of gotatun's pool buffers, which a read fills first.
 const POOL_BUF: usize = 4096;
@@ -260,21 +257,21 @@ pub fn name_of(fd: &impl AsFd) -> io::Result<String> {
 
 /// The host side of the TUN: gotatun's packet source and sink.
 ///
-/// Clones share the descriptor and the writer task; each clone has its own
-/// receive buffer (allocated on its first `recv`), since gotatun receives on
-/// one clone and sends on another.
+/// Clones share the descriptor; each clone has its own receive and send
+/// buffers (allocated on first use), since gotatun receives on one clone and
+/// sends on another.
 pub struct TunDevice {
     inner: Arc<Inner>,
-    writer: mpsc::Sender<Packet<[u8]>>,
     rx: Option<Box<RxBuf>>,
+    tx: Option<Box<TxBuf>>,
 }
 
 impl Clone for TunDevice {
     fn clone(&self) -> Self {
         Self {
             inner: Arc::clone(&self.inner),
-            writer: self.writer.clone(),
             rx: None,
+            tx: None,
         }
     }
 }
@@ -308,6 +305,23 @@ impl RxBuf {
     }
 }
 
+/// What `send_many` reuses from one call to the next.
+struct TxBuf {
+    batch: Vec<Packet<[u8]>>,
+    gro: Coalescer,
+    writes: Vec<offload::Write>,
+}
+
+impl TxBuf {
+    fn new(udp_gro: bool) -> Box<Self> {
+        Box::new(Self {
+            batch: Vec::with_capacity(WRITE_BATCH),
+            gro: Coalescer::new(udp_gro),
+            writes: Vec::with_capacity(WRITE_BATCH),
+        })
+    }
+}
+
 impl TunDevice {
     /// Wrap a TUN descriptor (from [`create`], possibly made in another
     /// namespace). Must be called inside a tokio runtime: it starts the writer
@@ -334,12 +348,10 @@ impl TunDevice {
             udp_gro,
             gone: watch::Sender::new(false),
         });
-        let (writer, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(write_loop(Arc::clone(&inner), queue));
         Ok(Self {
             inner,
-            writer,
             rx: None,
+            tx: None,
         })
     }
 
@@ -422,22 +434,6 @@ fn is_fatal(err: &io::Error) -> bool {
         err.raw_os_error(),
         Some(libc::EBADFD) | Some(libc::ENODEV) | Some(libc::EBADF)
     )
-}
-
-/// The writer task: takes what has queued up, coalesces it, writes it. Ends
-/// when every `TunDevice` is gone or the device dies (then `send` fails).
-async fn write_loop(inner: Arc<Inner>, mut queue: mpsc::Receiver<Packet<[u8]>>) {
-    let mut batch = Vec::with_capacity(WRITE_BATCH);
-    let mut gro = Coalescer::new(inner.udp_gro);
-    let mut writes = Vec::with_capacity(WRITE_BATCH);
-    while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-        let result = inner.write_batch(&mut batch, &mut gro, &mut writes).await;
-        batch.clear();
-        if let Err(e) = result {
-            tracing::debug!("TUN writer stops: {e}");
-            return;
-        }
-    }
 }
 
 impl IpRecv for TunDevice {
@@ -555,12 +551,40 @@ fn split_read(
     Ok(())
 }
 
+impl TunDevice {
+    /// Coalesce and write what `send`/`send_many` put into the send buffer.
+    /// Only an error that kills the device comes back: a packet the kernel
+    /// refuses is dropped, as a NIC would.
+    async fn flush(&mut self, packets: impl Iterator<Item = Packet<Ip>>) -> io::Result<()> {
+        let inner = &*self.inner;
+        let tx = self.tx.get_or_insert_with(|| TxBuf::new(inner.udp_gro));
+        tx.batch.extend(packets.map(Packet::into_bytes));
+        let mut result = Ok(());
+        for start in (0..tx.batch.len()).step_by(WRITE_BATCH) {
+            let end = (start + WRITE_BATCH).min(tx.batch.len());
+            result = inner
+                .write_batch(&mut tx.batch[start..end], &mut tx.gro, &mut tx.writes)
+                .await;
+            if result.is_err() {
+                break;
+            }
+        }
+        tx.batch.clear();
+        result
+    }
+}
+
 impl IpSend for TunDevice {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
-        self.writer
-            .send(packet.into_bytes())
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the TUN writer has stopped"))
+        self.flush(std::iter::once(packet)).await
+    }
+
+    fn max_batch(&self) -> usize {
+        WRITE_BATCH
+    }
+
+    async fn send_many(&mut self, packets: &mut Vec<Packet<Ip>>) -> io::Result<()> {
+        self.flush(packets.drain(..)).await
     }
 }
 

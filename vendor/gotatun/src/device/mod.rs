@@ -27,7 +27,7 @@ pub mod uapi;
 
 use crate::noise::index_table::IndexTable;
 use builder::Nul;
-use futures::TryFutureExt;
+use futures::{FutureExt, TryFutureExt};
 use std::collections::HashMap;
 use std::io::{self};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
@@ -43,7 +43,7 @@ use crate::noise::errors::WireGuardError;
 use crate::noise::handshake::parse_handshake_anon;
 use crate::noise::rate_limiter::RateLimiter;
 use crate::noise::{Tunn, TunnResult};
-use crate::packet::{PacketBufPool, WgKind};
+use crate::packet::{Ip, Packet, PacketBufPool, WgKind};
 use crate::task::Task;
 use crate::tun::{IpRecv, IpSend, MtuWatcher};
 use crate::udp::buffer::{BufferedUdpReceive, BufferedUdpSend};
@@ -67,6 +67,10 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 // load). 256 packets still hold over a millisecond at 3 Gbit/s and five 64 KiB
 // GSO bursts; 512 measured no faster and 3 MiB larger.
 const MAX_PACKET_BUFS: usize = 256;
+
+// wireguard4netns: the most decrypted packets `handle_incoming` gathers before handing
+// them to the TUN at once (a 64 KiB GRO datagram holds ~44 packets).
+const MAX_TUN_BATCH: usize = 64;
 
 /// Error of [`Device`]-related operations.
 #[derive(Debug, thiserror::Error)]
@@ -688,11 +692,27 @@ impl<T: DeviceTransports> DeviceState<T> {
             (private_key, public_key, rate_limiter, tun_mtu)
         };
 
+        // wireguard4netns: decrypted packets gather here while more datagrams are ready, and
+        // go to the TUN together when the burst ends. Sent one by one, the TUN's send task
+        // woke for each and wrote them almost one at a time, too few to coalesce (GRO).
+        let mut to_tun: Vec<Packet<Ip>> = Vec::with_capacity(MAX_TUN_BATCH);
         loop {
-            let (src_buf, addr) = udp_rx
-                .recv_from(&mut packet_pool)
-                .await
-                .map_err(Error::IoError)?;
+            let received = if to_tun.is_empty() {
+                Some(udp_rx.recv_from(&mut packet_pool).await)
+            } else if to_tun.len() < MAX_TUN_BATCH {
+                // `recv_from` of the buffered receiver is cancel safe (a channel receive).
+                udp_rx.recv_from(&mut packet_pool).now_or_never()
+            } else {
+                None
+            };
+            let Some(received) = received else {
+                if let Err(e) = tun_tx.send_many(&mut to_tun).await {
+                    tracing::trace!("buffered_tun_send.send failed");
+                    return Err(Error::IoError(e));
+                }
+                continue;
+            };
+            let (src_buf, addr) = received.map_err(Error::IoError)?;
             let parsed_packet = match rate_limiter.verify_packet(addr, src_buf) {
                 Ok(packet) => packet,
                 Err(TunnResult::WriteToNetwork(WgKind::CookieReply(cookie))) => {
@@ -808,10 +828,7 @@ impl<T: DeviceTransports> DeviceState<T> {
                         continue;
                     }
 
-                    if let Err(e) = tun_tx.send(packet).await {
-                        tracing::trace!("buffered_tun_send.send failed");
-                        return Err(Error::IoError(e));
-                    }
+                    to_tun.push(packet);
                 }
             }
         }
@@ -833,7 +850,12 @@ impl<T: DeviceTransports> DeviceState<T> {
             device.tun_rx_mtu.clone()
         };
 
+        // wireguard4netns: a batch from the TUN is encrypted first and then queued for the UDP
+        // socket together, so its send task finds the whole run of packets (UDP GSO) instead
+        // of waking for the first one.
+        let mut to_udp = Vec::new();
         loop {
+            to_udp.clear();
             let packets = match tun_rx.recv(&mut packet_pool).await {
                 Ok(packets) => packets,
                 Err(e) => {
@@ -908,6 +930,9 @@ impl<T: DeviceTransports> DeviceState<T> {
                 drop(peer); // release lock
                 drop(device_guard);
 
+                to_udp.push((packet, peer_addr));
+            }
+            for (packet, peer_addr) in to_udp.drain(..) {
                 if udp.send_to(packet, peer_addr).await.is_err() {
                     break;
                 }

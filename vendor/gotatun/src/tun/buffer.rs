@@ -73,8 +73,12 @@ impl BufferedIpSend {
                 .await
                 .expect("Deadlock on IpSend. There must be no more than one IpSend active at any given time.");
 
-            while let Some(packet) = rx.recv().await {
-                if let Err(e) = inner.send(packet).await {
+            // wireguard4netns: hand over everything queued, up to `max_batch`, at once.
+            let max_batch = inner.max_batch().max(1);
+            let mut batch = Vec::with_capacity(max_batch);
+            while rx.recv_many(&mut batch, max_batch).await > 0 {
+                if let Err(e) = inner.send_many(&mut batch).await {
+                    batch.clear();
                     if is_fatal_tun_error(&e) {
                         tracing::error!("TUN device was deleted: {e}");
                         break;

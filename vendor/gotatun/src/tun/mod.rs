@@ -41,6 +41,29 @@ pub trait IpSend: Send + Sync + 'static {
     /// Send a complete IP packet.
     // TODO: consider refactoring trait with methods that take `Packet<Ipv4>` and `Packet<Ipv6>`
     fn send(&mut self, packet: Packet<Ip>) -> impl Future<Output = io::Result<()>> + Send;
+
+    // wireguard4netns: batched sends. The device's send task hands over everything that
+    // has queued up at once, so an implementation can coalesce packets into fewer writes
+    // (GRO onto a TUN with `IFF_VNET_HDR`). The defaults keep one packet per `send`.
+
+    /// The most packets [`IpSend::send_many`] takes in one call.
+    fn max_batch(&self) -> usize {
+        1
+    }
+
+    /// Send `packets` (at most [`IpSend::max_batch`]) in order; on success `packets` is
+    /// empty, on error any of them may have been sent.
+    fn send_many(
+        &mut self,
+        packets: &mut Vec<Packet<Ip>>,
+    ) -> impl Future<Output = io::Result<()>> + Send {
+        async move {
+            for packet in packets.drain(..) {
+                self.send(packet).await?;
+            }
+            Ok(())
+        }
+    }
 }
 
 /// A type that let's you receive an IP packet.
