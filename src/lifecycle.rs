@@ -18,6 +18,8 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid};
 use tokio::io::unix::AsyncFd;
@@ -454,6 +456,76 @@ pub async fn termination_signal() -> io::Result<&'static str> {
         _ = term.recv() => "SIGTERM",
         _ = hup.recv() => "SIGHUP",
     })
+}
+
+/// SIGINT, SIGTERM and SIGHUP, blocked in this thread and those started after
+/// it, and readable from a signalfd instead, which also says who sent them.
+/// `run` needs that: a terminal sends Ctrl-C and hangups to its whole
+/// foreground process group, the command included, so forwarding those too
+/// would deliver them twice (sudo makes the same distinction).
+pub struct BlockedSignals(SignalFd);
+
+/// A signal read from [`BlockedSignals`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReceivedSignal {
+    pub signal: Signal,
+    /// Sent by the kernel (a terminal's Ctrl-C or hangup), not by a process.
+    pub from_kernel: bool,
+}
+
+impl BlockedSignals {
+    /// Block the signals and open the signalfd. Call it before the runtime
+    /// starts its threads: a thread that does not block them would take them
+    /// the default way. A signal that arrives before [`Self::next`] waits.
+    pub fn block() -> io::Result<Self> {
+        let mut mask = SigSet::empty();
+        for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            mask.add(signal);
+        }
+        mask.thread_block()?;
+        let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
+        Ok(Self(fd))
+    }
+
+    /// Start reading them; needs a tokio runtime.
+    pub fn watch(self) -> io::Result<SignalWatch> {
+        // SAFETY: the signalfd is a valid open descriptor whose raw fd never
+        // changes, and the `AsyncFd` owns it until it is dropped.
+        Ok(SignalWatch(unsafe { AsyncFd::register(self.0) }?))
+    }
+}
+
+/// The reading end of [`BlockedSignals`].
+pub struct SignalWatch(AsyncFd<SignalFd>);
+
+impl SignalWatch {
+    /// The next signal.
+    pub async fn next(&mut self) -> io::Result<ReceivedSignal> {
+        loop {
+            let mut guard = self.0.readable().await?;
+            // nix reads EAGAIN as `None`; try_io must see it as WouldBlock
+            // to clear the readiness it waits on.
+            let read = guard.try_io(|fd| match fd.get_ref().read_signal() {
+                Ok(Some(info)) => Ok(info),
+                Ok(None) => Err(io::ErrorKind::WouldBlock.into()),
+                Err(e) => Err(e.into()),
+            });
+            match read {
+                Ok(Ok(info)) => {
+                    let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
+                        continue;
+                    };
+                    return Ok(ReceivedSignal {
+                        signal,
+                        from_kernel: info.ssi_code == libc::SI_KERNEL,
+                    });
+                }
+                // Nothing to read after all.
+                Err(_would_block) => continue,
+                Ok(Err(e)) => return Err(e),
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,9 @@
 //!   network namespace: it cannot take the tunnel down or add a way around it.
 //!
 //! The command keeps our stdio, terminal, environment and working directory.
-//! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it; its exit status is
+//! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it (but not a
+//! terminal's Ctrl-C or hangup, which reach its process group, and so the
+//! command, already: it would get them twice); its exit status is
 //! ours (128+N for a signal N, like a shell). It has `PR_SET_PDEATHSIG` set to
 //! SIGKILL, so it does not outlive us whatever the order of deaths.
 
@@ -33,14 +35,14 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Pid, Uid, execv, getgid, getppid, getuid};
+use nix::unistd::{ForkResult, Gid, Pid, Uid, execv, getgid, getpgid, getpgrp, getppid, getuid};
 
 use crate::attach::{resolve_endpoints, routes};
 use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::fdpass::{self, Channel};
-use crate::lifecycle::{self, Janitor, PidFd, ReadyFd};
+use crate::lifecycle::{self, BlockedSignals, Janitor, PidFd, ReadyFd, ReceivedSignal};
 use crate::netns::{self, Configure, TunRequest};
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
@@ -226,6 +228,9 @@ fn parent_main(
     // Watch the child from now on; a pidfd cannot be fooled by PID reuse.
     let pidfd = PidFd::open(child.as_raw()).context("cannot watch the command")?;
 
+    // Before the runtime's threads exist, so that they inherit the mask; from
+    // here on a signal waits for the loop below instead of killing us.
+    let signals = BlockedSignals::block().context("cannot block signals")?;
     let runtime = lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let engine = runtime.block_on(async {
         let tun = TunDevice::new(tun_fd, plan.config.mtu())?;
@@ -258,14 +263,27 @@ fn parent_main(
     runtime.block_on(async {
         let exited = pidfd.exited();
         tokio::pin!(exited);
+        let mut signals = match signals.watch() {
+            Ok(watch) => Some(watch),
+            Err(e) => {
+                tracing::warn!("cannot watch signals: {e}");
+                None
+            }
+        };
         loop {
+            let next = async {
+                match signals.as_mut() {
+                    Some(watch) => watch.next().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut exited => break,
-                signal = lifecycle::termination_signal() => match signal {
-                    Ok(name) => forward(child, name),
+                received = next => match received {
+                    Ok(received) => forward(child, received),
                     Err(e) => {
                         tracing::warn!("cannot watch signals: {e}");
-                        std::future::pending::<()>().await;
+                        signals = None;
                     }
                 },
             }
@@ -278,13 +296,18 @@ fn parent_main(
     Ok(exit_code(wait_status(child)))
 }
 
-fn forward(child: Pid, name: &str) {
-    let signal = match name {
-        "SIGINT" => Signal::SIGINT,
-        "SIGHUP" => Signal::SIGHUP,
-        _ => Signal::SIGTERM,
-    };
-    tracing::info!("forwarding {name} to the command");
+/// Pass a signal sent to us on to the command, unless the terminal sent it to
+/// the command's process group as well (Ctrl-C, hangup): then it has it.
+fn forward(child: Pid, received: ReceivedSignal) {
+    let ReceivedSignal {
+        signal,
+        from_kernel,
+    } = received;
+    if from_kernel && getpgid(Some(child)).ok() == Some(getpgrp()) {
+        tracing::debug!("{signal} came from the terminal, which sent it to the command too");
+        return;
+    }
+    tracing::info!("forwarding {signal} to the command");
     let _ = kill(child, signal);
 }
 

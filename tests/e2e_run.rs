@@ -570,3 +570,87 @@ fn run_sigkill_leaves_nothing_within_2s() {
     );
     eprintln!("run_sigkill_leaves_nothing_within_2s: all gone {took:?} after SIGKILL");
 }
+
+/// `program args…` of `c` as one `sh` word list, each argument single-quoted.
+fn shell_line(c: &Command) -> String {
+    std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| format!("'{}'", a.to_string_lossy().replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Ctrl-C in a terminal reaches the command once. The terminal sends SIGINT to
+/// its whole foreground process group, the command included, so we must not
+/// forward our own copy (an editor or a `git` would take two Ctrl-Cs as "quit
+/// now"). `script` gives the run a pseudo-terminal; a ^C written to it is what a
+/// user's Ctrl-C is. The two copies would often merge while pending, so the
+/// test also reads our log (at info level) for the forwarding. A signal sent
+/// to us by a process is still forwarded (`run_sigterm_…` covers that path).
+#[test]
+fn run_ctrl_c_in_a_terminal_reaches_the_command_once() {
+    use std::io::{Read, Write};
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+
+    let Some(id) = require_root_env("run_ctrl_c_in_a_terminal_reaches_the_command_once") else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    let command = r#"n=0; trap 'n=$((n+1)); echo "INT $n"' INT; echo ready
+        i=0; while [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; echo "total $n""#;
+    let inner = w.command(&[], ["sh", "-c", command]);
+    let mut script = Command::new("script");
+    script
+        .args(["-q", "-e", "-c"])
+        .arg(format!("RUST_LOG=info exec {}", shell_line(&inner)))
+        .arg("/dev/null")
+        .current_dir(w.dir.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = script
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run `script` (util-linux): {e}"));
+    let output = Arc::new(Mutex::new(Vec::new()));
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let sink = Arc::clone(&output);
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .expect("output lock")
+                .extend_from_slice(&buf[..n]);
+        }
+    });
+    let seen = |what: &str| text(&output.lock().expect("output lock")).contains(what);
+    let ready = wait_for(QUICK_TIMEOUT, || seen("ready"));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    if ready {
+        stdin.write_all(b"\x03").expect("write ^C to the terminal");
+    }
+    let exited = wait_for(QUICK_TIMEOUT, || matches!(child.try_wait(), Ok(Some(_))));
+    if !exited {
+        // By PID: the `script` we started (our binary is reaped by RunWorld).
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait for script");
+    drop(stdin);
+    let _ = reader.join();
+    let out = text(&output.lock().expect("output lock"));
+    assert!(ready, "the command never started:\n{out}");
+    assert!(exited, "still running 20 s after ^C:\n{out}");
+    assert!(
+        out.contains("INT 1") && out.contains("total 1") && !out.contains("INT 2"),
+        "want exactly one SIGINT in the command, got:\n{out}"
+    );
+    assert!(
+        !out.contains("forwarding SIGINT"),
+        "we forwarded the terminal's SIGINT:\n{out}"
+    );
+    assert_eq!(status.code(), Some(0), "exit status\n{out}");
+    w.assert_nothing_left("after ^C");
+}
