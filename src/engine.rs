@@ -41,7 +41,8 @@ pub enum EngineError {
 
 /// A running WireGuard device.
 pub struct Engine {
-    device: Device<Transports>,
+    /// Runs as long as it is held (its tasks stop when it is dropped).
+    _device: Device<Transports>,
 }
 
 /// The peers of `config` as gotatun wants them, with endpoints already resolved
@@ -86,12 +87,7 @@ impl Engine {
             .build()
             .await
             .map_err(|source| EngineError::Start { port, source })?;
-        Ok(Self { device })
-    }
-
-    /// Resolves when the device hits an unrecoverable error (e.g. its TUN died).
-    pub async fn failed(&mut self) {
-        self.device.wait().await
+        Ok(Self { _device: device })
     }
 }
 
