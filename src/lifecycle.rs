@@ -406,9 +406,12 @@ impl PidFd {
 /// thread, 14.7 MiB with one. The hot path allocates rarely (packet buffers
 /// come from pools), so the shared arena's lock is not contended.
 pub fn engine_runtime() -> io::Result<tokio::runtime::Runtime> {
-    // SAFETY: mallopt only sets an allocator parameter; called before the
-    // runtime starts its threads, it races with no allocation.
-    unsafe { libc::mallopt(libc::M_ARENA_MAX, 1) };
+    // SAFETY: mallopt only sets an allocator parameter (and is thread-safe in
+    // glibc). Its result is ignored: refused, it only costs memory.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -460,23 +463,24 @@ pub async fn termination_signal() -> io::Result<&'static str> {
 
 /// SIGINT, SIGTERM and SIGHUP, blocked in this thread and those started after
 /// it, and readable from a signalfd instead, which also says who sent them.
-/// `run` needs that: a terminal sends Ctrl-C and hangups to its whole
-/// foreground process group, the command included, so forwarding those too
-/// would deliver them twice (sudo makes the same distinction).
+/// `run` needs that: a terminal sends Ctrl-C to its whole foreground process
+/// group, the command included, so forwarding it too would deliver it twice
+/// (sudo makes the same distinction).
 pub struct BlockedSignals(SignalFd);
 
 /// A signal read from [`BlockedSignals`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReceivedSignal {
     pub signal: Signal,
-    /// Sent by the kernel (a terminal's Ctrl-C or hangup), not by a process.
+    /// Sent by the kernel (a terminal's Ctrl-C, a hangup), not by a process.
     pub from_kernel: bool,
 }
 
 impl BlockedSignals {
     /// Block the signals and open the signalfd. Call it before the runtime
     /// starts its threads: a thread that does not block them would take them
-    /// the default way. A signal that arrives before [`Self::next`] waits.
+    /// the default way. A signal that arrives before [`SignalWatch::next`]
+    /// waits.
     pub fn block() -> io::Result<Self> {
         let mut mask = SigSet::empty();
         for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {

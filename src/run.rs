@@ -14,8 +14,8 @@
 //!
 //! The command keeps our stdio, terminal, environment and working directory.
 //! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it (but not a
-//! terminal's Ctrl-C or hangup, which reach its process group, and so the
-//! command, already: it would get them twice); its exit status is
+//! terminal's Ctrl-C, which reaches its process group, and so the command,
+//! already: it would get it twice); its exit status is
 //! ours (128+N for a signal N, like a shell). It has `PR_SET_PDEATHSIG` set to
 //! SIGKILL, so it does not outlive us whatever the order of deaths.
 
@@ -35,7 +35,9 @@ use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Gid, Pid, Uid, execv, getgid, getpgid, getpgrp, getppid, getuid};
+use nix::unistd::{
+    ForkResult, Gid, Pid, Uid, execv, getgid, getpgid, getpgrp, getpid, getppid, getsid, getuid,
+};
 
 use crate::attach::{resolve_endpoints, routes};
 use crate::cli::RunArgs;
@@ -263,10 +265,16 @@ fn parent_main(
     runtime.block_on(async {
         let exited = pidfd.exited();
         tokio::pin!(exited);
+        // The signals stay blocked: if we cannot read them, nothing could stop
+        // us but SIGKILL, so stop the command (and with it us) instead.
+        let give_up = |e: std::io::Error| {
+            tracing::error!("cannot read signals ({e}); stopping the command");
+            let _ = kill(child, Signal::SIGTERM);
+        };
         let mut signals = match signals.watch() {
             Ok(watch) => Some(watch),
             Err(e) => {
-                tracing::warn!("cannot watch signals: {e}");
+                give_up(e);
                 None
             }
         };
@@ -282,7 +290,7 @@ fn parent_main(
                 received = next => match received {
                     Ok(received) => forward(child, received),
                     Err(e) => {
-                        tracing::warn!("cannot watch signals: {e}");
+                        give_up(e);
                         signals = None;
                     }
                 },
@@ -297,13 +305,15 @@ fn parent_main(
 }
 
 /// Pass a signal sent to us on to the command, unless the terminal sent it to
-/// the command's process group as well (Ctrl-C, hangup): then it has it.
+/// the command's process group as well (Ctrl-C): then it has it. The kernel
+/// sends a session leader's hangup to it alone, so that one is forwarded.
 fn forward(child: Pid, received: ReceivedSignal) {
     let ReceivedSignal {
         signal,
         from_kernel,
     } = received;
-    if from_kernel && getpgid(Some(child)).ok() == Some(getpgrp()) {
+    let hangup_for_us_alone = signal == Signal::SIGHUP && getsid(None).ok() == Some(getpid());
+    if from_kernel && !hangup_for_us_alone && getpgid(Some(child)).ok() == Some(getpgrp()) {
         tracing::debug!("{signal} came from the terminal, which sent it to the command too");
         return;
     }

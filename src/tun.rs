@@ -324,8 +324,8 @@ impl TxBuf {
 
 impl TunDevice {
     /// Wrap a TUN descriptor (from [`create`], possibly made in another
-    /// namespace). Must be called inside a tokio runtime: it starts the writer
-    /// task, which ends when the last clone is dropped.
+    /// namespace). Must be called inside a tokio runtime (the descriptor is
+    /// registered with its reactor).
     pub fn new(fd: OwnedFd, mtu: u16) -> Result<Self, TunError> {
         // A TUN made without IFF_VNET_HDR (not by `create`) still works, one
         // packet per read and write.
@@ -552,12 +552,15 @@ fn split_read(
 }
 
 impl TunDevice {
-    /// Coalesce and write what `send`/`send_many` put into the send buffer.
-    /// Only an error that kills the device comes back: a packet the kernel
-    /// refuses is dropped, as a NIC would.
+    /// Coalesce and write `packets`. Only an error that kills the device comes
+    /// back: a packet the kernel refuses is dropped, as a NIC would.
     async fn flush(&mut self, packets: impl Iterator<Item = Packet<Ip>>) -> io::Result<()> {
         let inner = &*self.inner;
         let tx = self.tx.get_or_insert_with(|| TxBuf::new(inner.udp_gro));
+        // A send cancelled half-way (gotatun restarts its tasks when the port
+        // or key changes) leaves its batch here: drop it rather than write
+        // it again, in front of newer packets.
+        tx.batch.clear();
         tx.batch.extend(packets.map(Packet::into_bytes));
         let mut result = Ok(());
         for start in (0..tx.batch.len()).step_by(WRITE_BATCH) {

@@ -13,8 +13,13 @@
 //! The kernel refuses `UDP_SEGMENT` where it cannot do it: `EIO` when the
 //! route's device cannot checksum (wireguard-go's `errShouldDisableUDPGSO`),
 //! `EINVAL` when the segment size exceeds the path MTU or the socket disabled
-//! checksums. Then the batch goes out one datagram per message and GSO stays off
-//! for this socket: every later batch would be refused the same way.
+//! checksums. A refused send sends nothing, so the run is sent again one
+//! datagram per message. If that works, it was GSO that was refused, and GSO
+//! stays off for this socket (as in wireguard-go; a path MTU below the tunnel's
+//! packets on one peer's route thus costs the others GSO too, a misconfigured
+//! MTU's price). If it fails as well, the datagrams themselves were bad (a
+//! destination port 0 is `EINVAL` either way): that error is returned and GSO
+//! stays on.
 
 #![forbid(unsafe_code)]
 
@@ -223,16 +228,17 @@ impl UdpSend for GsoSend {
                     self.send_plain(&packets[plain..start]).await?;
                 }
                 match self.send_segmented(run).await {
-                    Ok(()) => plain = start + n,
+                    Ok(()) => {}
                     Err(err) if gso_refused(&err) => {
+                        self.send_plain(run).await?;
                         self.gso.store(false, Ordering::Relaxed);
                         tracing::info!(
                             "the kernel refused UDP GSO ({err}); sending one datagram per packet"
                         );
-                        plain = start;
                     }
                     Err(err) => return Err(err),
                 }
+                plain = start + n;
             }
             start += n;
         }
@@ -352,5 +358,19 @@ mod tests {
         roundtrip(&send, Ipv4Addr::LOCALHOST.into(), &[1000, 1000, 1000, 10]).await;
         assert!(!send.gso_enabled());
         roundtrip(&send, Ipv4Addr::LOCALHOST.into(), &[1000; 30]).await;
+    }
+
+    #[tokio::test]
+    async fn a_bad_destination_is_an_error_and_leaves_gso_on() {
+        let send = sender().await;
+        let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
+        let mut batch: Vec<_> = (0..3).map(|_| (packet(500, 1), dst)).collect();
+        let err = send.send_many_to(&mut (), &mut batch).await.unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
+        assert!(
+            send.gso_enabled(),
+            "one bad address must not cost every peer GSO"
+        );
+        roundtrip(&send, Ipv4Addr::LOCALHOST.into(), &[700; 10]).await;
     }
 }

@@ -195,7 +195,7 @@ impl<T: DeviceTransports> Connection<T> {
         }
 
         // wireguard4netns: the pool keeps as many buffers as the device's queues can hold
-        // at once (three channels of MAX_PACKET_BUFS plus a receive batch), not one
+        // at once (four channels of MAX_PACKET_BUFS, plus the batches in flight), not one
         // channel's worth: with fewer, every burst overflowed it and each further packet
         // buffer was a fresh 4 KiB calloc and a free (~0.3 per packet, measured).
         let pool = PacketBufPool::new_lazy(4 * MAX_PACKET_BUFS);
@@ -716,7 +716,14 @@ impl<T: DeviceTransports> DeviceState<T> {
                 }
                 continue;
             };
-            let (src_buf, addr) = received.map_err(Error::IoError)?;
+            let (src_buf, addr) = match received {
+                Ok(received) => received,
+                Err(e) => {
+                    // The receive task has stopped; deliver what was decrypted first.
+                    let _ = tun_tx.send_many(&mut to_tun).await;
+                    return Err(Error::IoError(e));
+                }
+            };
             let parsed_packet = match rate_limiter.verify_packet(addr, src_buf) {
                 Ok(packet) => packet,
                 Err(TunnResult::WriteToNetwork(WgKind::CookieReply(cookie))) => {

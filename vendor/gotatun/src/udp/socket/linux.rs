@@ -118,7 +118,7 @@ mod gro {
     // wireguard4netns: 100 → 32 messages per recvmmsg. The kernel fills each buffer as far
     // as its datagram goes and those pages stay resident: 100 GRO datagrams of up to 64 KiB
     // made 5-6 MiB of the engine's resident memory under load. 32 messages of up to 44
-    // segments still hold more than the 512 packets the device queues.
+    // segments still hold more than the 256 packets a device queue takes.
     const MAX_PACKET_COUNT: usize = 32;
     use crate::packet::{Packet, PacketBufPool};
     use crate::udp::socket::map_src_addr;
