@@ -569,6 +569,62 @@ pub fn kill_child(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// SIGTERM by PID, SIGKILL after 2 s, reaped either way.
+pub fn stop_child(child: &mut Child) {
+    signal(child.id(), Signal::SIGTERM);
+    if wait_until(child, Instant::now() + Duration::from_secs(2)).is_none() {
+        kill_child(child);
+    }
+}
+
+/// A child process we started, reaped at most once (so never signalled by a
+/// PID that may have been reused). On drop, if still running: [`stop_child`].
+pub struct Process {
+    child: Child,
+    pub pid: u32,
+    exited: Option<ExitStatus>,
+}
+
+impl Process {
+    pub fn new(child: Child) -> Self {
+        Self {
+            pid: child.id(),
+            child,
+            exited: None,
+        }
+    }
+
+    pub fn try_exit(&mut self) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = self.child.try_wait().expect("waitpid");
+        }
+        self.exited
+    }
+
+    /// Wait up to `timeout` for it to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        if self.exited.is_none() {
+            self.exited = wait_until(&mut self.child, Instant::now() + timeout);
+        }
+        self.exited
+    }
+
+    /// Send `sig` by PID unless it has been reaped.
+    pub fn signal(&mut self, sig: Signal) {
+        if self.try_exit().is_none() {
+            signal(self.pid, sig);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.try_exit().is_none() {
+            stop_child(&mut self.child);
+        }
+    }
+}
+
 /// Send `sig` to `pid`, ignoring "no such process".
 pub fn signal(pid: u32, sig: Signal) {
     let pid = i32::try_from(pid).expect("pid fits in i32");
@@ -1410,10 +1466,7 @@ impl Peer {
 impl Drop for Peer {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            signal(child.id(), Signal::SIGTERM);
-            if wait_until(&mut child, Instant::now() + Duration::from_secs(2)).is_none() {
-                kill_child(&mut child);
-            }
+            stop_child(&mut child);
         }
         // Only after a SIGKILL is it left behind; the name is this test's own.
         let _ = fs::remove_file(self.socket());
@@ -1682,10 +1735,8 @@ impl Scenario {
             .spawn()
             .expect("spawn our binary");
         Foreground {
-            pid: child.id(),
-            child,
+            process: Process::new(child),
             log_path,
-            exited: None,
         }
     }
 
@@ -1728,31 +1779,27 @@ impl Drop for Scenario {
 /// Our binary in `--foreground`, its stdout+stderr going to a log file.
 /// On drop, if still running: SIGTERM by PID, SIGKILL after 2 s.
 pub struct Foreground {
-    child: Child,
-    pub pid: u32,
+    process: Process,
     log_path: PathBuf,
-    exited: Option<ExitStatus>,
+}
+
+impl std::ops::Deref for Foreground {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Foreground {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl Foreground {
     /// Its output so far.
     pub fn log(&self) -> String {
         text(&fs::read(&self.log_path).unwrap_or_default())
-    }
-
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().expect("waitpid");
-        }
-        self.exited
-    }
-
-    /// Wait up to `timeout` for it to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = wait_until(&mut self.child, Instant::now() + timeout);
-        }
-        self.exited
     }
 
     /// Wait up to `timeout` for `socket` to appear; Err (with the log) if it
@@ -1774,23 +1821,6 @@ impl Foreground {
                 socket.display(),
                 self.log()
             ))
-        }
-    }
-
-    pub fn signal(&self, sig: Signal) {
-        if self.exited.is_none() {
-            signal(self.pid, sig);
-        }
-    }
-}
-
-impl Drop for Foreground {
-    fn drop(&mut self) {
-        if self.try_exit().is_none() {
-            signal(self.pid, Signal::SIGTERM);
-            if wait_until(&mut self.child, Instant::now() + Duration::from_secs(2)).is_none() {
-                kill_child(&mut self.child);
-            }
         }
     }
 }
@@ -1880,12 +1910,23 @@ pub fn run_form<S: AsRef<OsStr>>(
 /// files of its own (so nothing can block on a full pipe). On drop, if still
 /// running: SIGTERM by PID, SIGKILL after 2 s, reaped.
 pub struct Spawned {
-    child: Child,
     /// The spawned process (with `setpriv`, which execs in place: our binary).
-    pub pid: u32,
+    process: Process,
     desc: String,
     logs: tempfile::TempDir,
-    exited: Option<ExitStatus>,
+}
+
+impl std::ops::Deref for Spawned {
+    type Target = Process;
+    fn deref(&self) -> &Process {
+        &self.process
+    }
+}
+
+impl std::ops::DerefMut for Spawned {
+    fn deref_mut(&mut self) -> &mut Process {
+        &mut self.process
+    }
 }
 
 impl Spawned {
@@ -1905,11 +1946,9 @@ impl Spawned {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {desc}: {e}"));
         Self {
-            pid: child.id(),
-            child,
+            process: Process::new(child),
             desc,
             logs,
-            exited: None,
         }
     }
 
@@ -1926,42 +1965,9 @@ impl Spawned {
         format!(
             "{} ({:?})\n--- stdout ---\n{}\n--- stderr ---\n{}",
             self.desc,
-            self.exited,
+            self.process.exited,
             self.stdout(),
             self.stderr()
         )
-    }
-
-    pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().expect("waitpid");
-        }
-        self.exited
-    }
-
-    /// Wait up to `timeout` for it to exit.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        if self.exited.is_none() {
-            self.exited = wait_until(&mut self.child, Instant::now() + timeout);
-        }
-        self.exited
-    }
-
-    /// Send `sig` by PID unless it has been reaped.
-    pub fn signal(&mut self, sig: Signal) {
-        if self.try_exit().is_none() {
-            signal(self.pid, sig);
-        }
-    }
-}
-
-impl Drop for Spawned {
-    fn drop(&mut self) {
-        if self.try_exit().is_none() {
-            signal(self.pid, Signal::SIGTERM);
-            if wait_until(&mut self.child, Instant::now() + Duration::from_secs(2)).is_none() {
-                kill_child(&mut self.child);
-            }
-        }
     }
 }
