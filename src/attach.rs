@@ -196,7 +196,8 @@ fn serve(
     (ready_fd, exit_fd): (Option<ReadyFd>, Option<ExitFd>),
     notifier: &mut Notifier,
 ) -> anyhow::Result<()> {
-    let runtime = lifecycle::engine_runtime().context("cannot start the async runtime")?;
+    let (runtime, signals) =
+        lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
         let Prepared {
             tun,
@@ -204,6 +205,7 @@ fn serve(
             pidfd,
             janitor,
         } = prepared;
+        let mut signals = signals.watch().context("cannot watch signals")?;
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
@@ -245,7 +247,7 @@ fn serve(
             reason = target_exit => reason,
             () = tun.gone() => StopReason::InterfaceDeleted,
             () = exit_requested => StopReason::ExitFd,
-            signal = lifecycle::termination_signal() => StopReason::Signal(signal?),
+            received = signals.next() => StopReason::Signal(received?.signal.as_str()),
         };
         tracing::info!("stopping: {reason}");
         // WireGuard has no goodbye message, so there is nothing to flush: the

@@ -399,23 +399,29 @@ impl PidFd {
 /// run side by side; more threads only add wakeups on a machine this tunnel
 /// shares with its applications). Call it before any other thread exists.
 ///
+/// SIGINT, SIGTERM and SIGHUP are blocked first, so that the runtime's threads
+/// inherit the mask: read them from the returned [`BlockedSignals`]. A signal
+/// that arrives while the engine starts then waits instead of killing us.
+///
 /// It also caps glibc's malloc at one arena. By default each thread that
 /// allocates gets an arena of its own, and packet buffers allocated on one
 /// worker and freed on another leave each arena holding a few MiB that it
 /// keeps: `bench/run` measured a peak of 18.5 MiB under load with an arena per
 /// thread, 14.7 MiB with one. The hot path allocates rarely (packet buffers
 /// come from pools), so the shared arena's lock is not contended.
-pub fn engine_runtime() -> io::Result<tokio::runtime::Runtime> {
+pub fn engine_runtime() -> io::Result<(tokio::runtime::Runtime, BlockedSignals)> {
+    let signals = BlockedSignals::block()?;
     // SAFETY: mallopt only sets an allocator parameter (and is thread-safe in
     // glibc). Its result is ignored: refused, it only costs memory.
     #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1)
     };
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
-        .build()
+        .build()?;
+    Ok((runtime, signals))
 }
 
 /// Leave the runtime running until the process exits, instead of shutting it
@@ -448,19 +454,6 @@ impl std::fmt::Display for StopReason {
     }
 }
 
-/// Resolves on the first of SIGINT, SIGTERM or SIGHUP.
-pub async fn termination_signal() -> io::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    Ok(tokio::select! {
-        _ = int.recv() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
-        _ = hup.recv() => "SIGHUP",
-    })
-}
-
 /// SIGINT, SIGTERM and SIGHUP, blocked in this thread and those started after
 /// it, and readable from a signalfd instead, which also says who sent them.
 /// `run` needs that: a terminal sends Ctrl-C to its whole foreground process
@@ -477,11 +470,11 @@ pub struct ReceivedSignal {
 }
 
 impl BlockedSignals {
-    /// Block the signals and open the signalfd. Call it before the runtime
-    /// starts its threads: a thread that does not block them would take them
-    /// the default way. A signal that arrives before [`SignalWatch::next`]
-    /// waits.
-    pub fn block() -> io::Result<Self> {
+    /// Block the signals and open the signalfd ([`engine_runtime`] does, before
+    /// the runtime starts its threads: a thread that does not block them would
+    /// take them the default way). A signal that arrives before
+    /// [`SignalWatch::next`] waits.
+    fn block() -> io::Result<Self> {
         let mut mask = SigSet::empty();
         for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
             mask.add(signal);

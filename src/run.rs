@@ -44,7 +44,7 @@ use crate::cli::RunArgs;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::fdpass::{self, Channel};
-use crate::lifecycle::{self, BlockedSignals, Janitor, PidFd, ReadyFd, ReceivedSignal};
+use crate::lifecycle::{self, Janitor, PidFd, ReadyFd, ReceivedSignal};
 use crate::netns::{self, Configure, TunRequest};
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
@@ -230,10 +230,8 @@ fn parent_main(
     // Watch the child from now on; a pidfd cannot be fooled by PID reuse.
     let pidfd = PidFd::open(child.as_raw()).context("cannot watch the command")?;
 
-    // Before the runtime's threads exist, so that they inherit the mask; from
-    // here on a signal waits for the loop below instead of killing us.
-    let signals = BlockedSignals::block().context("cannot block signals")?;
-    let runtime = lifecycle::engine_runtime().context("cannot start the async runtime")?;
+    let (runtime, signals) =
+        lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let engine = runtime.block_on(async {
         let tun = TunDevice::new(tun_fd, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
