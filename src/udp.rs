@@ -34,11 +34,8 @@ use gotatun::packet::Packet;
 use gotatun::udp::socket::{UdpSocket, UdpSocketFactory};
 use gotatun::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use nix::errno::Errno;
-use nix::sys::socket::{ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{ControlMessage, MsgFlags, SockaddrStorage};
 use tokio::io::Interest;
-
-/// Most datagrams in one `sendmmsg` call, and in one batch we take.
-const MAX_BATCH: usize = 100;
 
 /// Most segments per `UDP_SEGMENT` send (the kernel's `UDP_MAX_SEGMENTS` is 64
 /// before Linux 6.9).
@@ -126,36 +123,21 @@ impl GsoSend {
         Ok(())
     }
 
-    /// `packets` with `sendmmsg`, one datagram per message.
-    async fn send_plain(&self, packets: &[(Packet, SocketAddr)]) -> io::Result<()> {
-        let socket = self.socket.socket();
-        let fd = socket.as_raw_fd();
-        let mut iov = [[IoSlice::new(&[])]; MAX_BATCH];
-        let mut addrs = [None; MAX_BATCH];
-        for ((slot, addr), (packet, dst)) in iov.iter_mut().zip(&mut addrs).zip(packets) {
-            *slot = [IoSlice::new(packet)];
-            *addr = Some(SockaddrStorage::from(*dst));
+    /// What gathered in `buf.plain`, with the socket's own `sendmmsg`.
+    async fn send_plain(&self, buf: &mut SendBuf) -> io::Result<()> {
+        if buf.plain.is_empty() {
+            return Ok(());
         }
-        let mut sent = 0;
-        while sent < packets.len() {
-            let (iov, addrs) = (&iov[sent..packets.len()], &addrs[sent..packets.len()]);
-            sent += socket
-                .async_io(Interest::WRITABLE, || {
-                    let mut headers = MultiHeaders::preallocate(iov.len(), None);
-                    let results = nix::sys::socket::sendmmsg(
-                        fd,
-                        &mut headers,
-                        iov,
-                        addrs,
-                        [],
-                        MsgFlags::MSG_DONTWAIT,
-                    )?;
-                    Ok(results.count())
-                })
-                .await?;
-        }
-        Ok(())
+        UdpSend::send_many_to(&self.socket, &mut buf.sendmmsg, &mut buf.plain).await
     }
+}
+
+/// What [`GsoSend::send_many_to`] reuses from one call to the next.
+#[derive(Default)]
+pub struct SendBuf {
+    sendmmsg: <UdpSocket as UdpSend>::SendManyBuf,
+    /// Datagrams for one `sendmmsg`, in order.
+    plain: Vec<(Packet, SocketAddr)>,
 }
 
 /// Whether a failed `UDP_SEGMENT` send means this socket cannot do GSO (see
@@ -193,60 +175,51 @@ fn segment_run<P: Deref<Target = [u8]>>(packets: &[(P, SocketAddr)]) -> usize {
 }
 
 impl UdpSend for GsoSend {
-    type SendManyBuf = ();
+    type SendManyBuf = SendBuf;
 
     async fn send_to(&self, packet: Packet, destination: SocketAddr) -> io::Result<()> {
         UdpSend::send_to(&self.socket, packet, destination).await
     }
 
     fn max_number_of_packets_to_send(&self) -> usize {
-        MAX_BATCH
+        self.socket.max_number_of_packets_to_send()
     }
 
     async fn send_many_to(
         &self,
-        _buf: &mut (),
+        buf: &mut SendBuf,
         packets: &mut Vec<(Packet, SocketAddr)>,
     ) -> io::Result<()> {
-        if packets.len() > MAX_BATCH {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "{} datagrams in one batch, at most {MAX_BATCH}",
-                    packets.len()
-                ),
-            ));
+        if !self.gso_enabled() {
+            return UdpSend::send_many_to(&self.socket, &mut buf.sendmmsg, packets).await;
         }
-        // Datagrams before `plain` are sent; runs too short for GSO gather in
-        // `plain..start` and go out together with `sendmmsg`, in order.
-        let (mut plain, mut start) = (0, 0);
-        while start < packets.len() {
-            let n = segment_run(&packets[start..]);
+        // Runs too short for GSO gather in `buf.plain` and go out together
+        // with `sendmmsg`, in order.
+        buf.plain.clear();
+        while !packets.is_empty() {
+            let n = segment_run(packets);
             if n >= 2 && self.gso_enabled() {
-                let run = &packets[start..start + n];
-                if plain < start {
-                    self.send_plain(&packets[plain..start]).await?;
-                }
-                match self.send_segmented(run).await {
-                    Ok(()) => {}
+                self.send_plain(buf).await?;
+                match self.send_segmented(&packets[..n]).await {
+                    Ok(()) => {
+                        packets.drain(..n);
+                        continue;
+                    }
                     Err(err) if gso_refused(&err) => {
-                        self.send_plain(run).await?;
+                        buf.plain.extend(packets.drain(..n));
+                        self.send_plain(buf).await?;
                         self.gso.store(false, Ordering::Relaxed);
                         tracing::info!(
                             "the kernel refused UDP GSO ({err}); sending one datagram per packet"
                         );
+                        continue;
                     }
                     Err(err) => return Err(err),
                 }
-                plain = start + n;
             }
-            start += n;
+            buf.plain.extend(packets.drain(..n));
         }
-        if plain < packets.len() {
-            self.send_plain(&packets[plain..]).await?;
-        }
-        packets.clear();
-        Ok(())
+        self.send_plain(buf).await
     }
 
     fn local_addr(&self) -> io::Result<Option<SocketAddr>> {
@@ -324,7 +297,9 @@ mod tests {
             .enumerate()
             .map(|(i, &l)| (packet(l, i as u8), dst))
             .collect();
-        send.send_many_to(&mut (), &mut batch).await.unwrap();
+        send.send_many_to(&mut SendBuf::default(), &mut batch)
+            .await
+            .unwrap();
         assert!(batch.is_empty());
         let mut buf = vec![0u8; 70_000];
         for (i, &len) in lens.iter().enumerate() {
@@ -365,7 +340,10 @@ mod tests {
         let send = sender().await;
         let dst = SocketAddr::new(Ipv4Addr::LOCALHOST.into(), 0);
         let mut batch: Vec<_> = (0..3).map(|_| (packet(500, 1), dst)).collect();
-        let err = send.send_many_to(&mut (), &mut batch).await.unwrap_err();
+        let err = send
+            .send_many_to(&mut SendBuf::default(), &mut batch)
+            .await
+            .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EINVAL), "{err}");
         assert!(
             send.gso_enabled(),
