@@ -42,9 +42,10 @@ use nix::unistd::{
 use crate::attach::{resolve_endpoints, routes};
 use crate::cli::RunArgs;
 use crate::config::Config;
+use crate::daemon::Janitor;
 use crate::engine::Engine;
 use crate::fdpass::{self, Channel};
-use crate::lifecycle::{self, Janitor, PidFd, ReadyFd, ReceivedSignal};
+use crate::lifecycle::{self, PidFd, ReadyFd, ReceivedSignal};
 use crate::netns::{self, Configure, TunRequest};
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
