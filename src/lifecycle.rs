@@ -20,6 +20,36 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::{ForkResult, fork};
 use tokio::io::unix::AsyncFd;
 
+/// Make this process non-dumpable (`PR_SET_DUMPABLE` 0), the first thing
+/// `main` does, before any key is read.
+///
+/// Who may ptrace a process, read its `/proc/PID/mem` and `environ` or take
+/// its descriptors with `pidfd_getfd` (`ptrace_may_access`): a process with
+/// the same uid in the same user namespace, or one with `CAP_SYS_PTRACE` in
+/// the target's user namespace; and if the target is non-dumpable, only one
+/// with `CAP_SYS_PTRACE` in the user namespace its memory was created in (the
+/// caller's). `run`'s command and an attach target's root live in user
+/// namespaces below ours and already fail the first test; non-dumpable keeps
+/// out the caller's other processes (a config handed over a pipe is in no
+/// file they could read), and above all it protects the processes we fork
+/// that cross into a namespace we serve (the TUN helper, `run`'s child), whose
+/// credentials then belong to that namespace and whose memory is a copy of
+/// ours. The flag survives `fork` and is reset by `execve`; it makes our
+/// `/proc/self` files belong to root, which only `run`'s id-map writes mind.
+pub fn make_undumpable() -> io::Result<()> {
+    set_dumpable(false)
+}
+
+/// `PR_SET_DUMPABLE`, for the few steps that need to be dumpable for a moment.
+pub fn set_dumpable(dumpable: bool) -> io::Result<()> {
+    Ok(nix::sys::prctl::set_dumpable(dumpable)?)
+}
+
+/// `PR_GET_DUMPABLE`.
+pub fn is_dumpable() -> io::Result<bool> {
+    Ok(nix::sys::prctl::get_dumpable()?)
+}
+
 /// Is this process single-threaded? (`/proc/self/task` has one entry per thread.)
 pub fn single_threaded() -> bool {
     std::fs::read_dir("/proc/self/task")
