@@ -180,7 +180,7 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
             routes: &routes,
         }),
     };
-    let tun = netns::create_tun_in(&ns, &request)?;
+    let tun = netns::create_tun_in(ns, &request)?;
     Ok(Prepared {
         tun,
         socket,
