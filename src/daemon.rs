@@ -221,9 +221,18 @@ fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
 /// the others are closed behind their owners' backs.
 pub(crate) unsafe fn keep_only(keep: &[RawFd]) -> io::Result<()> {
     if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        let _ = dup2_stdin(&null);
-        let _ = dup2_stdout(&null);
-        let _ = dup2_stderr(&null);
+        // A kept descriptor may be 0-2 itself, if we were started with stdio
+        // closed; it stays what it is.
+        let keeps = |fd: RawFd| keep.contains(&fd);
+        if !keeps(0) {
+            let _ = dup2_stdin(&null);
+        }
+        if !keeps(1) {
+            let _ = dup2_stdout(&null);
+        }
+        if !keeps(2) {
+            let _ = dup2_stderr(&null);
+        }
     }
     // SAFETY: passed on from our caller.
     unsafe { close_all_except(keep) }
