@@ -9,6 +9,13 @@
 //! descriptor back over a `SOCK_SEQPACKET` pair and exits. The parent must fork
 //! before any thread exists: [`create_tun_in`] checks that and refuses otherwise.
 //!
+//! Inside the target's user namespace the helper's credentials belong to the
+//! target's root, who may ptrace it and take its descriptors unless the kernel
+//! says no. So before it joins, the helper makes itself non-dumpable and closes
+//! every descriptor but its channel (`isolate`), as runc's nsexec does for a
+//! container's init: it carries a copy of our memory, the keys with it, but
+//! nobody inside can read it or take anything of ours from it.
+//!
 //! The checks in [`open`] exist to turn the kernel's terse `EPERM`/`EINVAL` into
 //! errors that say what is wrong with the target and what to do about it.
 
