@@ -13,7 +13,7 @@
 //! on a pipe only we write to, which our death (SIGKILL included) delivers, and
 //! then removes our socket files. Like every process we fork that is not meant
 //! to hold our resources (the TUN helper too), it closes every inherited
-//! descriptor it does not need ([`keep_only`]).
+//! descriptor it does not need (`keep_only`).
 
 use std::fs::File;
 use std::io::{self, Read, Write};
