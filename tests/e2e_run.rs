@@ -637,7 +637,9 @@ fn run_ctrl_c_in_a_terminal_reaches_the_command_once() {
         return;
     };
     let w = RunWorld::new(id, false);
-    let command = r#"n=0; trap 'n=$((n+1)); echo "INT $n"' INT; echo ready
+    // "ready" is computed, not written: our log line quotes the command, and
+    // a ^C sent on seeing it there could reach the shell before its trap.
+    let command = r#"n=0; trap 'n=$((n+1)); echo "INT $n"' INT; echo "trap $((6 * 7)) set"
         i=0; while [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; echo "total $n""#;
     let inner = w.command(&[], ["sh", "-c", command]);
     let mut script = Command::new("script");
@@ -667,7 +669,7 @@ fn run_ctrl_c_in_a_terminal_reaches_the_command_once() {
         }
     });
     let seen = |what: &str| text(&output.lock().expect("output lock")).contains(what);
-    let ready = wait_for(QUICK_TIMEOUT, || seen("ready"));
+    let ready = wait_for(QUICK_TIMEOUT, || seen("trap 42 set"));
     let mut stdin = child.stdin.take().expect("piped stdin");
     if ready {
         stdin.write_all(b"\x03").expect("write ^C to the terminal");
