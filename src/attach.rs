@@ -18,10 +18,9 @@ use ipnetwork::IpNetwork;
 
 use crate::cli::{AttachArgs, NetnsType};
 use crate::config::Config;
+use crate::daemon::{self, DaemonOutcome, Daemonized, Janitor, Notifier};
 use crate::engine::Engine;
-use crate::lifecycle::{
-    self, DaemonOutcome, Daemonized, ExitFd, Janitor, Notifier, PidFd, ReadyFd, StopReason,
-};
+use crate::lifecycle::{self, ExitFd, PidFd, ReadyFd, StopReason};
 use crate::netns::{self, Configure, Target, TunRequest};
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
@@ -136,7 +135,7 @@ pub fn exec(mut plan: Plan) -> anyhow::Result<()> {
     let mut notifier = if plan.foreground {
         Notifier::foreground()
     } else {
-        match lifecycle::daemonize().context("cannot fork into the background")? {
+        match daemon::daemonize().context("cannot fork into the background")? {
             Daemonized::Daemon(notifier) => notifier,
             Daemonized::Original(DaemonOutcome::Ready) => return Ok(()),
             Daemonized::Original(DaemonOutcome::Failed(msg)) => bail!("{msg}"),
@@ -181,7 +180,7 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
             routes: &routes,
         }),
     };
-    let tun = netns::create_tun_in(&ns, &request)?;
+    let tun = netns::create_tun_in(ns, &request)?;
     Ok(Prepared {
         tun,
         socket,

@@ -176,9 +176,13 @@ impl Config {
     /// [`ConfigError::Read`], [`ConfigError::TooLarge`] or
     /// [`ConfigError::NotUtf8`] if the file cannot be read as text; otherwise
     /// as [`Config::parse`].
+    /// A regular file that group or others may read gets a warning in
+    /// [`Config::warnings`], as with wg-quick: it holds a private key.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_text(path)?;
-        Self::parse(&text, &path.display().to_string())
+        let (text, mode) = read_text(path)?;
+        let mut config = Self::parse(&text, &path.display().to_string())?;
+        config.warnings.extend(exposure_warning(mode, path));
+        Ok(config)
     }
 
     /// Parses config text; `source` names it in error messages (the file name).
@@ -245,9 +249,35 @@ impl fmt::Display for Endpoint {
 // ---------------------------------------------------------------------------
 // Reading the file
 
-fn read_text(path: &Path) -> Result<String, ConfigError> {
+/// The warning for a config file that others can read (its private key
+/// with it), given the permission bits of a regular file (`None` for a pipe,
+/// a terminal, …: nothing stays behind there).
+fn exposure_warning(mode: Option<u32>, path: &Path) -> Option<String> {
+    let mode = mode? & 0o7777;
+    (mode & 0o044 != 0).then(|| {
+        format!(
+            "it holds a PrivateKey and is readable by {} (mode {mode:04o}) (hint: chmod 600 {})",
+            match (mode & 0o040 != 0, mode & 0o004 != 0) {
+                (true, true) => "group and others",
+                (true, false) => "its group",
+                _ => "others",
+            },
+            path.display()
+        )
+    })
+}
+
+/// The file's text, and its permission bits if it is a regular file (read
+/// from the descriptor we read, so they are those of the same file).
+fn read_text(path: &Path) -> Result<(String, Option<u32>), ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
     let read_error = |error| read_error(path, error);
     let file = File::open(path).map_err(read_error)?;
+    let mode = file
+        .metadata()
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|meta| meta.permissions().mode());
     let mut bytes = Vec::new();
     file.take(MAX_CONFIG_BYTES + 1)
         .read_to_end(&mut bytes)
@@ -258,10 +288,11 @@ fn read_text(path: &Path) -> Result<String, ConfigError> {
             limit: MAX_CONFIG_BYTES,
         });
     }
-    String::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 {
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::NotUtf8 {
         path: path.to_owned(),
         line: line_at(e.as_bytes(), e.utf8_error().valid_up_to()),
-    })
+    })?;
+    Ok((text, mode))
 }
 
 fn read_error(path: &Path, error: io::Error) -> ConfigError {
@@ -2136,6 +2167,38 @@ mod tests {
         let message = Config::from_file(&file.0).unwrap_err().to_string();
         let prefix = format!("{}:3: MTU: ", file.0.display());
         assert!(message.starts_with(&prefix), "{message}");
+    }
+
+    #[test]
+    fn a_file_others_can_read_gets_a_warning_naming_it() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let file = TempPath::new("exposed.conf");
+        std::fs::write(&file.0, with_peer("")).unwrap();
+        let set_mode = |mode| {
+            std::fs::set_permissions(&file.0, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        for (mode, who) in [
+            (0o644, "group and others"),
+            (0o640, "its group"),
+            (0o604, "others"),
+        ] {
+            set_mode(mode);
+            let warnings = Config::from_file(&file.0).unwrap().warnings;
+            assert_eq!(
+                warnings,
+                [format!(
+                    "it holds a PrivateKey and is readable by {who} (mode {mode:04o}) (hint: chmod 600 {})",
+                    file.0.display()
+                )]
+            );
+        }
+        for mode in [0o600, 0o400, 0o620, 0o700] {
+            set_mode(mode);
+            let warnings = Config::from_file(&file.0).unwrap().warnings;
+            assert!(warnings.is_empty(), "{mode:o}: {warnings:?}");
+        }
+        // Not a file that stays behind: no warning.
+        assert_eq!(exposure_warning(None, &file.0), None);
     }
 
     #[test]

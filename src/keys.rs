@@ -25,6 +25,26 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use rand_core::{OsRng, RngCore};
 use x25519_dalek::{PublicKey, StaticSecret};
 
+/// What `wg genkey` and `wg genpsk` print on stderr when their output goes to
+/// a file others may read (wireguard-tools' `genkey.c`), word for word.
+pub const EXPOSED_OUTPUT_WARNING: &str = "Warning: writing to world accessible file.\nConsider setting the umask to 077 and trying again.";
+
+/// Would a secret written to standard output land in a file that others can
+/// read? True for a regular file with the group or other read bit (or any of
+/// the other bits, as `wg` checks); a terminal or a pipe is not a file left
+/// behind.
+#[must_use]
+pub fn stdout_exposed() -> bool {
+    use std::os::fd::AsFd as _;
+    use std::os::unix::fs::PermissionsExt as _;
+    let Ok(fd) = std::io::stdout().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o047 != 0)
+}
+
 /// The length of every WireGuard key in bytes: private, public and preshared.
 pub const KEY_LEN: usize = 32;
 

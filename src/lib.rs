@@ -12,6 +12,7 @@
 pub mod attach;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod engine;
 pub mod fdpass;
 pub mod keys;

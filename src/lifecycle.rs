@@ -1,241 +1,53 @@
-//! How the process starts, reports readiness and ends: daemonizing, the pidfd
-//! watch on the target, and signals.
+//! How the engine process runs and ends: forking before threads, the tokio
+//! runtime, signals, the `--ready-fd`/`--exit-fd` descriptors and the pidfd
+//! watch on the target. (Daemonizing and the janitor are in `daemon`.)
 //!
-//! Background mode forks *before* any thread exists (the namespace helper is
-//! forked later, from the daemon, and tokio starts after that). The foreground
-//! process keeps only the read end of a pipe: the daemon writes `ready` or
-//! `error:<message>` into it, and the foreground process prints the error or
-//! nothing and exits with the matching status. The daemon `setsid`s and points its
-//! stdio at `/dev/null`, so `out=$(wireguard4netns …)` returns as soon as the
-//! tunnel is up, as with wireguard-go.
+//! Every fork happens before any thread exists ([`fork_before_threads`]
+//! checks), and [`engine_runtime`] blocks the stop signals before tokio starts
+//! its threads, so that they are read from a signalfd and not taken the
+//! default way by whichever thread the kernel picks.
 //!
 //! The target is watched with a pidfd (Linux 5.3+): it becomes readable the
 //! moment the process exits, even before its parent reaps it, and unlike a PID it
 //! cannot be recycled under us.
 
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-use nix::fcntl::OFlag;
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{ForkResult, Pid, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid};
+use nix::unistd::{ForkResult, fork};
 use tokio::io::unix::AsyncFd;
 
-const READY: &[u8] = b"ready";
-const ERROR: &[u8] = b"error:";
-
-/// Tells whoever waits for us that the tunnel is up, or why it is not.
-#[derive(Debug, Default)]
-pub struct Notifier {
-    /// The pipe to the waiting foreground process (background mode only).
-    pipe: Option<File>,
-}
-
-impl Notifier {
-    /// A notifier for foreground mode: nobody is waiting.
-    pub fn foreground() -> Self {
-        Self::default()
-    }
-
-    /// The tunnel is configured: release the foreground process.
-    pub fn ready(&mut self) {
-        if let Some(mut pipe) = self.pipe.take() {
-            // If the foreground process is gone there is nobody to tell.
-            let _ = pipe.write_all(READY);
-        }
-    }
-
-    /// Starting failed: hand the message to the foreground process to print.
-    pub fn fail(&mut self, message: &str) {
-        if let Some(mut pipe) = self.pipe.take() {
-            let mut msg = ERROR.to_vec();
-            msg.extend_from_slice(message.as_bytes());
-            let _ = pipe.write_all(&msg);
-        }
-    }
-
-    /// Is a foreground process waiting for our answer?
-    pub fn is_background(&self) -> bool {
-        self.pipe.is_some()
-    }
-}
-
-/// The answer the foreground process got from its daemon.
-#[derive(Debug, PartialEq, Eq)]
-pub enum DaemonOutcome {
-    Ready,
-    Failed(String),
-}
-
-/// Which side of [`daemonize`] we are on.
-#[derive(Debug)]
-pub enum Daemonized {
-    /// The background process: carry on, and report through the notifier.
-    Daemon(Notifier),
-    /// The original process, with the daemon's answer: print it and exit.
-    Original(DaemonOutcome),
-}
-
-/// Fork into the background. The daemon gets a [`Notifier`] to report through;
-/// the original process waits for the daemon's answer.
+/// Make this process non-dumpable (`PR_SET_DUMPABLE` 0), the first thing
+/// `main` does, before any key is read.
 ///
-/// Must be called while the process is single-threaded.
-pub fn daemonize() -> io::Result<Daemonized> {
-    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
-    // SAFETY: called before any thread is started (the caller's contract; main
-    // forks before it builds the tokio runtime), so the child is a complete,
-    // consistent copy of the process.
-    match unsafe { fork() }? {
-        ForkResult::Parent { child } => {
-            drop(write_end);
-            let mut answer = Vec::new();
-            // A read error is treated like an empty answer: the daemon is gone.
-            let _ = File::from(read_end).read_to_end(&mut answer);
-            let outcome = if answer == READY {
-                DaemonOutcome::Ready
-            } else if let Some(msg) = answer.strip_prefix(ERROR) {
-                // The daemon exits right after failing; reap it so it never
-                // lingers as a zombie of ours.
-                let _ = waitpid(child, None);
-                DaemonOutcome::Failed(String::from_utf8_lossy(msg).into_owned())
-            } else {
-                let status = match waitpid(child, None) {
-                    Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
-                    Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
-                    Ok(other) => format!("{other:?}"),
-                    Err(e) => format!("wait failed: {e}"),
-                };
-                DaemonOutcome::Failed(format!(
-                    "the background process ended before the tunnel was ready ({status})"
-                ))
-            };
-            Ok(Daemonized::Original(outcome))
-        }
-        ForkResult::Child => {
-            drop(read_end);
-            setsid()?;
-            let null = File::options().read(true).write(true).open("/dev/null")?;
-            dup2_stdin(&null)?;
-            dup2_stdout(&null)?;
-            dup2_stderr(&null)?;
-            Ok(Daemonized::Daemon(Notifier {
-                pipe: Some(File::from(write_end)),
-            }))
-        }
-    }
+/// Who may ptrace a process, read its `/proc/PID/mem` and `environ` or take
+/// its descriptors with `pidfd_getfd` (`ptrace_may_access`): a process with
+/// the same uid in the same user namespace, or one with `CAP_SYS_PTRACE` in
+/// the target's user namespace; and if the target is non-dumpable, only one
+/// with `CAP_SYS_PTRACE` in the user namespace its memory was created in (the
+/// caller's). `run`'s command and an attach target's root live in user
+/// namespaces below ours and already fail the first test; non-dumpable keeps
+/// out the caller's other processes (a config handed over a pipe is in no
+/// file they could read), and above all it protects the processes we fork
+/// that cross into a namespace we serve (the TUN helper, `run`'s child), whose
+/// credentials then belong to that namespace and whose memory is a copy of
+/// ours. The flag survives `fork` and is reset by `execve`; it makes our
+/// `/proc/self` files belong to root, which only `run`'s id-map writes mind.
+pub fn make_undumpable() -> io::Result<()> {
+    set_dumpable(false)
 }
 
-/// A forked process that cleans up after us if we die without doing it
-/// ourselves (SIGKILL, a crash): it holds the read end of a pipe whose only
-/// writer is us, so our death, however it happens, is an end-of-file there.
-///
-/// It closes every inherited descriptor except the ones its cleanup needs, so it
-/// never keeps a pipe, a terminal or the TUN open on our behalf, and it ignores
-/// the signals a terminal sends to the whole process group: it lives exactly as
-/// long as we do.
-#[derive(Debug)]
-pub struct Janitor {
-    pipe: Option<File>,
-    pid: Pid,
+/// `PR_SET_DUMPABLE`, for the few steps that need to be dumpable for a moment.
+pub fn set_dumpable(dumpable: bool) -> io::Result<()> {
+    Ok(nix::sys::prctl::set_dumpable(dumpable)?)
 }
 
-const DISMISS: &[u8] = b"d";
-
-impl Janitor {
-    /// Fork the janitor. `cleanup` runs in it if we die without calling
-    /// [`Janitor::dismiss`]; `keep` lists the descriptors `cleanup` uses.
-    ///
-    /// Must be called while the process is single-threaded.
-    pub fn spawn(keep: &[RawFd], cleanup: impl FnOnce()) -> io::Result<Self> {
-        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
-        // SAFETY: called before any thread exists (the callers fork before the
-        // tokio runtime starts), so the child is a consistent copy; it never
-        // returns into the caller and ends in `_exit`.
-        match unsafe { fork() }? {
-            ForkResult::Parent { child } => Ok(Self {
-                pipe: Some(File::from(write_end)),
-                pid: child,
-            }),
-            ForkResult::Child => {
-                drop(write_end);
-                let mut keep = keep.to_vec();
-                keep.push(read_end.as_raw_fd());
-                janitor_main(File::from(read_end), &keep, cleanup)
-            }
-        }
-    }
-
-    /// We cleaned up ourselves: tell the janitor to leave without doing
-    /// anything, and reap it.
-    pub fn dismiss(mut self) {
-        if let Some(mut pipe) = self.pipe.take() {
-            let _ = pipe.write_all(DISMISS);
-        }
-        let _ = waitpid(self.pid, None);
-    }
-}
-
-fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
-    use nix::sys::signal::{SigHandler, Signal, signal};
-    for sig in [
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGTERM,
-        Signal::SIGQUIT,
-        Signal::SIGPIPE,
-    ] {
-        // SAFETY: SIG_IGN installs no handler code, so nothing can run in
-        // signal context.
-        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
-    }
-    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
-        let _ = dup2_stdin(&null);
-        let _ = dup2_stdout(&null);
-        let _ = dup2_stderr(&null);
-        drop(null);
-        close_all_except(keep);
-    } else {
-        // Without /dev/null, keep stdio rather than closing it into thin air.
-        let mut keep = keep.to_vec();
-        keep.extend([0, 1, 2]);
-        close_all_except(&keep);
-    }
-    let mut answer = [0u8; 1];
-    let dismissed = loop {
-        match pipe.read(&mut answer) {
-            Ok(n) => break n == 1 && answer == DISMISS,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(_) => break false,
-        }
-    };
-    if !dismissed {
-        cleanup();
-    }
-    // SAFETY: `_exit` ends the janitor without running destructors of the
-    // parent's objects, whose descriptors were closed above.
-    unsafe { libc::_exit(0) }
-}
-
-/// Close every descriptor of this process above stderr that is not in `keep`.
-fn close_all_except(keep: &[RawFd]) {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<RawFd> = dir
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    for fd in fds {
-        if fd > 2 && !keep.contains(&fd) {
-            // SAFETY: only called in the janitor, which never returns to code
-            // that owns these descriptors (it ends in `_exit`), so closing them
-            // behind their owners' backs cannot cause a double close. The fd of
-            // the directory listing itself is already closed and gives EBADF.
-            unsafe { libc::close(fd) };
-        }
-    }
+/// `PR_GET_DUMPABLE`.
+pub fn is_dumpable() -> io::Result<bool> {
+    Ok(nix::sys::prctl::get_dumpable()?)
 }
 
 /// Is this process single-threaded? (`/proc/self/task` has one entry per thread.)

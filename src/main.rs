@@ -15,6 +15,12 @@ use wireguard4netns::cli::{Cli, Command};
 use wireguard4netns::keys::{self, Key};
 
 fn main() -> ExitCode {
+    // Before anything else, so that no key we read is ever in a process that
+    // our namespaces' inhabitants may inspect (see the function's comment).
+    if let Err(e) = wireguard4netns::lifecycle::make_undumpable() {
+        eprintln!("wireguard4netns: cannot make the process non-dumpable: {e}");
+        return ExitCode::FAILURE;
+    }
     let cli = Cli::parse();
     let default_level = match cli.command {
         // The command owns the terminal: only say something when it matters.
@@ -58,8 +64,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         Some(Command::Run(args)) => wireguard4netns::run::exec(&args),
         Some(Command::Show(args)) => Ok(wireguard4netns::tools::show(&args).map(|()| 0)?),
         Some(Command::Set(args)) => Ok(wireguard4netns::tools::set(&args).map(|()| 0)?),
-        Some(Command::Genkey) => print_key(&keys::generate_private()).map(|()| 0),
-        Some(Command::Genpsk) => print_key(&keys::generate_preshared()).map(|()| 0),
+        Some(Command::Genkey) => print_secret(&keys::generate_private()).map(|()| 0),
+        Some(Command::Genpsk) => print_secret(&keys::generate_preshared()).map(|()| 0),
         Some(Command::Pubkey) => {
             let mut input = String::new();
             std::io::stdin()
@@ -77,6 +83,15 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             attach::exec(plan).map(|()| 0)
         }
     }
+}
+
+/// A private or preshared key to stdout, with `wg`'s warning when that is a
+/// file others can read.
+fn print_secret(key: &Key) -> anyhow::Result<()> {
+    if keys::stdout_exposed() {
+        eprintln!("{}", keys::EXPOSED_OUTPUT_WARNING);
+    }
+    print_key(key)
 }
 
 fn print_key(key: &Key) -> anyhow::Result<()> {

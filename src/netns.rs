@@ -9,6 +9,13 @@
 //! descriptor back over a `SOCK_SEQPACKET` pair and exits. The parent must fork
 //! before any thread exists: [`create_tun_in`] checks that and refuses otherwise.
 //!
+//! Inside the target's user namespace the helper's credentials belong to the
+//! target's root, who may ptrace it and take its descriptors unless the kernel
+//! says no. So before it joins, the helper makes itself non-dumpable and closes
+//! every descriptor but its channel (`isolate`), as runc's nsexec does for a
+//! container's init: it carries a copy of our memory, the keys with it, but
+//! nobody inside can read it or take anything of ours from it.
+//!
 //! The checks in [`open`] exist to turn the kernel's terse `EPERM`/`EINVAL` into
 //! errors that say what is wrong with the target and what to do about it.
 
@@ -229,7 +236,16 @@ const REPLY_ERR: &[u8] = b"err:";
 
 /// Fork a helper that joins `ns`, creates the TUN as asked and sends its
 /// descriptor back. Must be called before any thread exists.
-pub fn create_tun_in(ns: &Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, NetnsError> {
+pub fn create_tun_in(ns: Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, NetnsError> {
+    spawn_helper(ns, || make_tun_here(req))
+}
+
+/// Fork the helper: it sheds what it inherited ([`isolate`]), joins `ns`, runs
+/// `work` there and sends back the descriptor `work` made, or why it failed.
+fn spawn_helper(
+    ns: Namespaces,
+    work: impl FnOnce() -> Result<OwnedFd, String>,
+) -> Result<OwnedFd, NetnsError> {
     if !crate::lifecycle::single_threaded() {
         return Err(NetnsError::Threaded);
     }
@@ -243,7 +259,10 @@ pub fn create_tun_in(ns: &Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, N
             drop(parent_end);
             // If we are killed, the helper must not linger inside the namespace.
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
-            let sent = match join(ns).and_then(|()| make_tun_here(req)) {
+            let sent = match isolate(&ns, &child_end)
+                .and_then(|()| join(ns))
+                .and_then(|()| work())
+            {
                 Ok(fd) => child_end.send(REPLY_OK, Some(fd.as_fd())),
                 Err(msg) => {
                     let mut reply = REPLY_ERR.to_vec();
@@ -252,12 +271,11 @@ pub fn create_tun_in(ns: &Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, N
                     child_end.send(&reply, None)
                 }
             };
-            // SAFETY: `_exit` is async-signal-safe and ends the child without
-            // running the parent's destructors.
-            unsafe { libc::_exit(if sent.is_ok() { 0 } else { 1 }) }
+            crate::lifecycle::exit_now(if sent.is_ok() { 0 } else { 1 })
         }
         ForkResult::Parent { child } => {
             drop(child_end);
+            drop(ns);
             let reply = parent_end.recv();
             let status = reap(child);
             match reply {
@@ -275,19 +293,49 @@ pub fn create_tun_in(ns: &Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, N
     }
 }
 
+/// In the helper, before it joins the target: carry nothing in but the
+/// channel. Once in the target's user namespace, the target's root holds every
+/// capability over the helper's credentials, so whatever the helper holds is
+/// theirs to take unless the kernel's dumpable check stops them.
+///
+/// - Non-dumpable: inherited from `main`, set again here because this is the
+///   process that crosses over, and a library caller (a test, an embedder) may
+///   not have made its process non-dumpable. Its memory is a copy of ours, the
+///   keys included (the helper needs the config for the TUN's addresses, so it
+///   is forked after the config is read); non-dumpable means ptrace,
+///   `/proc/PID/mem` and `pidfd_getfd` need `CAP_SYS_PTRACE` in the user
+///   namespace the memory was made in, which is the caller's, not the target's.
+/// - Descriptors: all but the channel and the two namespace descriptors that
+///   `setns` still needs (stdio goes to `/dev/null`); [`join`] closes those two
+///   as soon as they are used. The UAPI listener and its lock, the janitor's
+///   pipe, a `--ready-fd`, the terminal: none of them goes along.
+fn isolate(ns: &Namespaces, channel: &fdpass::Channel) -> Result<(), String> {
+    use std::os::fd::AsRawFd;
+    crate::lifecycle::make_undumpable()
+        .map_err(|e| format!("cannot make the namespace helper non-dumpable: {e}"))?;
+    let mut keep = vec![channel.as_fd().as_raw_fd(), ns.net.as_raw_fd()];
+    keep.extend(ns.user.as_ref().map(|user| user.as_raw_fd()));
+    // SAFETY: the helper ends in `_exit` and, from here on, uses no
+    // descriptor but those kept: the channel, `ns` (until `join` drops it),
+    // and the ones `work` opens itself.
+    unsafe { crate::daemon::keep_only(&keep) }
+        .map_err(|e| format!("cannot close the namespace helper's inherited descriptors: {e}"))
+}
+
 /// Join the target's user namespace (if it is not ours), then its network
-/// namespace. The order matters: the network namespace is only ours to join
-/// once we hold capabilities in the user namespace that owns it.
-fn join(ns: &Namespaces) -> Result<(), String> {
-    if let Some(user) = &ns.user {
-        setns(user, CloneFlags::CLONE_NEWUSER).map_err(|e| {
+/// namespace, closing each descriptor once it is used. The order matters: the
+/// network namespace is only ours to join once we hold capabilities in the
+/// user namespace that owns it.
+fn join(ns: Namespaces) -> Result<(), String> {
+    let Namespaces { target, user, net } = ns;
+    if let Some(user) = user {
+        setns(&user, CloneFlags::CLONE_NEWUSER).map_err(|e| {
             format!(
-                "cannot join the user namespace of {}: {e} (hint: it must be owned by you, e.g. made by `unshare --user --map-root-user`)",
-                ns.target
+                "cannot join the user namespace of {target}: {e} (hint: it must be owned by you, e.g. made by `unshare --user --map-root-user`)"
             )
         })?;
     }
-    setns(&ns.net, CloneFlags::CLONE_NEWNET).map_err(|e| join_net_error(&ns.target, e))
+    setns(&net, CloneFlags::CLONE_NEWNET).map_err(|e| join_net_error(&target, e))
 }
 
 /// `setns(CLONE_NEWNET)` needs `CAP_SYS_ADMIN` in the user namespace that owns
@@ -320,6 +368,125 @@ fn reap(child: Pid) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testns::{Isolation, Stop, ensure, in_namespace};
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+
+    /// What the helper sees of itself once inside: its dumpable flag, its
+    /// network namespace and every descriptor it holds, one `fd N TARGET`
+    /// line each (the listing's own directory descriptor among them).
+    fn helper_self_report() -> String {
+        let mut report = format!(
+            "dumpable {:?}\nnet {:?}\n",
+            crate::lifecycle::is_dumpable(),
+            fs::read_link("/proc/self/ns/net")
+        );
+        match fs::read_dir("/proc/self/fd") {
+            Ok(dir) => {
+                for entry in dir.flatten() {
+                    let target = fs::read_link(entry.path())
+                        .map(|t| t.display().to_string())
+                        .unwrap_or_else(|e| format!("? {e}"));
+                    report.push_str(&format!(
+                        "fd {} {target}\n",
+                        entry.file_name().to_string_lossy()
+                    ));
+                }
+            }
+            Err(e) => report.push_str(&format!("cannot list /proc/self/fd: {e}\n")),
+        }
+        report
+    }
+
+    /// A process in a user and network namespace of its own, as a target;
+    /// it lives until `hold` is closed.
+    fn spawn_target() -> Result<(Pid, fs::File), Stop> {
+        let (ready_r, ready_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
+        let (hold_r, hold_w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| format!("pipe2: {e}"))?;
+        match crate::lifecycle::fork_before_threads()? {
+            ForkResult::Child => {
+                drop((ready_r, hold_w));
+                let made =
+                    nix::sched::unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET);
+                let _ = fs::File::from(ready_w).write_all(if made.is_ok() { b"y" } else { b"n" });
+                // Until the test closes its end.
+                let _ = fs::File::from(hold_r).read(&mut [0u8]);
+                crate::lifecycle::exit_now(0)
+            }
+            ForkResult::Parent { child } => {
+                drop((ready_w, hold_r));
+                let mut answer = [0u8];
+                let _ = fs::File::from(ready_r).read(&mut answer);
+                if answer != *b"y" {
+                    let _ = waitpid(child, None);
+                    return Err(Stop::Skip(
+                        "cannot make a user+net namespace for the target".into(),
+                    ));
+                }
+                Ok((child, fs::File::from(hold_w)))
+            }
+        }
+    }
+
+    /// The helper, once in the target's user and network namespaces, is not
+    /// dumpable and holds its channel and nothing else: no namespace
+    /// descriptor, and not the pipe the parent opened before forking it.
+    #[test]
+    fn helper_inside_is_undumpable_and_holds_only_its_channel() {
+        in_namespace(
+            "helper_inside_is_undumpable_and_holds_only_its_channel",
+            Isolation::OwnNetns,
+            || {
+                // The pipe to the target is ours, opened before the helper is
+                // forked: it must not go along.
+                let (target, hold) = spawn_target()?;
+                let pipe = fs::read_link(format!("/proc/self/fd/{}", hold.as_raw_fd()))?
+                    .display()
+                    .to_string();
+                let target_net = fs::read_link(format!("/proc/{target}/ns/net"))?;
+                let ns = open(&Target::Pid(target.as_raw())).map_err(|e| e.to_string())?;
+                let result = spawn_helper(ns, || Err(helper_self_report()));
+                drop(hold);
+                let _ = waitpid(target, None);
+                let report = match result {
+                    Err(NetnsError::Helper(report)) => report,
+                    other => return Err(Stop::Fail(format!("no report: {other:?}"))),
+                };
+                ensure(report.contains("dumpable Ok(false)\n"), || {
+                    format!("the helper is dumpable:\n{report}")
+                })?;
+                ensure(
+                    report.contains(&format!("net Ok({target_net:?})\n")),
+                    || format!("not in the target's netns {target_net:?}:\n{report}"),
+                )?;
+                ensure(!report.contains(&pipe), || {
+                    format!("the helper holds the parent's pipe {pipe}:\n{report}")
+                })?;
+                let mut sockets = 0;
+                for line in report.lines().filter_map(|l| l.strip_prefix("fd ")) {
+                    let (fd, target) = line.split_once(' ').unwrap_or((line, ""));
+                    let allowed = match target {
+                        "/dev/null" => ["0", "1", "2"].contains(&fd),
+                        // The listing's own directory.
+                        t if t.starts_with("/proc/") && t.ends_with("/fd") => true,
+                        t if t.starts_with("socket:[") => {
+                            sockets += 1;
+                            true
+                        }
+                        _ => false,
+                    };
+                    ensure(allowed, || {
+                        format!("the helper holds fd {fd} ({target}):\n{report}")
+                    })?;
+                }
+                ensure(sockets == 1, || {
+                    format!("{sockets} sockets instead of the one channel:\n{report}")
+                })
+            },
+        );
+    }
 
     #[test]
     fn missing_process_is_reported_by_pid() {

@@ -42,9 +42,10 @@ use nix::unistd::{
 use crate::attach::{resolve_endpoints, routes};
 use crate::cli::RunArgs;
 use crate::config::Config;
+use crate::daemon::Janitor;
 use crate::engine::Engine;
 use crate::fdpass::{self, Channel};
-use crate::lifecycle::{self, Janitor, PidFd, ReadyFd, ReceivedSignal};
+use crate::lifecycle::{self, PidFd, ReadyFd, ReceivedSignal};
 use crate::netns::{self, Configure, TunRequest};
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
@@ -341,6 +342,15 @@ fn exit_code(status: WaitStatus) -> u8 {
 
 /// The child: make the namespaces, the TUN and the resolv.conf, hand the TUN
 /// over, wait for "go", exec the command. Never returns.
+///
+/// Until the exec it holds a copy of our memory (the keys) and our
+/// descriptors (the UAPI listener and lock, the janitor's pipe, the channel,
+/// a `--ready-fd`) inside the new namespaces. It is non-dumpable (but for the
+/// id-map writes) and alone there, and every one of those descriptors is
+/// close-on-exec, so the exec drops them and replaces the memory before the
+/// command runs. Closing them earlier, as the TUN helper does, would have to
+/// tell ours from those the caller means the command to inherit, which is
+/// what the close-on-exec flag already does.
 fn child_main(plan: &ChildPlan<'_>, channel: &Channel, parent: Pid) -> ! {
     // Die with the engine, and don't start if it is already gone.
     let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
@@ -497,6 +507,14 @@ fn become_caller(uid: Uid, gid: Gid) -> Result<(), String> {
 
 /// Map one uid and one gid into the user namespace we just made. A process may
 /// map its own ids without privilege once `setgroups` is denied.
+///
+/// We are non-dumpable (`lifecycle::make_undumpable`), and a non-dumpable
+/// process's `/proc/self` files belong to root, so we could not open these:
+/// like runc's nsexec, we are dumpable for the three writes and not after.
+/// That is safe: we are alone in the user namespace we just made (nothing
+/// inside it exists yet that could ptrace us; only a process of our uid
+/// outside could, for three writes), and after them we stay non-dumpable until
+/// `execve` replaces this memory, the keys in it included, with the command's.
 fn write_id_maps(
     inside_uid: u32,
     outside_uid: u32,
@@ -506,13 +524,23 @@ fn write_id_maps(
     let write = |file: &str, text: String| {
         fs::write(file, &text).map_err(|e| format!("cannot write {file} ({}): {e}", text.trim()))
     };
-    write("/proc/self/setgroups", "deny".to_owned())?;
-    write(
-        "/proc/self/uid_map",
-        format!("{inside_uid} {outside_uid} 1\n"),
-    )?;
-    write(
-        "/proc/self/gid_map",
-        format!("{inside_gid} {outside_gid} 1\n"),
-    )
+    let dumpable = |on: bool| {
+        lifecycle::set_dumpable(on).map_err(|e| format!("cannot set PR_SET_DUMPABLE: {e}"))
+    };
+    dumpable(true)?;
+    let written = write("/proc/self/setgroups", "deny".to_owned())
+        .and_then(|()| {
+            write(
+                "/proc/self/uid_map",
+                format!("{inside_uid} {outside_uid} 1\n"),
+            )
+        })
+        .and_then(|()| {
+            write(
+                "/proc/self/gid_map",
+                format!("{inside_gid} {outside_gid} 1\n"),
+            )
+        });
+    dumpable(false)?;
+    written
 }

@@ -529,6 +529,31 @@ fn exits_when_interface_is_deleted() {
     stops_and_cleans_up("exits_when_interface_is_deleted", Stop::InterfaceDeleted);
 }
 
+/// Nothing but root reads the engine's memory or environment, where its keys
+/// are: not the target's root, which is our uid on the host (the kernel's
+/// capability check refuses it, its user namespace is not ours), and not a
+/// process of our uid in our own namespaces (the engine is non-dumpable).
+#[test]
+fn target_and_same_uid_cannot_read_the_engines_memory() {
+    let Some(id) = require_root_env("target_and_same_uid_cannot_read_the_engines_memory") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &[]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let engine = fg.pid.to_string();
+    let out = run(&mut s
+        .target
+        .cmd("sh", ["-c", PROBE_ENGINE, "probe", engine.as_str()]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_engine_unreadable("from the target", &stdout, &stderr);
+    let out = run_ok(&mut as_user("sh", ["-c", PROBE_ENGINE, "probe", &engine]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_engine_unreadable("from uid 65534 on the host", &stdout, &stderr);
+}
+
 /// slirp4netns' lifecycle descriptors: `--ready-fd` gets "1" once the tunnel is
 /// up; closing the other end of `--exit-fd` stops us within 2 s, socket and all.
 #[test]

@@ -853,6 +853,49 @@ fn config_unreadable() {
     );
 }
 
+/// A config that group and others can read works, with wg-quick's warning:
+/// the file named, `chmod 600` suggested; in both forms (the attach form says
+/// it when it reads the config, before it finds the target missing).
+#[test]
+fn config_readable_by_others_is_warned_about() {
+    let Some(w) = World::for_test("config_readable_by_others_is_warned_about") else {
+        return;
+    };
+    let path = w.dir.write("open.conf", &w.config.render(), 0o644);
+    let shown = path.display().to_string();
+    let want = format!(
+        "{shown}: it holds a PrivateKey and is readable by group and others (mode 0644) (hint: chmod 600 {shown})"
+    );
+    let out = run_timeout(&mut w.run(&path, &[], ["true"]), None, BOUND)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "run: {stderr}");
+    assert!(
+        stderr.contains(&want),
+        "run: no warning {want:?} in:\n{stderr}"
+    );
+
+    let args = w.attach_args(
+        &["--foreground"],
+        w.dir.path(),
+        "99999999",
+        &w.ifname,
+        &path,
+    );
+    let out =
+        run_timeout(&mut as_user(binary(), args), None, BOUND).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "attach to no process succeeded");
+    assert!(
+        stderr.contains(&want),
+        "attach: no warning {want:?} in:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("there is no process with PID 99999999"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn config_empty() {
     let Some(w) = World::for_test("config_empty") else {

@@ -378,6 +378,46 @@ fn run_map_root_or_callers_uid() {
     }
 }
 
+/// Nothing but root reads the engine's memory or environment, where its keys
+/// are. From the command (the caller's uid in a nested user namespace, or
+/// root of its own with `--map-root`) the kernel's capability check refuses
+/// already, as the command's user namespace is not the engine's; from a
+/// process of the same uid in the engine's own namespaces only the engine
+/// being non-dumpable does.
+#[test]
+fn run_command_and_same_uid_cannot_read_the_engines_memory() {
+    let Some(id) = require_root_env("run_command_and_same_uid_cannot_read_the_engines_memory")
+    else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    for flags in [&[][..], &["--map-root"][..]] {
+        let script = format!(
+            r#"comm=$(cat /proc/$PPID/comm); [ "$comm" = wireguard4netns ] || {{ echo "the parent is $comm"; exit 3; }}
+set -- $PPID
+{PROBE_ENGINE}
+ls -l /proc/$$/fd"#
+        );
+        let out = w.sh(flags, &script, QUICK_TIMEOUT);
+        let (code, stdout, stderr) = code_of("probe", &out);
+        assert_eq!(code, 0, "{flags:?}: {stdout}\n{stderr}");
+        assert_engine_unreadable(&format!("from the command, {flags:?}"), &stdout, &stderr);
+        // None of our sockets (listener, channel) nor the lock file in the
+        // socket directory reaches the command. (Its other descriptors are
+        // stdio and whatever the test harness let our binary inherit.)
+        let dir = w.dir.path().display().to_string();
+        assert!(
+            !stdout.contains("socket:[") && !stdout.contains(&dir),
+            "{flags:?}: the command holds descriptors of ours:\n{stdout}"
+        );
+    }
+    let (run, _sleeper) = start_sleeper(&w);
+    let engine = run.pid.to_string();
+    let out = run_ok(&mut as_user("sh", ["-c", PROBE_ENGINE, "probe", &engine]));
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_engine_unreadable("from uid 65534 on the host", &stdout, &stderr);
+}
+
 /// The command runs in the caller's working directory with the caller's
 /// environment.
 #[test]
@@ -597,7 +637,9 @@ fn run_ctrl_c_in_a_terminal_reaches_the_command_once() {
         return;
     };
     let w = RunWorld::new(id, false);
-    let command = r#"n=0; trap 'n=$((n+1)); echo "INT $n"' INT; echo ready
+    // "ready" is computed, not written: our log line quotes the command, and
+    // a ^C sent on seeing it there could reach the shell before its trap.
+    let command = r#"n=0; trap 'n=$((n+1)); echo "INT $n"' INT; echo "trap $((6 * 7)) set"
         i=0; while [ $i -lt 30 ]; do sleep 0.1; i=$((i+1)); done; echo "total $n""#;
     let inner = w.command(&[], ["sh", "-c", command]);
     let mut script = Command::new("script");
@@ -627,7 +669,7 @@ fn run_ctrl_c_in_a_terminal_reaches_the_command_once() {
         }
     });
     let seen = |what: &str| text(&output.lock().expect("output lock")).contains(what);
-    let ready = wait_for(QUICK_TIMEOUT, || seen("ready"));
+    let ready = wait_for(QUICK_TIMEOUT, || seen("trap 42 set"));
     let mut stdin = child.stdin.take().expect("piped stdin");
     if ready {
         stdin.write_all(b"\x03").expect("write ^C to the terminal");

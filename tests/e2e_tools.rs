@@ -498,6 +498,56 @@ fn genkey_pubkey_genpsk_agree_with_wg() {
     );
 }
 
+/// Like `wg genkey` and `wg genpsk`: a key written to a file that others can
+/// read comes with wg's warning on stderr, byte for byte; with umask 077, or
+/// into a pipe, nothing is said.
+#[test]
+fn genkey_and_genpsk_warn_like_wg_about_a_file_others_can_read() {
+    if !have_wg("genkey_and_genpsk_warn_like_wg_about_a_file_others_can_read") {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ours = env!("CARGO_BIN_EXE_wireguard4netns");
+    for sub in ["genkey", "genpsk"] {
+        for (umask, warned) in [("022", true), ("077", false)] {
+            let stderr_of = |program: &str, name: &str| {
+                let file = dir.path().join(format!("{name}-{sub}-{umask}"));
+                let out = run_ok(&mut cmd(
+                    "sh",
+                    [
+                        "-c",
+                        r#"umask "$1" && exec "$0" "$2" > "$3""#,
+                        program,
+                        umask,
+                        sub,
+                        file.to_str().expect("utf-8 path"),
+                    ],
+                ));
+                let key = std::fs::read_to_string(&file).expect("the key file");
+                assert_eq!(key.len(), 45, "{program} {sub}: {key:?}");
+                text(&out.stderr)
+            };
+            let (ours, wg) = (stderr_of(ours, "ours"), stderr_of("wg", "wg"));
+            assert_eq!(
+                ours, wg,
+                "{sub} with umask {umask}: stderr differs from wg's"
+            );
+            assert_eq!(
+                !ours.is_empty(),
+                warned,
+                "{sub} with umask {umask}: {ours:?}"
+            );
+        }
+        let out = key_tool(&[sub], b"");
+        key_line(&out);
+        assert!(
+            out.stderr.is_empty(),
+            "{sub} into a pipe: {}",
+            text(&out.stderr)
+        );
+    }
+}
+
 #[test]
 fn pubkey_of_garbage_fails_in_one_line() {
     for garbage in [&b"garbage\n"[..], b"", b"AAAA\n", &[0xff; 44][..]] {

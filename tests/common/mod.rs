@@ -1848,6 +1848,35 @@ pub fn process_running(pid: u32) -> bool {
     process_state(pid).is_some_and(|s| s != 'Z' && s != 'X')
 }
 
+/// A script for a process that is not the engine's kin: try to open the
+/// engine's `/proc/PID/environ` and `/proc/PID/mem` (PID = `$1`) and print
+/// what happened to each, `environ: OK` if it could.
+pub const PROBE_ENGINE: &str = r#"
+for f in environ mem; do
+    if err=$(head -c 1 "/proc/$1/$f" 2>&1 >/dev/null); then
+        echo "$f: OK"
+    else
+        echo "$f: $err"
+    fi
+done
+"#;
+
+/// Checks [`PROBE_ENGINE`]'s output: both opens refused for lack of
+/// permission (a dumpable engine of the same uid lets `environ` be read and
+/// `mem` be opened; reading address 0 of it then fails with EIO instead).
+pub fn assert_engine_unreadable(context: &str, stdout: &str, stderr: &str) {
+    for f in ["environ", "mem"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("{f}: ")))
+            .unwrap_or_else(|| panic!("{context}: no {f} line\n{stdout}\n{stderr}"));
+        assert!(
+            line.ends_with("Permission denied"),
+            "{context}: the engine's /proc/PID/{f} can be opened: {line}\n{stderr}"
+        );
+    }
+}
+
 /// `(pid, comm)` of the running children of `ppid`, from `/proc/*/stat`.
 pub fn children_of(ppid: u32) -> Vec<(u32, String)> {
     let Ok(entries) = fs::read_dir("/proc") else {

@@ -1,0 +1,296 @@
+//! Living in the background: daemonizing, and the janitor that cleans up after
+//! us if we are killed.
+//!
+//! Background mode forks *before* any thread exists (the namespace helper is
+//! forked later, from the daemon, and tokio starts after that). The foreground
+//! process keeps only the read end of a pipe: the daemon writes `ready` or
+//! `error:<message>` into it, and the foreground process prints the error or
+//! nothing and exits with the matching status. The daemon `setsid`s and points its
+//! stdio at `/dev/null`, so `out=$(wireguard4netns …)` returns as soon as the
+//! tunnel is up, as with wireguard-go.
+//!
+//! The janitor is a second fork that outlives nothing: it waits for end-of-file
+//! on a pipe only we write to, which our death (SIGKILL included) delivers, and
+//! then removes our socket files. Like every process we fork that is not meant
+//! to hold our resources (the TUN helper too), it closes every inherited
+//! descriptor it does not need (`keep_only`).
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+
+use nix::fcntl::OFlag;
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::{ForkResult, Pid, dup2_stderr, dup2_stdin, dup2_stdout, fork, pipe2, setsid};
+
+const READY: &[u8] = b"ready";
+const ERROR: &[u8] = b"error:";
+
+/// Tells whoever waits for us that the tunnel is up, or why it is not.
+#[derive(Debug, Default)]
+pub struct Notifier {
+    /// The pipe to the waiting foreground process (background mode only).
+    pipe: Option<File>,
+}
+
+impl Notifier {
+    /// A notifier for foreground mode: nobody is waiting.
+    pub fn foreground() -> Self {
+        Self::default()
+    }
+
+    /// The tunnel is configured: release the foreground process.
+    pub fn ready(&mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            // If the foreground process is gone there is nobody to tell.
+            let _ = pipe.write_all(READY);
+        }
+    }
+
+    /// Starting failed: hand the message to the foreground process to print.
+    pub fn fail(&mut self, message: &str) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let mut msg = ERROR.to_vec();
+            msg.extend_from_slice(message.as_bytes());
+            let _ = pipe.write_all(&msg);
+        }
+    }
+
+    /// Is a foreground process waiting for our answer?
+    pub fn is_background(&self) -> bool {
+        self.pipe.is_some()
+    }
+}
+
+/// The answer the foreground process got from its daemon.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DaemonOutcome {
+    Ready,
+    Failed(String),
+}
+
+/// Which side of [`daemonize`] we are on.
+#[derive(Debug)]
+pub enum Daemonized {
+    /// The background process: carry on, and report through the notifier.
+    Daemon(Notifier),
+    /// The original process, with the daemon's answer: print it and exit.
+    Original(DaemonOutcome),
+}
+
+/// Fork into the background. The daemon gets a [`Notifier`] to report through;
+/// the original process waits for the daemon's answer.
+///
+/// Must be called while the process is single-threaded.
+pub fn daemonize() -> io::Result<Daemonized> {
+    let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
+    // SAFETY: called before any thread is started (the caller's contract; main
+    // forks before it builds the tokio runtime), so the child is a complete,
+    // consistent copy of the process.
+    match unsafe { fork() }? {
+        ForkResult::Parent { child } => {
+            drop(write_end);
+            let mut answer = Vec::new();
+            // A read error is treated like an empty answer: the daemon is gone.
+            let _ = File::from(read_end).read_to_end(&mut answer);
+            let outcome = if answer == READY {
+                DaemonOutcome::Ready
+            } else if let Some(msg) = answer.strip_prefix(ERROR) {
+                // The daemon exits right after failing; reap it so it never
+                // lingers as a zombie of ours.
+                let _ = waitpid(child, None);
+                DaemonOutcome::Failed(String::from_utf8_lossy(msg).into_owned())
+            } else {
+                let status = match waitpid(child, None) {
+                    Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+                    Ok(WaitStatus::Signaled(_, sig, _)) => format!("killed by {sig}"),
+                    Ok(other) => format!("{other:?}"),
+                    Err(e) => format!("wait failed: {e}"),
+                };
+                DaemonOutcome::Failed(format!(
+                    "the background process ended before the tunnel was ready ({status})"
+                ))
+            };
+            Ok(Daemonized::Original(outcome))
+        }
+        ForkResult::Child => {
+            drop(read_end);
+            setsid()?;
+            let null = File::options().read(true).write(true).open("/dev/null")?;
+            dup2_stdin(&null)?;
+            dup2_stdout(&null)?;
+            dup2_stderr(&null)?;
+            Ok(Daemonized::Daemon(Notifier {
+                pipe: Some(File::from(write_end)),
+            }))
+        }
+    }
+}
+
+/// A forked process that cleans up after us if we die without doing it
+/// ourselves (SIGKILL, a crash): it holds the read end of a pipe whose only
+/// writer is us, so our death, however it happens, is an end-of-file there.
+///
+/// It closes every inherited descriptor except the ones its cleanup needs, so it
+/// never keeps a pipe, a terminal or the TUN open on our behalf, and it ignores
+/// the signals a terminal sends to the whole process group: it lives exactly as
+/// long as we do.
+#[derive(Debug)]
+pub struct Janitor {
+    pipe: Option<File>,
+    pid: Pid,
+}
+
+const DISMISS: &[u8] = b"d";
+
+impl Janitor {
+    /// Fork the janitor. `cleanup` runs in it if we die without calling
+    /// [`Janitor::dismiss`]; `keep` lists the descriptors `cleanup` uses.
+    ///
+    /// Must be called while the process is single-threaded.
+    pub fn spawn(keep: &[RawFd], cleanup: impl FnOnce()) -> io::Result<Self> {
+        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
+        // SAFETY: called before any thread exists (the callers fork before the
+        // tokio runtime starts), so the child is a consistent copy; it never
+        // returns into the caller and ends in `_exit`.
+        match unsafe { fork() }? {
+            ForkResult::Parent { child } => Ok(Self {
+                pipe: Some(File::from(write_end)),
+                pid: child,
+            }),
+            ForkResult::Child => {
+                drop(write_end);
+                let mut keep = keep.to_vec();
+                keep.push(read_end.as_raw_fd());
+                janitor_main(File::from(read_end), &keep, cleanup)
+            }
+        }
+    }
+
+    /// We cleaned up ourselves: tell the janitor to leave without doing
+    /// anything, and reap it.
+    pub fn dismiss(mut self) {
+        if let Some(mut pipe) = self.pipe.take() {
+            let _ = pipe.write_all(DISMISS);
+        }
+        let _ = waitpid(self.pid, None);
+    }
+}
+
+fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    for sig in [
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGTERM,
+        Signal::SIGQUIT,
+        Signal::SIGPIPE,
+    ] {
+        // SAFETY: SIG_IGN installs no handler code, so nothing can run in
+        // signal context.
+        let _ = unsafe { signal(sig, SigHandler::SigIgn) };
+    }
+    // SAFETY: the janitor never returns into code that owns descriptors (it
+    // ends in `_exit`), and `cleanup` uses only those in `keep`.
+    // Best effort: a janitor that holds more than it should still cleans up.
+    let _ = unsafe { keep_only(keep) };
+    let mut answer = [0u8; 1];
+    let dismissed = loop {
+        match pipe.read(&mut answer) {
+            Ok(n) => break n == 1 && answer == DISMISS,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => break false,
+        }
+    };
+    if !dismissed {
+        cleanup();
+    }
+    // SAFETY: `_exit` ends the janitor without running destructors of the
+    // parent's objects, whose descriptors were closed above.
+    unsafe { libc::_exit(0) }
+}
+
+/// Make this forked process hold nothing of ours: stdio points at `/dev/null`
+/// (or stays as it is, if that cannot be opened, rather than leaving 0-2 free
+/// for the next descriptor we open, where a stray message on stderr would
+/// land), and every other descriptor but those in `keep` is closed.
+///
+/// # Safety
+/// Only for a forked child that never returns into code owning descriptors
+/// (it ends in `_exit`) and uses no descriptor after this but those in `keep`:
+/// the others are closed behind their owners' backs.
+pub(crate) unsafe fn keep_only(keep: &[RawFd]) -> io::Result<()> {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        // A kept descriptor may be 0-2 itself, if we were started with stdio
+        // closed; it stays what it is.
+        let keeps = |fd: RawFd| keep.contains(&fd);
+        if !keeps(0) {
+            let _ = dup2_stdin(&null);
+        }
+        if !keeps(1) {
+            let _ = dup2_stdout(&null);
+        }
+        if !keeps(2) {
+            let _ = dup2_stderr(&null);
+        }
+    }
+    // SAFETY: passed on from our caller.
+    unsafe { close_all_except(keep) }
+}
+
+/// Close every descriptor of this process above stderr that is not in `keep`:
+/// `close_range(2)` over the gaps between the kept ones (Linux 5.9+), else
+/// one `close` per entry of `/proc/self/fd`.
+///
+/// # Safety
+/// As for [`keep_only`].
+unsafe fn close_all_except(keep: &[RawFd]) -> io::Result<()> {
+    let mut kept: Vec<u32> = keep
+        .iter()
+        .filter_map(|&fd| u32::try_from(fd).ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    kept.sort_unstable();
+    kept.dedup();
+    let mut first = 3u32;
+    let mut ranges = Vec::with_capacity(kept.len() + 1);
+    for fd in kept {
+        if fd > first {
+            ranges.push((first, fd - 1));
+        }
+        first = fd + 1;
+    }
+    ranges.push((first, u32::MAX));
+    for (first, last) in ranges {
+        // SAFETY: close_range only closes descriptors, none of which anybody
+        // in this process uses again (our caller's contract).
+        let rc = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) };
+        if rc != 0 {
+            // ENOSYS before Linux 5.9; EINVAL cannot happen (first <= last,
+            // no flags). Closing what is left one by one is the same result.
+            // SAFETY: passed on from our caller.
+            return unsafe { close_listed_except(keep) };
+        }
+    }
+    Ok(())
+}
+
+/// The fallback of [`close_all_except`]: close what `/proc/self/fd` lists.
+///
+/// # Safety
+/// As for [`keep_only`].
+unsafe fn close_listed_except(keep: &[RawFd]) -> io::Result<()> {
+    let fds: Vec<RawFd> = std::fs::read_dir("/proc/self/fd")?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            // SAFETY: nobody in this process uses these again (our caller's
+            // contract), so closing them cannot cause a double close. The fd
+            // of the directory listing itself is already closed and gives
+            // EBADF.
+            unsafe { libc::close(fd) };
+        }
+    }
+    Ok(())
+}
