@@ -78,6 +78,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub map_root: bool,
 
+    /// Do not confine the engine (seccomp, Landlock, capabilities); for
+    /// debugging only, e.g. to run it under strace
+    #[arg(long)]
+    pub no_sandbox: bool,
+
     /// Write "1" to this file descriptor once the tunnel is up, then close it
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,
@@ -126,6 +131,11 @@ pub struct AttachArgs {
     /// Stop when this file descriptor is written to or closed
     #[arg(long, value_name = "N")]
     pub exit_fd: Option<i32>,
+
+    /// Do not confine the engine (seccomp, Landlock, capabilities); for
+    /// debugging only, e.g. to run it under strace
+    #[arg(long)]
+    pub no_sandbox: bool,
 
     /// What TARGET is
     #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
