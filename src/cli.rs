@@ -189,6 +189,29 @@ mod tests {
     }
 
     #[test]
+    fn no_sandbox_is_off_unless_asked_for_in_both_forms() {
+        let attach = |extra: &[&str]| {
+            let mut args = vec!["wireguard4netns"];
+            args.extend_from_slice(extra);
+            args.extend(["1234", "wg0", "wg.conf"]);
+            Cli::try_parse_from(args).unwrap().attach.no_sandbox
+        };
+        assert!(!attach(&[]));
+        assert!(attach(&["--no-sandbox"]));
+        let run = |extra: &[&str]| {
+            let mut args = vec!["wireguard4netns", "run", "-c", "wg.conf"];
+            args.extend_from_slice(extra);
+            args.extend(["--", "true"]);
+            match Cli::try_parse_from(args).unwrap().command {
+                Some(Command::Run(run)) => run.no_sandbox,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(!run(&[]));
+        assert!(run(&["--no-sandbox"]));
+    }
+
+    #[test]
     fn subcommands_are_not_targets() {
         let cli = Cli::try_parse_from(["wireguard4netns", "genkey"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Genkey)));

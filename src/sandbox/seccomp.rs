@@ -202,9 +202,16 @@ pub const GROUPS: &[Group] = &[
         why: "the UAPI socket: accept, and per connection the peer check \
               (SO_PEERCRED and SO_PEERPIDFD through getsockopt, pidfd_open, \
               the ioctls above, read-only opens of /proc/PID/ns/user and \
-              /proc/PID/stat, fstat/statx of the namespace files)",
+              /proc/PID/stat, fstat/statx of the namespace files, our own \
+              uid and gid to compare with; these are not in the strace \
+              evidence, the check being another change)",
         calls: &[
             (libc::SYS_accept4, Any),
+            // Our own ids, to compare a client's with.
+            (libc::SYS_getuid, Any),
+            (libc::SYS_geteuid, Any),
+            (libc::SYS_getgid, Any),
+            (libc::SYS_getegid, Any),
             (libc::SYS_shutdown, Any),
             (libc::SYS_pidfd_open, Any),
             (
