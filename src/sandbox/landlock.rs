@@ -16,7 +16,10 @@
 //!   always allows once the `/proc` path is walked.)
 //!
 //! Nothing else: config, endpoints, `/dev/net/tun` and `/dev/null` were all
-//! opened before. TCP `bind`/`connect` are handled and never granted (the
+//! opened before. Landlock checks rights when a file is opened (or, for
+//! `IoctlDev`, against the rights recorded at open), so descriptors opened
+//! before the ruleset keep working: the engine's `TUNSETOFFLOAD` on the TUN
+//! descriptor the helper sent, right after this, still succeeds. TCP `bind`/`connect` are handled and never granted (the
 //! engine speaks UDP only; UDP is left alone because gotatun binds new UDP
 //! sockets on a port change), and connecting to abstract unix sockets of
 //! other domains is refused. Signals are not scoped: `run` forwards them to

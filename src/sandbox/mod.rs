@@ -41,8 +41,9 @@
 //!    ([`seccomp`]) installed on every thread at once (`SECCOMP_FILTER_FLAG_TSYNC`,
 //!    so tokio's workers and its blocking pool are covered too). It comes
 //!    second because starting the engine uses calls the running engine does
-//!    not (thread creation with arbitrary flags, `TUNSETOFFLOAD`…), and the
-//!    list is smaller for it.
+//!    not (`TUNGETIFF`/`TUNSETOFFLOAD` on the TUN, creating the worker
+//!    threads, `epoll_create1`, `signalfd4`…), and the list is smaller for
+//!    it.
 //!
 //! A call outside the list kills the whole process
 //! (`SECCOMP_RET_KILL_PROCESS`), as passt and firecracker do, rather than
