@@ -22,6 +22,7 @@ use crate::daemon::{self, DaemonOutcome, Daemonized, Janitor, Notifier};
 use crate::engine::Engine;
 use crate::lifecycle::{self, ExitFd, PidFd, ReadyFd, StopReason};
 use crate::netns::{self, Configure, Target, TunRequest};
+use crate::sandbox::Sandbox;
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
 
@@ -37,6 +38,7 @@ pub struct Plan {
     pub foreground: bool,
     pub ready_fd: Option<ReadyFd>,
     pub exit_fd: Option<ExitFd>,
+    pub sandbox: Sandbox,
 }
 
 /// Parse a TARGET argument the way `--netns-type` says.
@@ -108,12 +110,14 @@ impl Plan {
         }
         let endpoints =
             resolve_endpoints(&config).with_context(|| format!("in {}", config_path.display()))?;
+        let socket_dir = args.tmpdir.clone().unwrap_or_else(uapi::default_dir);
         Ok(Self {
+            sandbox: Sandbox::new(!args.no_sandbox, &socket_dir, &config),
             target,
             ifname: ifname.clone(),
             config,
             endpoints,
-            socket_dir: args.tmpdir.clone().unwrap_or_else(uapi::default_dir),
+            socket_dir,
             configure: args.configure,
             foreground: args.foreground,
             ready_fd: args
@@ -195,6 +199,7 @@ fn serve(
     (ready_fd, exit_fd): (Option<ReadyFd>, Option<ExitFd>),
     notifier: &mut Notifier,
 ) -> anyhow::Result<()> {
+    plan.sandbox.before_threads()?;
     let (runtime, signals) =
         lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
@@ -210,6 +215,7 @@ fn serve(
         let engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let _uapi = uapi::serve(&socket, client)?;
+        plan.sandbox.tunnel_up()?;
         tracing::info!(
             "{} is up in {}; UAPI socket {}",
             plan.ifname,

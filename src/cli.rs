@@ -78,6 +78,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub map_root: bool,
 
+    /// Do not confine the engine (seccomp, Landlock, capabilities); for
+    /// debugging only, e.g. to run it under strace
+    #[arg(long)]
+    pub no_sandbox: bool,
+
     /// Write "1" to this file descriptor once the tunnel is up, then close it
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,
@@ -126,6 +131,11 @@ pub struct AttachArgs {
     /// Stop when this file descriptor is written to or closed
     #[arg(long, value_name = "N")]
     pub exit_fd: Option<i32>,
+
+    /// Do not confine the engine (seccomp, Landlock, capabilities); for
+    /// debugging only, e.g. to run it under strace
+    #[arg(long)]
+    pub no_sandbox: bool,
 
     /// What TARGET is
     #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
@@ -176,6 +186,29 @@ mod tests {
         assert_eq!(cli.attach.ifname.as_deref(), Some("wg0"));
         assert!(cli.attach.configure);
         assert!(!cli.attach.foreground);
+    }
+
+    #[test]
+    fn no_sandbox_is_off_unless_asked_for_in_both_forms() {
+        let attach = |extra: &[&str]| {
+            let mut args = vec!["wireguard4netns"];
+            args.extend_from_slice(extra);
+            args.extend(["1234", "wg0", "wg.conf"]);
+            Cli::try_parse_from(args).unwrap().attach.no_sandbox
+        };
+        assert!(!attach(&[]));
+        assert!(attach(&["--no-sandbox"]));
+        let run = |extra: &[&str]| {
+            let mut args = vec!["wireguard4netns", "run", "-c", "wg.conf"];
+            args.extend_from_slice(extra);
+            args.extend(["--", "true"]);
+            match Cli::try_parse_from(args).unwrap().command {
+                Some(Command::Run(run)) => run.no_sandbox,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(!run(&[]));
+        assert!(run(&["--no-sandbox"]));
     }
 
     #[test]

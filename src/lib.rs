@@ -21,6 +21,7 @@ pub mod netlink;
 pub mod netns;
 pub mod offload;
 pub mod run;
+pub mod sandbox;
 #[cfg(test)]
 mod testns;
 pub mod tools;

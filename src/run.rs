@@ -47,6 +47,7 @@ use crate::engine::Engine;
 use crate::fdpass::{self, Channel};
 use crate::lifecycle::{self, PidFd, ReadyFd, ReceivedSignal};
 use crate::netns::{self, Configure, TunRequest};
+use crate::sandbox::Sandbox;
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
 
@@ -175,7 +176,8 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         ForkResult::Parent { child } => child,
     };
     drop(theirs);
-    let result = parent_main(&plan, &ours, child, &socket, &endpoints, ready_fd);
+    let sandbox = Sandbox::new(!args.no_sandbox, &dir, &config);
+    let result = parent_main(&plan, &ours, child, &socket, &endpoints, ready_fd, &sandbox);
     drop(socket);
     drop(resolv_guard);
     janitor.dismiss();
@@ -215,6 +217,7 @@ fn parent_main(
     socket: &UapiSocket,
     endpoints: &[Option<std::net::SocketAddr>],
     ready_fd: Option<ReadyFd>,
+    sandbox: &Sandbox,
 ) -> anyhow::Result<u8> {
     let reply = channel.recv();
     let tun_fd: OwnedFd = match reply {
@@ -231,6 +234,11 @@ fn parent_main(
     // Watch the child from now on; a pidfd cannot be fooled by PID reuse.
     let pidfd = PidFd::open(child.as_raw()).context("cannot watch the command")?;
 
+    if let Err(e) = sandbox.before_threads() {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e.into());
+    }
     let (runtime, signals) =
         lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let engine = runtime.block_on(async {
@@ -239,6 +247,7 @@ fn parent_main(
         let engine = Engine::start(tun, plan.config, endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let serving = uapi::serve(socket, client)?;
+        sandbox.tunnel_up()?;
         anyhow::Ok((engine, serving))
     });
     let (engine, serving) = match engine {

@@ -219,7 +219,7 @@ fn run_reaches_peer_by_ping_and_tcp() {
     let w = RunWorld::new(id, true);
     let mut server = IperfServer::start(w.peer(), w.id.port(1));
     let script = format!(
-        "{UNTIL_REPLY}\nset -e\nuntil_reply {v4}\nuntil_reply {v6}\n\
+        "{UNTIL_REPLY}\nset -e\n{PRINT_ENGINE_CONFINEMENT}\nuntil_reply {v4}\nuntil_reply {v6}\n\
          iperf3 -c {v4} -p {port} -t 1 -f m\n",
         v4 = w.peer().tunnel_v4,
         v6 = w.peer().tunnel_v6,
@@ -238,6 +238,7 @@ fn run_reaches_peer_by_ping_and_tcp() {
         stdout.contains("receiver"),
         "no iperf3 summary:\n{stdout}\n{stderr}"
     );
+    assert_confined(&stdout, "run's engine, seen by the command");
     let server_exit = server.proc.wait_exit(Duration::from_secs(5));
     assert!(
         server_exit.is_some_and(|s| s.success()),
@@ -336,6 +337,32 @@ fn run_sees_dns_in_resolv_conf_and_host_file_is_unchanged() {
         fs::read("/etc/resolv.conf").ok(),
         host_before,
         "the host's /etc/resolv.conf changed after the run"
+    );
+    w.assert_nothing_left("after the command exited");
+}
+
+/// `--no-sandbox`: the engine installs no seccomp filter and says so on
+/// stderr (a warning, shown at `run`'s default level); the tunnel still works.
+#[test]
+fn run_no_sandbox_is_unconfined_and_says_so() {
+    let Some(id) = require_root_env("run_no_sandbox_is_unconfined_and_says_so") else {
+        return;
+    };
+    let w = RunWorld::new(id, true);
+    let script = format!(
+        "{UNTIL_REPLY}\nset -e\n{PRINT_ENGINE_CONFINEMENT}\nuntil_reply {}\n",
+        w.peer().tunnel_v4
+    );
+    let out = w.sh(&["--no-sandbox"], &script, RUN_TIMEOUT);
+    let (code, stdout, stderr) = code_of("run --no-sandbox", &out);
+    assert_eq!(
+        code, 0,
+        "--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    );
+    assert_unconfined(&stdout, "run --no-sandbox");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("--no-sandbox"),
+        "no warning about --no-sandbox on stderr:\n{stderr}"
     );
     w.assert_nothing_left("after the command exited");
 }

@@ -274,6 +274,84 @@ pub fn instances(marker: &Path) -> Vec<u32> {
     pids
 }
 
+/// The engines among [`instances`]: those whose parent is not one of them
+/// (the janitor is the engine's child and is not confined).
+pub fn engines(marker: &Path) -> Vec<u32> {
+    let all = instances(marker);
+    all.iter()
+        .copied()
+        .filter(|pid| {
+            status_field(*pid, "PPid")
+                .and_then(|p| p.parse().ok())
+                .is_none_or(|ppid: u32| !all.contains(&ppid))
+        })
+        .collect()
+}
+
+/// One `Name:` field of `/proc/PID/status`.
+pub fn status_field(pid: u32, name: &str) -> Option<String> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    confinement_field(&status, name)
+}
+
+/// One `Name:` field of a `/proc/PID/status` text.
+pub fn confinement_field(status: &str, name: &str) -> Option<String> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+}
+
+/// Seccomp filters the test process itself runs under (a CI container may
+/// add its own); an engine's count is compared with it.
+fn own_seccomp_filters() -> u32 {
+    status_field(std::process::id(), "Seccomp_filters")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// An engine's `/proc/PID/status` text (or the `NoNewPrivs`/`Seccomp` lines
+/// of it) shows it confined: `NoNewPrivs: 1`, `Seccomp: 2` (filter mode) and
+/// more filters than the test process has.
+pub fn assert_confined(status: &str, context: &str) {
+    let field = |name| confinement_field(status, name);
+    let filters: Option<u32> = field("Seccomp_filters").and_then(|v| v.parse().ok());
+    assert!(
+        field("NoNewPrivs").as_deref() == Some("1")
+            && field("Seccomp").as_deref() == Some("2")
+            && filters.is_some_and(|n| n > own_seccomp_filters()),
+        "{context}: the engine is not confined:\n{status}"
+    );
+}
+
+/// The engine is not confined (`--no-sandbox`): no filter beyond the test
+/// process's own, and `Seccomp: 0` when the test process has none.
+pub fn assert_unconfined(status: &str, context: &str) {
+    let own = own_seccomp_filters();
+    let field = |name| confinement_field(status, name);
+    let filters: Option<u32> = field("Seccomp_filters").and_then(|v| v.parse().ok());
+    let mode_ok = own > 0 || field("Seccomp").as_deref() == Some("0");
+    assert!(
+        filters == Some(own) && mode_ok,
+        "{context}: the engine has a seccomp filter despite --no-sandbox:\n{status}"
+    );
+}
+
+/// Every engine of the scenario in `marker`'s work dir is confined.
+pub fn assert_engines_confined(marker: &Path, context: &str) {
+    let engines = engines(marker);
+    assert!(!engines.is_empty(), "{context}: no engine found");
+    for pid in engines {
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        assert_confined(&status, &format!("{context} (pid {pid})"));
+    }
+}
+
+/// The lines of `/proc/$PPID/status` that [`assert_confined`] reads, for a
+/// `run` command to print: its parent is the engine.
+pub const PRINT_ENGINE_CONFINEMENT: &str =
+    "grep -E '^(NoNewPrivs|Seccomp|Seccomp_filters):' /proc/$PPID/status";
+
 /// Wait up to `timeout` for every instance matching `marker` to exit, then
 /// SIGKILL (by PID) whatever is left. Returns the PIDs that had to be killed.
 pub fn reap_instances(marker: &Path, timeout: Duration) -> Vec<u32> {
@@ -1718,6 +1796,9 @@ impl Scenario {
         let out =
             run_timeout(&mut c, None, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
         assert_success(&desc, &out);
+        if !flags.contains(&"--no-sandbox") {
+            assert_engines_confined(self.dir.path(), &desc);
+        }
         out
     }
 

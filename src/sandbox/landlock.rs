@@ -1,0 +1,169 @@
+//! Landlock: the running engine's filesystem is its socket directory (to
+//! remove its files at exit) and `/proc` (read-only, for the UAPI peer check).
+//!
+//! Landlock (Linux 5.13+) lets an unprivileged process restrict itself: a
+//! ruleset names the access rights it *handles*, rules grant some of them
+//! beneath given directories, and every handled right not granted is refused
+//! from then on, to this thread and the threads it starts (so this runs before
+//! tokio's threads exist). What the running engine still does with paths,
+//! checked with `strace -f` over the e2e tests:
+//! - at exit, `lstat` + `unlink` of `DIR/IFNAME.sock`, `DIR/IFNAME.lock` and
+//!   (`run`) `DIR/IFNAME.resolv.conf`: `RemoveFile` beneath the socket
+//!   directory (`lstat` is not governed by Landlock);
+//! - per UAPI connection, the peer check opens `/proc/PID/ns/user` and reads
+//!   `/proc/PID/stat`: `ReadFile` and `ReadDir` beneath `/proc`. (The
+//!   namespace file itself lives on nsfs, an internal filesystem Landlock
+//!   always allows once the `/proc` path is walked.)
+//!
+//! Nothing else: config, endpoints, `/dev/net/tun` and `/dev/null` were all
+//! opened before. Landlock checks rights when a file is opened (or, for
+//! `IoctlDev`, against the rights recorded at open), so descriptors opened
+//! before the ruleset keep working: the engine's `TUNSETOFFLOAD` on the TUN
+//! descriptor the helper sent, right after this, still succeeds. TCP `bind`/`connect` are handled and never granted (the
+//! engine speaks UDP only; UDP is left alone because gotatun binds new UDP
+//! sockets on a port change), and connecting to abstract unix sockets of
+//! other domains is refused. Signals are not scoped: `run` forwards them to
+//! its command, which lives outside our domain.
+//!
+//! Best effort: the ruleset asks for everything this crate knows, and each
+//! kernel enforces the part its Landlock ABI has (the crate drops the rest).
+//! A kernel without Landlock (not built, or not in `lsm=`) is logged at info
+//! and the engine goes on with seccomp and capabilities alone.
+
+use std::path::Path;
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, RestrictionStatus, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetError, RulesetStatus, Scope, path_beneath_rules,
+};
+
+use super::SandboxError;
+
+/// The newest ABI this code was written against; older kernels get the part
+/// they know.
+const ABI_WANTED: ABI = ABI::V6;
+
+/// Where `/proc` is: the peer check reads it.
+const PROC: &str = "/proc";
+
+/// Restrict the calling thread (and the threads it starts later) to removing
+/// files in `socket_dir` and reading `/proc`.
+pub fn restrict(socket_dir: &Path) -> Result<(), SandboxError> {
+    let err = |error| SandboxError::Landlock {
+        dir: socket_dir.to_owned(),
+        error,
+    };
+    let status = apply(socket_dir).map_err(err)?;
+    match status.ruleset {
+        RulesetStatus::NotEnforced => tracing::info!(
+            "the kernel has no Landlock ({:?}): the filesystem stays reachable, seccomp and capabilities still apply",
+            status.landlock
+        ),
+        RulesetStatus::PartiallyEnforced => tracing::debug!(
+            "Landlock partly enforced (older ABI: {:?})",
+            status.landlock
+        ),
+        RulesetStatus::FullyEnforced => tracing::debug!("Landlock fully enforced"),
+    }
+    Ok(())
+}
+
+/// Build and apply the ruleset; returns what the kernel enforces.
+pub fn apply(socket_dir: &Path) -> Result<RestrictionStatus, RulesetError> {
+    Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(ABI_WANTED))?
+        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?
+        .scope(Scope::AbstractUnixSocket)?
+        .create()?
+        .add_rules(path_beneath_rules([socket_dir], AccessFs::RemoveFile))?
+        .add_rules(path_beneath_rules(
+            [PROC],
+            AccessFs::ReadFile | AccessFs::ReadDir,
+        ))?
+        .restrict_self()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::in_child;
+    use super::*;
+    use nix::sys::wait::WaitStatus;
+    use std::fs;
+
+    /// Landlock is there unless the kernel lacks it; CI's kernel has it.
+    fn landlock_or_skip(test: &str, status: &RestrictionStatus) -> bool {
+        if status.ruleset != RulesetStatus::NotEnforced {
+            return true;
+        }
+        let why = format!("{test}: the kernel has no Landlock ({:?})", status.landlock);
+        assert!(
+            std::env::var_os("CI").is_none_or(|v| v != "true"),
+            "{why}, and CI=true"
+        );
+        eprintln!("SKIP {why}");
+        false
+    }
+
+    fn denied<T>(result: std::io::Result<T>) -> bool {
+        matches!(result, Err(e) if e.raw_os_error() == Some(libc::EACCES))
+    }
+
+    /// Codes the child reports: 0 pass, 10 skip, others a failed step.
+    #[test]
+    fn only_the_socket_dir_and_proc_stay_reachable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outside = tempfile::tempdir().expect("tempdir");
+        let ours = dir.path().join("wg0.sock");
+        let theirs = outside.path().join("file");
+        fs::write(&ours, "x").expect("write");
+        fs::write(&theirs, "x").expect("write");
+        let status = in_child(|| {
+            let Ok(status) = apply(dir.path()) else {
+                return 2;
+            };
+            if !landlock_or_skip("only_the_socket_dir_and_proc_stay_reachable", &status) {
+                return 10;
+            }
+            // Outside: no open, no create, no unlink.
+            if !denied(fs::read(&theirs)) || !denied(fs::read("/etc/hostname")) {
+                return 3;
+            }
+            if !denied(fs::write(outside.path().join("new"), "x"))
+                || !denied(fs::remove_file(&theirs))
+            {
+                return 4;
+            }
+            // In the socket directory: removal only, not even reading.
+            if !denied(fs::read(&ours)) || !denied(fs::write(dir.path().join("new"), "x")) {
+                return 5;
+            }
+            if fs::remove_file(&ours).is_err() {
+                return 6;
+            }
+            // What the UAPI peer check reads.
+            let pid = std::process::id();
+            if fs::read(format!("/proc/{pid}/stat")).is_err()
+                || fs::File::open(format!("/proc/{pid}/ns/user")).is_err()
+                || fs::File::open("/proc/1/stat").is_err()
+            {
+                return 7;
+            }
+            // TCP is handled and never granted (where the ABI has it, 6.7+).
+            let tcp_handled = matches!(
+                status.landlock,
+                landlock::LandlockStatus::Available { effective_abi, .. } if effective_abi >= ABI::V4
+            );
+            if tcp_handled && !denied(std::net::TcpListener::bind("127.0.0.1:0")) {
+                return 8;
+            }
+            0
+        });
+        match status {
+            WaitStatus::Exited(_, 0 | 10) => {}
+            other => panic!("child failed: {other:?}"),
+        }
+        // The parent is not confined: the file outside is still there.
+        assert!(theirs.exists());
+    }
+}
