@@ -19,6 +19,7 @@ pub mod lifecycle;
 pub mod netlink;
 pub mod netns;
 pub mod offload;
+pub mod peer;
 pub mod run;
 #[cfg(test)]
 mod testns;
