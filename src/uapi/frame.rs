@@ -23,7 +23,9 @@ pub struct Limits {
     /// Time allowed to read one request (or to write one response); an idle
     /// connection is closed after it.
     pub idle_timeout: Duration,
-    /// Connections served at once; more are closed on accept.
+    /// Time allowed for a new connection to start its first request.
+    pub first_request_timeout: Duration,
+    /// Connections served at once; beyond it the one idle longest is closed.
     pub max_connections: usize,
 }
 
@@ -33,6 +35,7 @@ impl Default for Limits {
             max_line: 64 * 1024,
             max_request: 1024 * 1024,
             idle_timeout: Duration::from_secs(30),
+            first_request_timeout: Duration::from_secs(5),
             max_connections: 64,
         }
     }

@@ -104,7 +104,9 @@
 //! * A request cut short by end-of-file is not applied: half a `set` with
 //!   `replace_peers=true` would leave the device without its peers.
 //! * Limits (see [`Limits`]): 64 KiB per line, 1 MiB per request, 30 s to
-//!   read a request or write a response, 64 concurrent connections.
+//!   read a request or write a response, 5 s for a new connection to start
+//!   its first request, 64 concurrent connections (the one idle longest
+//!   makes room for a new one; see `server`).
 //!
 //! [xplatform]: https://www.wireguard.com/xplatform/#configuration-protocol
 //!

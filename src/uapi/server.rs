@@ -1,16 +1,60 @@
-//! The server: accept connections, run the protocol on each in its own
-//! task, hand requests to the device through gotatun's [`UapiClient`].
+//! The server: accept connections, check who is calling, run the protocol
+//! on each admitted connection in its own task, hand requests to the device
+//! through gotatun's [`UapiClient`].
+//!
+//! # Who is served
+//!
+//! Every accepted connection is checked before a byte is read (see
+//! [`crate::peer`] for how the peer's user namespace is found):
+//!
+//! | peer's user namespace                       | answer  |
+//! |---------------------------------------------|---------|
+//! | ours                                        | served  |
+//! | an ancestor, or beside our subtree          | served  |
+//! | nested in ours (`run`'s command, the attach target, anything below them) | refused |
+//! | not inspectable (`EACCES`), uid 0           | served  |
+//! | not inspectable, any other uid              | refused |
+//! | gone, or its PID now names another process  | refused |
+//!
+//! The socket's mode (0600) already keeps other users out; the check is for
+//! the owner's own uid seen from inside the tunnel's namespaces, where the
+//! target's root *is* the owner. A process we cannot inspect is never an
+//! inside one for a non-root engine (we hold `CAP_SYS_PTRACE` over
+//! everything inside), and a root engine can inspect every process; so
+//! "uninspectable" means another user above us, and of those only root
+//! (whom the mode does not stop anyway) gets through: root's `wg` at an
+//! unprivileged engine's socket via a `/var/run/wireguard` symlink.
+//! A refused connection is closed at once, nothing read or written, and
+//! logged with its PID, at most [`REFUSAL_LOG_BURST`] times per
+//! [`REFUSAL_LOG_WINDOW`] so a flood of them does not flood the log.
+//!
+//! # Slots
+//!
+//! At most [`Limits::max_connections`] connections are served at once, and
+//! idle ones must not lock the owner's `show`/`wg` out: when every slot is
+//! taken, the connection that has waited longest for its next request is
+//! closed to make room. Only when every slot is in the middle of a request is
+//! the new connection closed. A connection that has not started its first
+//! request within [`Limits::first_request_timeout`] is closed: `wg` and our
+//! own client write their request right after `connect`, so a silent one is
+//! a leak or a probe, and holding its descriptor for the full
+//! [`Limits::idle_timeout`] buys nothing.
 
 #![forbid(unsafe_code)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+use std::collections::HashMap;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use gotatun::device::uapi::UapiClient;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::task::JoinSet;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::task::{AbortHandle, JoinSet};
+
+use crate::peer::{self, Peer, Relation, UserNs};
 
 use super::UapiError;
 use super::frame::{FrameError, Limits, error_response, parse_request, read_request};
@@ -19,6 +63,124 @@ use super::socket::UapiSocket;
 /// Pause after an accept error caused by resource exhaustion (EMFILE, …), so a
 /// full fd table does not turn the accept loop into a busy loop.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// How many refused connections are logged per [`REFUSAL_LOG_WINDOW`].
+const REFUSAL_LOG_BURST: u32 = 5;
+
+/// See [`REFUSAL_LOG_BURST`].
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
+
+/// Whether the process at the other end may use the socket; see the module
+/// documentation for the table.
+fn admitted(peer: &Peer) -> bool {
+    match peer.relation {
+        Relation::Same | Relation::Outside => true,
+        Relation::Uninspectable => peer.uid == 0,
+        Relation::Inside | Relation::Gone => false,
+    }
+}
+
+/// Logs refused connections, a few per window, and how many went unlogged.
+#[derive(Debug)]
+struct RefusalLog {
+    window_start: Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    fn new() -> Self {
+        Self {
+            window_start: Instant::now(),
+            logged: 0,
+            suppressed: 0,
+        }
+    }
+
+    fn refused(&mut self, peer: &Peer) {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= REFUSAL_LOG_WINDOW {
+            if self.suppressed > 0 {
+                tracing::warn!(
+                    "{} more UAPI connections refused in the last {REFUSAL_LOG_WINDOW:?} (not logged one by one)",
+                    self.suppressed
+                );
+            }
+            *self = Self::new();
+        }
+        if self.logged < REFUSAL_LOG_BURST {
+            self.logged += 1;
+            let why = match peer.relation {
+                Relation::Inside => "it runs inside the tunnel's namespaces",
+                Relation::Gone => "it exited before it could be identified",
+                _ => "it belongs to another user and cannot be inspected",
+            };
+            tracing::warn!(
+                pid = peer.pid,
+                uid = peer.uid,
+                "refused a UAPI connection from PID {}: {why}",
+                peer.pid
+            );
+        } else {
+            self.suppressed += 1;
+        }
+    }
+}
+
+/// Whether a connection is waiting for its next request, and since when;
+/// shared between its task and the accept loop that may evict it.
+#[derive(Debug, Default)]
+struct Activity {
+    idle_since: Mutex<Option<Instant>>,
+}
+
+impl Activity {
+    fn set_idle(&self, idle: bool) {
+        *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = idle.then(Instant::now);
+    }
+
+    fn idle_since(&self) -> Option<Instant> {
+        *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The connections being served, by task.
+#[derive(Debug, Default)]
+struct Slots {
+    taken: HashMap<tokio::task::Id, (Arc<Activity>, AbortHandle)>,
+}
+
+impl Slots {
+    /// Makes room for one more connection under `max`: `false` when every
+    /// slot is busy mid-request. Evicts the connection idle the longest.
+    fn make_room(&mut self, max: usize) -> bool {
+        if self.taken.len() < max {
+            return true;
+        }
+        let oldest = self
+            .taken
+            .iter()
+            .filter_map(|(id, (activity, _))| activity.idle_since().map(|t| (t, *id)))
+            .min();
+        let Some((since, id)) = oldest else {
+            return false;
+        };
+        if let Some((_, handle)) = self.taken.remove(&id) {
+            tracing::debug!(
+                "all {max} UAPI slots taken; closing the connection idle for {:?}",
+                since.elapsed()
+            );
+            handle.abort();
+        }
+        true
+    }
+}
 
 /// How a connection ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,10 +196,31 @@ async fn handle_connection<S: AsyncRead + AsyncWrite + Unpin>(
     stream: S,
     client: &UapiClient,
     limits: &Limits,
+    activity: &Activity,
 ) -> ConnectionEnd {
     // BufReader passes writes through to the stream.
     let mut conn = tokio::io::BufReader::new(stream);
+    let mut wait = limits.first_request_timeout;
     loop {
+        // Idle (evictable) until the next request's first byte arrives.
+        activity.set_idle(true);
+        match tokio::time::timeout(wait, conn.fill_buf()).await {
+            Err(_) => {
+                tracing::debug!("UAPI connection sent nothing for {wait:?}; closing");
+                return ConnectionEnd::Closed;
+            }
+            Ok(Ok([])) => {
+                tracing::debug!("UAPI connection closed by the client");
+                return ConnectionEnd::Closed;
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::debug!("UAPI connection read failed: {e}");
+                return ConnectionEnd::Closed;
+            }
+        }
+        activity.set_idle(false);
+        wait = limits.idle_timeout;
         let framed = tokio::time::timeout(limits.idle_timeout, read_request(&mut conn, limits));
         let answer = match framed.await {
             Err(_) => {
@@ -184,45 +367,70 @@ pub async fn serve_listener(
     client: UapiClient,
     limits: Limits,
 ) -> Result<(), UapiError> {
+    let serve_err = |error: io::Error| UapiError::Serve {
+        path: listener
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_pathname().map(Path::to_owned))
+            .unwrap_or_default(),
+        error,
+    };
+    let ours = UserNs::current().map_err(|e| serve_err(io::Error::other(e)))?;
+    let mut refusals = RefusalLog::new();
     let mut connections = JoinSet::new();
+    let mut slots = Slots::default();
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    if connections.len() >= limits.max_connections {
+                    match peer::inspect(stream.as_fd(), ours) {
+                        Ok(peer) if admitted(&peer) => {
+                            tracing::debug!(pid = peer.pid, uid = peer.uid, "UAPI connection accepted");
+                        }
+                        Ok(peer) => {
+                            refusals.refused(&peer);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::warn!("refused a UAPI connection: {e}");
+                            continue;
+                        }
+                    }
+                    if !slots.make_room(limits.max_connections) {
                         tracing::warn!(
-                            "more than {} UAPI connections; closing the new one",
+                            "all {} UAPI connections are busy with a request; closing the new one",
                             limits.max_connections
                         );
                         continue;
                     }
-                    tracing::debug!("UAPI connection accepted");
                     let client = client.clone();
-                    connections.spawn(async move {
-                        handle_connection(stream, &client, &limits).await
+                    let activity = Arc::new(Activity::default());
+                    let handle = connections.spawn({
+                        let activity = Arc::clone(&activity);
+                        async move { handle_connection(stream, &client, &limits, &activity).await }
                     });
+                    slots.taken.insert(handle.id(), (activity, handle));
                 }
                 Err(e) if is_transient_accept_error(&e) => {
                     tracing::warn!("accepting a UAPI connection failed: {e}");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
-                Err(error) => {
-                    let path = listener
-                        .local_addr()
-                        .ok()
-                        .and_then(|a| a.as_pathname().map(Path::to_owned))
-                        .unwrap_or_default();
-                    return Err(UapiError::Serve { path, error });
-                }
+                Err(error) => return Err(serve_err(error)),
             },
-            Some(joined) = connections.join_next(), if !connections.is_empty() => match joined {
-                Ok(ConnectionEnd::DeviceGone) => {
+            Some(joined) = connections.join_next_with_id(), if !connections.is_empty() => match joined {
+                Ok((id, ConnectionEnd::Closed)) => {
+                    slots.taken.remove(&id);
+                }
+                Ok((_, ConnectionEnd::DeviceGone)) => {
                     tracing::debug!("device stopped; closing all UAPI connections");
                     return Ok(());
                 }
-                Ok(ConnectionEnd::Closed) => {}
-                Err(e) if e.is_panic() => tracing::warn!("a UAPI connection task panicked"),
-                Err(_) => {}
+                Err(e) => {
+                    slots.taken.remove(&e.id());
+                    if e.is_panic() {
+                        tracing::warn!("a UAPI connection task panicked");
+                    }
+                }
             },
         }
     }
@@ -441,27 +649,135 @@ mod tests {
         serving.abort();
     }
 
-    #[tokio::test]
-    async fn connections_beyond_the_limit_are_closed() {
+    async fn serving_with(limits: Limits) -> (tempfile::TempDir, UapiSocket, impl Sized) {
         let tmp = tempfile::tempdir().unwrap();
         let sock = UapiSocket::bind(tmp.path(), "wg0").unwrap();
         let (client, server) = UapiServer::new();
-        let _device = device(server).await;
-        let limits = Limits {
-            max_connections: 1,
-            ..Limits::default()
-        };
+        let device = device(server).await;
         let serving = tokio::spawn(serve_listener(
             sock.tokio_listener().unwrap(),
             client,
             limits,
         ));
-        let mut first = connect(sock.path()).await;
-        assert!(ask(&mut first, b"get=1\n\n").await.ends_with("errno=0\n"));
+        (tmp, sock, (device, AbortOnDrop(serving)))
+    }
+
+    struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+    impl<T> Drop for AbortOnDrop<T> {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_connection_idle_longest_makes_room() {
+        let limits = Limits {
+            max_connections: 2,
+            ..Limits::default()
+        };
+        let (_tmp, sock, _serving) = serving_with(limits).await;
+        let mut oldest = connect(sock.path()).await;
+        assert!(ask(&mut oldest, b"get=1\n\n").await.ends_with("errno=0\n"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut younger = connect(sock.path()).await;
+        assert!(ask(&mut younger, b"get=1\n\n").await.ends_with("errno=0\n"));
+        // Both slots idle: the third connection is served, the oldest goes.
+        let mut third = connect(sock.path()).await;
+        assert!(ask(&mut third, b"get=1\n\n").await.ends_with("errno=0\n"));
+        expect_closed(&mut oldest).await;
+        assert!(ask(&mut younger, b"get=1\n\n").await.ends_with("errno=0\n"));
+    }
+
+    #[tokio::test]
+    async fn many_idle_connections_never_lock_the_owner_out() {
+        let (_tmp, sock, _serving) = serving_with(Limits::default()).await;
+        let mut idle = Vec::new();
+        for _ in 0..300 {
+            idle.push(connect(sock.path()).await);
+        }
+        let mut conn = connect(sock.path()).await;
+        assert!(ask(&mut conn, b"get=1\n\n").await.ends_with("errno=0\n"));
+    }
+
+    #[tokio::test]
+    async fn a_new_connection_is_closed_only_when_every_slot_is_mid_request() {
+        let limits = Limits {
+            max_connections: 1,
+            ..Limits::default()
+        };
+        let (_tmp, sock, _serving) = serving_with(limits).await;
+        let mut busy = connect(sock.path()).await;
+        busy.get_mut().write_all(b"get=1\n").await.unwrap();
+        // Let the server see the first byte.
+        tokio::time::sleep(Duration::from_millis(100)).await;
         let mut second = connect(sock.path()).await;
         expect_closed(&mut second).await;
-        assert!(ask(&mut first, b"get=1\n\n").await.ends_with("errno=0\n"));
-        serving.abort();
+        assert!(ask(&mut busy, b"\n").await.ends_with("errno=0\n"));
+    }
+
+    #[tokio::test]
+    async fn a_silent_new_connection_is_closed_early() {
+        let limits = Limits {
+            first_request_timeout: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let (_tmp, sock, _serving) = serving_with(limits).await;
+        let mut silent = connect(sock.path()).await;
+        let started = Instant::now();
+        expect_closed(&mut silent).await;
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // After a first request the longer idle timeout applies.
+        let mut talker = connect(sock.path()).await;
+        assert!(ask(&mut talker, b"get=1\n\n").await.ends_with("errno=0\n"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(ask(&mut talker, b"get=1\n\n").await.ends_with("errno=0\n"));
+    }
+
+    #[test]
+    fn the_decision_rule() {
+        let peer = |relation, uid| Peer {
+            pid: 1,
+            uid,
+            relation,
+        };
+        assert!(admitted(&peer(Relation::Same, 1000)));
+        assert!(admitted(&peer(Relation::Outside, 1000)));
+        assert!(admitted(&peer(Relation::Uninspectable, 0)));
+        assert!(!admitted(&peer(Relation::Uninspectable, 1000)));
+        assert!(!admitted(&peer(Relation::Inside, 0)));
+        assert!(!admitted(&peer(Relation::Inside, 1000)));
+        assert!(!admitted(&peer(Relation::Gone, 0)));
+    }
+
+    /// A process in a user namespace nested in ours is closed on at once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_process_inside_is_refused() {
+        let (_tmp, sock, _serving) = serving_with(Limits::default()).await;
+        let path = sock.path().to_owned();
+        // The child reports a failure, which fails this test.
+        tokio::task::spawn_blocking(move || {
+            crate::testns::in_namespace(
+                "a_process_inside_is_refused",
+                crate::testns::Isolation::ForeignNetns,
+                move || {
+                    use std::io::{Read, Write};
+                    let mut conn = std::os::unix::net::UnixStream::connect(&path)?;
+                    // Written into the socket buffer, never read.
+                    let _ = conn.write_all(b"get=1\n\n");
+                    let mut got = Vec::new();
+                    let _ = conn.read_to_end(&mut got);
+                    crate::testns::ensure(got.is_empty(), || {
+                        format!("got {:?}", String::from_utf8_lossy(&got))
+                    })
+                },
+            );
+        })
+        .await
+        .unwrap();
+        // And the owner still is served.
+        let mut conn = connect(sock.path()).await;
+        assert!(ask(&mut conn, b"get=1\n\n").await.ends_with("errno=0\n"));
     }
 
     #[tokio::test]
