@@ -38,19 +38,33 @@
 //! # Who can be inspected
 //!
 //! Reading another process's namespace (the `/proc` link or the pidfd
-//! ioctl) needs `PTRACE_MODE_READ` over it. A non-root engine can always
-//! inspect every inside process: whoever made the inside user namespace
-//! (the engine's own `run` child, or the owner's `unshare` for attach: we
-//! can only attach to namespaces we have `CAP_SYS_ADMIN` over, that is,
-//! user namespaces our uid owns) is our uid, so the engine holds
-//! `CAP_SYS_PTRACE` in that namespace and in everything nested in it, and
-//! that also overrides a non-dumpable target. Yama's `ptrace_scope` only
-//! restricts attaching, not reading. So [`Relation::Uninspectable`] is never
-//! an inside process for a non-root engine; it is another user's process in
-//! our namespace or above it, typically root's `wg` reaching an
-//! unprivileged engine's socket through a `/var/run/wireguard` symlink. A
-//! root engine holds `CAP_SYS_PTRACE` in the initial namespace, so it can
+//! ioctl) needs `PTRACE_MODE_READ` over it, and for a process in another
+//! user namespace commoncap adds: `CAP_SYS_PTRACE` in *that* namespace
+//! (`cap_ptrace_access_check`). Two consequences:
+//!
+//! * A non-root engine can always inspect every inside process: whoever
+//!   made the inside user namespace (the engine's own `run` child, or the
+//!   owner's `unshare` for attach: we can only attach to namespaces we have
+//!   `CAP_SYS_ADMIN` over, that is, user namespaces our uid owns) is our
+//!   uid, so the engine holds every capability, `CAP_SYS_PTRACE` included,
+//!   in that namespace and in everything nested in it; that also overrides a
+//!   non-dumpable target. Yama's `ptrace_scope` only restricts attaching,
+//!   not reading. Only an LSM policy (AppArmor, SELinux) denying the read
+//!   could make an inside process [`Relation::Uninspectable`]; its uid then
+//!   is the owner's (or a subordinate uid), never 0.
+//! * A process in an *ancestor* namespace is never inspectable from below:
+//!   we hold no capability there. So in practice an ancestor comes out
+//!   [`Relation::Uninspectable`], not [`Relation::Outside`] (which remains
+//!   the answer for a namespace we can read that is not below ours). Typical
+//!   cases: root's `wg` reaching an unprivileged engine's socket through a
+//!   `/var/run/wireguard` symlink, or the owner's shell reaching an engine
+//!   that runs in the owner's rootless container.
+//!
+//! A root engine holds `CAP_SYS_PTRACE` in the initial namespace, so it can
 //! inspect everything (barring an LSM) and every peer gets a real answer.
+//! The caller decides what to do with an uninspectable peer; `SO_PEERCRED`'s
+//! uid, which [`Peer::uid`] carries, is translated into our namespace (an
+//! unmapped uid reads as the overflow uid, 65534).
 //!
 //! The descriptors this module opens are all close-on-exec (pidfds and
 //! nsfs descriptors always are, `/proc` files are opened with `O_CLOEXEC`).
@@ -553,32 +567,28 @@ mod tests {
         assert_eq!(peer.uid, nix::unistd::geteuid().as_raw());
     }
 
-    /// Seen from a nested namespace, a process in its parent is outside.
+    /// Seen from a nested namespace, a process in its parent cannot be
+    /// inspected (no capability up there), and its uid is translated into
+    /// the nested namespace (the test's uid is 0 there).
     #[test]
-    fn a_process_in_an_ancestor_namespace_is_outside() {
+    fn a_process_in_an_ancestor_namespace_is_uninspectable() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("s");
         let listener = UnixListener::bind(&path).unwrap();
         // Connected from here (the ancestor); accepted in the child. The
         // kernel records the credentials at connect time.
         let _client = UnixStream::connect(&path).unwrap();
-        let root = nix::unistd::geteuid().is_root();
         in_namespace(
-            "a_process_in_an_ancestor_namespace_is_outside",
+            "a_process_in_an_ancestor_namespace_is_uninspectable",
             Isolation::ForeignNetns,
             || {
                 let ours = UserNs::current().map_err(|e| Stop::Fail(e.to_string()))?;
                 let (conn, _) = listener.accept()?;
                 let peer = inspect(conn.as_fd(), ours).map_err(|e| Stop::Fail(e.to_string()))?;
-                // Root's process holds capabilities a nested namespace lacks,
-                // so a child cannot read it (commoncap's ptrace check): it is
-                // the case of root's `wg` at a non-root engine.
-                let expected = if root {
-                    Relation::Uninspectable
-                } else {
-                    Relation::Outside
-                };
-                ensure(peer.relation == expected, || format!("{peer:?}"))
+                ensure(
+                    peer.relation == Relation::Uninspectable && peer.uid == 0,
+                    || format!("{peer:?}"),
+                )
             },
         );
     }

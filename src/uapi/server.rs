@@ -18,12 +18,17 @@
 //!
 //! The socket's mode (0600) already keeps other users out; the check is for
 //! the owner's own uid seen from inside the tunnel's namespaces, where the
-//! target's root *is* the owner. A process we cannot inspect is never an
-//! inside one for a non-root engine (we hold `CAP_SYS_PTRACE` over
-//! everything inside), and a root engine can inspect every process; so
-//! "uninspectable" means another user above us, and of those only root
-//! (whom the mode does not stop anyway) gets through: root's `wg` at an
-//! unprivileged engine's socket via a `/var/run/wireguard` symlink.
+//! target's root *is* the owner. A non-root engine can inspect every inside
+//! process (it holds `CAP_SYS_PTRACE` over everything inside), and a root
+//! engine can inspect every process; so "uninspectable" is a process above
+//! us, which got past the mode by being our uid or root. Of those only uid 0
+//! gets through: root's `wg` at an unprivileged engine's socket via a
+//! `/var/run/wireguard` symlink, or the owner's shell at an engine in the
+//! owner's rootless container (where the owner is uid 0). Requiring uid 0
+//! also covers an LSM that hides an inside process from us: inside uids are
+//! the owner's, never 0, for a non-root engine. The price: root outside a
+//! container whose namespace does not map it reads as uid 65534 and is
+//! refused.
 //! A refused connection is closed at once, nothing read or written, and
 //! logged with its PID, at most [`REFUSAL_LOG_BURST`] times per
 //! [`REFUSAL_LOG_WINDOW`] so a flood of them does not flood the log.

@@ -7,16 +7,19 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::ffi::OsString;
-use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
+use std::fs::{self, DirBuilder, File, TryLockError};
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::{DirBuilderExt, FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, open, openat};
 use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
-use nix::sys::stat::{Mode, fchmod};
+use nix::sys::stat::{FchmodatFlags, FileStat, Mode, SFlag, fchmod, fchmodat, fstat, fstatat};
+use nix::unistd::{UnlinkatFlags, unlinkat};
 
 use super::UapiError;
 
@@ -70,6 +73,31 @@ fn lock_path(dir: &Path, ifname: &str) -> PathBuf {
     dir.join(format!("{ifname}.lock"))
 }
 
+/// The socket directory, opened once and checked; everything in it is
+/// reached through this descriptor, so a directory renamed or replaced by a
+/// symlink after the check cannot redirect us.
+#[derive(Debug)]
+struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl Dir {
+    /// A path that reaches `name` through the descriptor, for the calls that
+    /// take no directory descriptor (`bind`, `connect`): the kernel resolves
+    /// `/proc/self/fd/N` to the directory we opened, not to whatever the
+    /// original path names now. It is also short, whatever the directory's
+    /// path.
+    fn via_fd(&self, name: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}/{name}", self.fd.as_raw_fd()))
+    }
+
+    /// `lstat` of `name` in the directory.
+    fn stat(&self, name: &str) -> Result<FileStat, Errno> {
+        fstatat(&self.fd, name, AtFlags::AT_SYMLINK_NOFOLLOW)
+    }
+}
+
 /// A bound, listening UAPI socket, the lock that makes it ours, and the duty
 /// to remove both files.
 ///
@@ -89,7 +117,8 @@ pub struct UapiSocket {
 }
 
 impl UapiSocket {
-    /// Creates `dir` if needed and binds `dir/IFNAME.sock` (mode 0600).
+    /// Creates `dir` if needed, checks it, and binds `dir/IFNAME.sock`
+    /// (mode 0600).
     ///
     /// Synchronous and thread-free, so it can run before the tokio runtime
     /// exists and before `fork()`. The listener is left blocking;
@@ -98,8 +127,10 @@ impl UapiSocket {
     /// # Errors
     ///
     /// [`UapiError::InUse`] when another wireguard4netns holds the lock or a
-    /// live server answers on the socket (the socket is left untouched), and
-    /// the other variants for an unusable name, directory or path.
+    /// live server answers on the socket (the socket is left untouched),
+    /// [`UapiError::UnsafeDir`] for a directory that is a symlink, not ours or
+    /// writable by others, and the other variants for an unusable name,
+    /// directory or path.
     pub fn bind(dir: &Path, ifname: &str) -> Result<UapiSocket, UapiError> {
         validate_ifname(ifname)?;
         let path = socket_path(dir, ifname);
@@ -107,13 +138,14 @@ impl UapiSocket {
         if len >= SUN_PATH_LEN {
             return Err(UapiError::PathTooLong { path, len });
         }
-        prepare_dir(dir)?;
+        let dir = Arc::new(prepare_dir(dir)?);
 
         // On every error return below, dropping it unlinks the lock file
         // (while still holding the lock) and then releases the lock.
-        let lock = acquire_lock(dir, ifname)?;
+        let lock = acquire_lock(&dir, ifname)?;
 
-        remove_if_stale(&path, ifname)?;
+        let name = format!("{ifname}.sock");
+        remove_if_stale(&dir, &name, &path, ifname)?;
 
         let bind_err = |error: io::Error| UapiError::Bind {
             path: path.clone(),
@@ -130,24 +162,33 @@ impl UapiSocket {
         // minus the umask; setting it first closes the window between bind()
         // and chmod() in which others could connect.
         fchmod(&fd, Mode::from_bits_truncate(0o600)).map_err(|e| bind_err(e.into()))?;
-        let addr = UnixAddr::new(&path).map_err(|e| bind_err(e.into()))?;
+        let addr = UnixAddr::new(&dir.via_fd(&name)).map_err(|e| bind_err(e.into()))?;
         socket::bind(fd.as_raw_fd(), &addr).map_err(|e| bind_err(e.into()))?;
 
         // From here on the file exists and is ours: the guard removes it on
         // any error return.
-        let meta = match fs::symlink_metadata(&path) {
-            Ok(meta) => meta,
+        let stat = match dir.stat(&name) {
+            Ok(stat) => stat,
             Err(e) => {
-                let _ = fs::remove_file(&path);
-                return Err(bind_err(e));
+                let _ = unlinkat(&dir.fd, name.as_str(), UnlinkatFlags::NoRemoveDir);
+                return Err(bind_err(e.into()));
             }
         };
-        let mut socket_file = OwnedPath::new(path.clone(), &meta);
+        let mut socket_file = OwnedPath::new(Arc::clone(&dir), name, path.clone(), &stat);
 
         // The umask may have taken bits the owner needs (connect() needs w).
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(bind_err)?;
+        fchmodat(
+            &dir.fd,
+            socket_file.name.as_str(),
+            Mode::from_bits_truncate(0o600),
+            FchmodatFlags::FollowSymlink,
+        )
+        .map_err(|e| bind_err(e.into()))?;
         // chmod() moved the ctime we recognise the file by.
-        socket_file.id = FileId::of(&fs::symlink_metadata(&path).map_err(bind_err)?);
+        socket_file.id = FileId::of(
+            &dir.stat(&socket_file.name)
+                .map_err(|e| bind_err(e.into()))?,
+        );
         socket::listen(&fd, Backlog::MAXCONN).map_err(|e| bind_err(e.into()))?;
         let listener = UnixListener::from(fd);
 
@@ -173,10 +214,15 @@ impl UapiSocket {
         self.lock.path.remove_if_ours();
     }
 
-    /// The descriptors this socket holds (listener and lock), for a forked
-    /// process that must keep them while closing everything else.
-    pub fn raw_fds(&self) -> [std::os::fd::RawFd; 2] {
-        [self.listener.as_raw_fd(), self.lock.file.as_raw_fd()]
+    /// The descriptors this socket holds (listener, lock and the socket
+    /// directory), for a forked process that must keep them while closing
+    /// everything else.
+    pub fn raw_fds(&self) -> [RawFd; 3] {
+        [
+            self.listener.as_raw_fd(),
+            self.lock.file.as_raw_fd(),
+            self.socket_file.dir.fd.as_raw_fd(),
+        ]
     }
 
     /// The interface name the socket serves.
@@ -232,28 +278,34 @@ struct FileId {
 }
 
 impl FileId {
-    fn of(meta: &fs::Metadata) -> Self {
+    fn of(stat: &FileStat) -> Self {
         Self {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
+            dev: stat.st_dev,
+            ino: stat.st_ino,
+            ctime: (stat.st_ctime, stat.st_ctime_nsec),
         }
     }
 }
 
-/// A path we created, removed on drop if it still names that file.
+/// A file we created in the socket directory, removed on drop if the name
+/// still names that file.
 #[derive(Debug)]
 struct OwnedPath {
+    dir: Arc<Dir>,
+    name: String,
+    /// The full path, for messages and [`UapiSocket::path`].
     path: PathBuf,
     id: FileId,
     armed: bool,
 }
 
 impl OwnedPath {
-    fn new(path: PathBuf, meta: &fs::Metadata) -> Self {
+    fn new(dir: Arc<Dir>, name: String, path: PathBuf, stat: &FileStat) -> Self {
         Self {
+            dir,
+            name,
             path,
-            id: FileId::of(meta),
+            id: FileId::of(stat),
             armed: true,
         }
     }
@@ -268,18 +320,20 @@ impl Drop for OwnedPath {
 }
 
 impl OwnedPath {
-    /// Remove the file if the path still names the one we created.
+    /// Remove the file if its name still names the one we created.
     fn remove_if_ours(&self) {
         let path = self.path.display();
-        match fs::symlink_metadata(&self.path) {
-            Ok(meta) if FileId::of(&meta) == self.id => match fs::remove_file(&self.path) {
-                Ok(()) => tracing::debug!(%path, "removed"),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!(%path, "cannot remove: {e}"),
-            },
+        match self.dir.stat(&self.name) {
+            Ok(stat) if FileId::of(&stat) == self.id => {
+                match unlinkat(&self.dir.fd, self.name.as_str(), UnlinkatFlags::NoRemoveDir) {
+                    Ok(()) => tracing::debug!(%path, "removed"),
+                    Err(Errno::ENOENT) => {}
+                    Err(e) => tracing::warn!(%path, "cannot remove: {e}"),
+                }
+            }
             // Someone else's file now: a successor's socket must survive us.
             Ok(_) => tracing::debug!(%path, "replaced by another process; leaving it"),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(Errno::ENOENT) => {}
             Err(e) => tracing::warn!(%path, "cannot check before removing: {e}"),
         }
     }
@@ -321,115 +375,154 @@ fn validate_ifname(ifname: &str) -> Result<(), UapiError> {
     }
 }
 
-/// Creates `dir` (0700) if it is missing, else checks it is a safe directory.
-fn prepare_dir(dir: &Path) -> Result<(), UapiError> {
+/// Creates `dir` (0700) if it is missing, opens it without following a
+/// symlink in its last component, and checks it is safe.
+fn prepare_dir(dir: &Path) -> Result<Dir, UapiError> {
     let create_err = |path: &Path, error: io::Error| UapiError::CreateDir {
         path: path.to_owned(),
         error,
     };
-    match fs::metadata(dir) {
-        Ok(meta) => return check_dir(dir, &meta),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => return Err(create_err(dir, e)),
+    if let Some(opened) = open_dir(dir)? {
+        return check_dir(dir, opened);
     }
     if let Some(parent) = dir.parent()
         && !parent.as_os_str().is_empty()
     {
         fs::create_dir_all(parent).map_err(|e| create_err(parent, e))?;
     }
-    match DirBuilder::new().mode(0o700).create(dir) {
-        // Exactly 0700 whatever the umask: we are its only user.
-        Ok(()) => fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(|e| create_err(dir, e)),
+    let created = match DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => true,
         // Lost a race with another instance creating it: judge what is there.
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let meta = fs::metadata(dir).map_err(|e| create_err(dir, e))?;
-            check_dir(dir, &meta)
-        }
-        Err(e) => Err(create_err(dir, e)),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(create_err(dir, e)),
+    };
+    let opened = open_dir(dir)?.ok_or_else(|| {
+        create_err(
+            dir,
+            io::Error::other("it was removed right after its creation"),
+        )
+    })?;
+    if created {
+        // Exactly 0700 whatever the umask: we are its only user.
+        fchmod(&opened.fd, Mode::from_bits_truncate(0o700))
+            .map_err(|e| create_err(dir, e.into()))?;
+    }
+    check_dir(dir, opened)
+}
+
+/// `open(dir, O_DIRECTORY | O_NOFOLLOW)`; `None` when it does not exist.
+fn open_dir(dir: &Path) -> Result<Option<Dir>, UapiError> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    match open(dir, flags, Mode::empty()) {
+        Ok(fd) => Ok(Some(Dir {
+            fd,
+            path: dir.to_owned(),
+        })),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(errno) => Err(classify_open_error(dir, errno)),
+    }
+}
+
+fn classify_open_error(dir: &Path, errno: Errno) -> UapiError {
+    let last = fs::symlink_metadata(dir);
+    match (errno, last) {
+        // O_NOFOLLOW on a symlink (ELOOP, or ENOTDIR with O_DIRECTORY).
+        (_, Ok(meta)) if meta.file_type().is_symlink() => UapiError::UnsafeDir {
+            path: dir.to_owned(),
+            reason: "it is a symbolic link, which could be pointed elsewhere later; give the directory it points to".to_owned(),
+        },
+        // The last component exists and is not a directory (ENOTDIR from a
+        // parent means the path cannot be created).
+        (Errno::ENOTDIR, Ok(_)) => UapiError::NotADirectory {
+            path: dir.to_owned(),
+        },
+        (errno, _) => UapiError::CreateDir {
+            path: dir.to_owned(),
+            error: errno.into(),
+        },
     }
 }
 
 /// A directory is safe for our socket when no other user can rename or
-/// delete entries in it: owned by us or root, and not writable by group or
-/// others unless sticky.
-fn check_dir(dir: &Path, meta: &fs::Metadata) -> Result<(), UapiError> {
-    if !meta.is_dir() {
-        return Err(UapiError::NotADirectory {
-            path: dir.to_owned(),
-        });
-    }
+/// delete entries in it: owned by us, and not writable by group or others.
+/// Root's `/var/run/wireguard` is root's; an unprivileged user's lives in
+/// their own runtime directory.
+fn check_dir(path: &Path, dir: Dir) -> Result<Dir, UapiError> {
+    let stat = fstat(&dir.fd).map_err(|e| UapiError::CreateDir {
+        path: path.to_owned(),
+        error: e.into(),
+    })?;
     let euid = nix::unistd::geteuid().as_raw();
-    if meta.uid() != euid && meta.uid() != 0 {
+    if stat.st_uid != euid {
         return Err(UapiError::UnsafeDir {
-            path: dir.to_owned(),
+            path: path.to_owned(),
             reason: format!(
-                "it is owned by uid {}, not by you (uid {euid}) or root",
-                meta.uid()
+                "it is owned by uid {}, not by you (uid {euid}), so its owner could swap the socket for their own",
+                stat.st_uid
             ),
         });
     }
-    let mode = meta.mode();
-    if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+    let mode = stat.st_mode & 0o7777;
+    if mode & 0o022 != 0 {
         return Err(UapiError::UnsafeDir {
-            path: dir.to_owned(),
-            reason: format!("it is writable by other users (mode {:o})", mode & 0o7777),
+            path: path.to_owned(),
+            reason: format!(
+                "it is writable by group or others (mode {mode:o}; chmod go-w it, or use a directory of your own)"
+            ),
         });
     }
-    Ok(())
+    Ok(dir)
 }
 
 /// Opens (creating it 0600 if needed) and exclusively locks
-/// `dir/IFNAME.lock`, making sure the locked file is the one the path names.
-fn acquire_lock(dir: &Path, ifname: &str) -> Result<LockFile, UapiError> {
-    let path = lock_path(dir, ifname);
+/// `dir/IFNAME.lock`, making sure the locked file is the one the name names.
+fn acquire_lock(dir: &Arc<Dir>, ifname: &str) -> Result<LockFile, UapiError> {
+    let path = lock_path(&dir.path, ifname);
+    let name = format!("{ifname}.lock");
     let lock_err = |error: io::Error| UapiError::Lock {
         path: path.clone(),
         error,
     };
     for _ in 0..LOCK_ATTEMPTS {
-        // std opens with O_CLOEXEC; O_NOFOLLOW keeps a planted symlink from
-        // making us create or lock a file elsewhere.
-        let file = match OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-        {
-            Ok(file) => file,
-            Err(e) if is_permission_error(&e) => {
+        // O_NOFOLLOW keeps a planted symlink from making us create or lock a
+        // file elsewhere.
+        let flags = OFlag::O_RDWR | OFlag::O_CREAT | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let file = match openat(
+            &dir.fd,
+            name.as_str(),
+            flags,
+            Mode::from_bits_truncate(0o600),
+        ) {
+            Ok(fd) => File::from(fd),
+            Err(e @ (Errno::EACCES | Errno::EPERM | Errno::EROFS)) => {
                 return Err(UapiError::DirNotWritable {
-                    path: dir.to_owned(),
-                    error: e,
+                    path: dir.path.clone(),
+                    error: e.into(),
                 });
             }
-            Err(e) => return Err(lock_err(e)),
+            Err(e) => return Err(lock_err(e.into())),
         };
         match file.try_lock() {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 return Err(UapiError::InUse {
                     ifname: ifname.to_owned(),
-                    path: socket_path(dir, ifname),
+                    path: socket_path(&dir.path, ifname),
                 });
             }
             Err(TryLockError::Error(e)) => return Err(lock_err(e)),
         }
-        let locked = file.metadata().map_err(lock_err)?;
-        match fs::symlink_metadata(&path) {
+        let locked = fstat(file.as_fd()).map_err(|e| lock_err(e.into()))?;
+        match dir.stat(&name) {
             Ok(named) if FileId::of(&named) == FileId::of(&locked) => {
                 return Ok(LockFile {
-                    path: OwnedPath::new(path, &locked),
+                    path: OwnedPath::new(Arc::clone(dir), name, path, &locked),
                     file,
                 });
             }
             // The previous owner unlinked it between our open and our lock.
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(lock_err(e)),
+            Ok(_) | Err(Errno::ENOENT) => {}
+            Err(e) => return Err(lock_err(e.into())),
         }
     }
     Err(lock_err(io::Error::other(
@@ -437,29 +530,25 @@ fn acquire_lock(dir: &Path, ifname: &str) -> Result<LockFile, UapiError> {
     )))
 }
 
-fn is_permission_error(e: &io::Error) -> bool {
-    e.kind() == io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS)
-}
-
-/// Deals with whatever is at the socket path: nothing is fine, a socket
-/// nobody listens on is removed, a live socket or anything else is an error.
-fn remove_if_stale(path: &Path, ifname: &str) -> Result<(), UapiError> {
-    let meta = match fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(error) => {
+/// Deals with whatever is at `dir/name`: nothing is fine, a socket nobody
+/// listens on is removed, a live socket or anything else is an error.
+fn remove_if_stale(dir: &Dir, name: &str, path: &Path, ifname: &str) -> Result<(), UapiError> {
+    let stat = match dir.stat(name) {
+        Ok(stat) => stat,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(errno) => {
             return Err(UapiError::Probe {
                 path: path.to_owned(),
-                error,
+                error: errno.into(),
             });
         }
     };
-    if !meta.file_type().is_socket() {
+    if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
         return Err(UapiError::NotASocket {
             path: path.to_owned(),
         });
     }
-    match probe(path) {
+    match probe(&dir.via_fd(name)) {
         Ok(()) => Err(UapiError::InUse {
             ifname: ifname.to_owned(),
             path: path.to_owned(),
@@ -467,12 +556,11 @@ fn remove_if_stale(path: &Path, ifname: &str) -> Result<(), UapiError> {
         // Nobody listening: a crashed instance left it behind.
         Err(Errno::ECONNREFUSED) => {
             tracing::info!(path = %path.display(), "removing stale UAPI socket");
-            match fs::remove_file(path) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-                Err(error) => Err(UapiError::RemoveStale {
+            match unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
+                Ok(()) | Err(Errno::ENOENT) => Ok(()),
+                Err(errno) => Err(UapiError::RemoveStale {
                     path: path.to_owned(),
-                    error,
+                    error: errno.into(),
                 }),
             }
         }
@@ -505,6 +593,7 @@ fn probe(path: &Path) -> Result<(), Errno> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
     use std::os::unix::net::UnixStream as StdUnixStream;
     use std::time::Duration;
 
@@ -574,7 +663,7 @@ mod tests {
     }
 
     fn id_of(path: &Path) -> FileId {
-        FileId::of(&fs::symlink_metadata(path).unwrap())
+        FileId::of(&nix::sys::stat::lstat(path).unwrap())
     }
 
     #[test]
@@ -712,25 +801,95 @@ mod tests {
     }
 
     #[test]
-    fn unsafe_dirs_are_refused() {
+    fn dirs_writable_by_others_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("shared");
         fs::create_dir(&dir).unwrap();
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-        let err = UapiSocket::bind(&dir, "wg0").unwrap_err();
-        assert!(matches!(err, UapiError::UnsafeDir { .. }), "{err}");
-        // Sticky, like /tmp: others cannot remove our files.
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o1777)).unwrap();
-        UapiSocket::bind(&dir, "wg0").unwrap();
-
-        if nix::unistd::geteuid().is_root() {
-            let theirs = tmp.path().join("theirs");
-            fs::create_dir(&theirs).unwrap();
-            std::os::unix::fs::chown(&theirs, Some(12345), None).unwrap();
-            let err = UapiSocket::bind(&theirs, "wg0").unwrap_err();
-            assert!(matches!(err, UapiError::UnsafeDir { .. }), "{err}");
-            assert!(err.to_string().contains("12345"));
+        // Sticky (like /tmp) no longer helps: the directory must be ours alone.
+        for mode in [0o777, 0o1777, 0o770, 0o730, 0o702] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+            let err = UapiSocket::bind(&dir, "wg0").unwrap_err();
+            assert!(
+                matches!(err, UapiError::UnsafeDir { .. }),
+                "{mode:o}: {err}"
+            );
+            assert!(
+                err.to_string().contains("writable by group or others"),
+                "{err}"
+            );
+            assert!(dir_is_empty(&dir));
         }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        UapiSocket::bind(&dir, "wg0").unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_dir_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let real = tmp.path().join("real");
+        fs::create_dir(&real).unwrap();
+        fs::set_permissions(&real, fs::Permissions::from_mode(0o700)).unwrap();
+        let link = tmp.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let err = UapiSocket::bind(&link, "wg0").unwrap_err();
+        assert!(matches!(err, UapiError::UnsafeDir { .. }), "{err}");
+        assert!(err.to_string().contains("symbolic link"), "{err}");
+        assert!(dir_is_empty(&real));
+        // A dangling one is not created through either.
+        let dangling = tmp.path().join("dangling");
+        std::os::unix::fs::symlink(tmp.path().join("nowhere"), &dangling).unwrap();
+        let err = UapiSocket::bind(&dangling, "wg0").unwrap_err();
+        assert!(matches!(err, UapiError::UnsafeDir { .. }), "{err}");
+        assert!(!tmp.path().join("nowhere").exists());
+        // Symlinks above the last component are followed as before.
+        let sock = UapiSocket::bind(&link.join("sub"), "wg0").unwrap();
+        assert!(real.join("sub/wg0.sock").exists());
+        drop(sock);
+    }
+
+    #[test]
+    fn a_dir_owned_by_someone_else_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let theirs = tmp.path().join("theirs");
+        fs::create_dir(&theirs).unwrap();
+        fs::set_permissions(&theirs, fs::Permissions::from_mode(0o755)).unwrap();
+        if nix::unistd::geteuid().is_root() {
+            std::os::unix::fs::chown(&theirs, Some(12345), None).unwrap();
+        } else if nix::unistd::geteuid().as_raw() == fs::metadata("/").unwrap().uid() {
+            eprintln!("SKIPPED a_dir_owned_by_someone_else_is_refused: no foreign directory");
+            return;
+        }
+        let theirs = if nix::unistd::geteuid().is_root() {
+            theirs
+        } else {
+            // Root's, which is also not ours any more.
+            PathBuf::from("/")
+        };
+        let err = UapiSocket::bind(&theirs, "wg0").unwrap_err();
+        assert!(matches!(err, UapiError::UnsafeDir { .. }), "{err}");
+        assert!(err.to_string().contains("is owned by uid"), "{err}");
+    }
+
+    /// The directory is used through the descriptor opened for the check:
+    /// renaming it away afterwards does not move our files.
+    #[test]
+    fn files_follow_the_checked_directory_not_its_path() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("d");
+        let sock = UapiSocket::bind(&dir, "wg0").unwrap();
+        let moved = tmp.path().join("moved");
+        fs::rename(&dir, &moved).unwrap();
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("wg0.sock"), b"decoy").unwrap();
+        drop(sock);
+        // Our files went with the directory and were removed there; the
+        // decoy at the old path is untouched.
+        assert!(dir_is_empty(&moved));
+        assert_eq!(fs::read(dir.join("wg0.sock")).unwrap(), b"decoy");
+    }
+
+    fn dir_is_empty(dir: &Path) -> bool {
+        fs::read_dir(dir).unwrap().next().is_none()
     }
 
     /// The binary prints an error with its `source()` chain (`{:#}`), so a
