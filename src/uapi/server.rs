@@ -134,12 +134,21 @@ impl RefusalLog {
 
 /// Whether a connection is waiting for its next request, and since when;
 /// shared between its task and the accept loop that may evict it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Activity {
     idle_since: Mutex<Option<Instant>>,
 }
 
 impl Activity {
+    /// A new connection waits for its first request from the start, before
+    /// its task first runs: in a burst of accepts, tasks not yet polled must
+    /// not look busy, or they would fill every slot and lock the owner out.
+    fn new() -> Self {
+        Self {
+            idle_since: Mutex::new(Some(Instant::now())),
+        }
+    }
+
     fn set_idle(&self, idle: bool) {
         *self
             .idle_since
@@ -409,7 +418,7 @@ pub async fn serve_listener(
                         continue;
                     }
                     let client = client.clone();
-                    let activity = Arc::new(Activity::default());
+                    let activity = Arc::new(Activity::new());
                     let handle = connections.spawn({
                         let activity = Arc::clone(&activity);
                         async move { handle_connection(stream, &client, &limits, &activity).await }
