@@ -75,10 +75,20 @@
 //!
 //! # Permissions
 //!
-//! The directory is created 0700 when missing. An existing directory must be
-//! owned by us or by root and must not be writable by others unless it is
-//! sticky (like `/tmp`): otherwise another user could swap our socket for
-//! theirs and read the keys `wg set` sends. The socket is created 0600: the
+//! The directory is created 0700 when missing (its parents as `mkdir -p`
+//! does). It is then opened with `O_DIRECTORY | O_NOFOLLOW` and judged by
+//! `fstat` of that descriptor: it must be owned by us (the effective uid) and
+//! not writable by group or others, sticky or not. Otherwise someone else
+//! could swap our socket for theirs and read the keys `wg set` sends: the
+//! owner of a directory can always rename entries in it, and a sticky
+//! directory still lets others plant names we have not created yet. Root's
+//! `/var/run/wireguard` is root's; an unprivileged user's default directory
+//! is their own. A symlink as the last component is refused (it could be
+//! pointed elsewhere later), and from the check on, everything happens
+//! through the descriptor: the lock file with `openat`, the stale-socket
+//! probe, `stat` and `unlink` with the `*at` calls, and `bind`/`connect`
+//! through `/proc/self/fd/N/NAME`, so a directory renamed or swapped after
+//! the check cannot redirect us. The socket is created 0600: the
 //! mode is set on the socket with `fchmod` *before* `bind` (Linux takes the
 //! new file's mode from it, minus the umask), so there is no moment in which
 //! another user could connect, then `chmod` fixes up whatever the umask took

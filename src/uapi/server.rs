@@ -749,6 +749,25 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_logged_a_few_per_window() {
+        let mut log = RefusalLog::new();
+        let peer = Peer {
+            pid: 7,
+            uid: 1000,
+            relation: Relation::Inside,
+        };
+        for _ in 0..1000 {
+            log.refused(&peer);
+        }
+        assert_eq!(log.logged, REFUSAL_LOG_BURST);
+        assert_eq!(log.suppressed, 1000 - u64::from(REFUSAL_LOG_BURST));
+        // A new window starts over (and reports what it suppressed).
+        log.window_start -= REFUSAL_LOG_WINDOW;
+        log.refused(&peer);
+        assert_eq!((log.logged, log.suppressed), (1, 0));
+    }
+
+    #[test]
     fn the_decision_rule() {
         let peer = |relation, uid| Peer {
             pid: 1,
