@@ -118,7 +118,9 @@ impl RefusalLog {
             let why = match peer.relation {
                 Relation::Inside => "it runs inside the tunnel's namespaces",
                 Relation::Gone => "it exited before it could be identified",
-                _ => "it belongs to another user and cannot be inspected",
+                _ => {
+                    "its namespace cannot be inspected (another user's process, or a non-dumpable one) and it is not root's"
+                }
             };
             tracing::warn!(
                 pid = peer.pid,
