@@ -20,6 +20,7 @@ pub mod lifecycle;
 pub mod netlink;
 pub mod netns;
 pub mod offload;
+pub mod peer;
 pub mod run;
 pub mod sandbox;
 #[cfg(test)]

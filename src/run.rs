@@ -97,6 +97,8 @@ struct ChildPlan<'a> {
     config: &'a Config,
     routes: Vec<ipnetwork::IpNetwork>,
     resolv: Option<&'a Path>,
+    /// Hidden from the command under an empty read-only tmpfs.
+    socket_dir: &'a Path,
     map_root: bool,
     uid: Uid,
     gid: Gid,
@@ -160,6 +162,7 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         config: &config,
         routes: routes(&config),
         resolv: resolv_path.as_deref(),
+        socket_dir: &dir,
         map_root: args.map_root,
         uid: getuid(),
         gid: getgid(),
@@ -448,7 +451,7 @@ fn exec_command(command: &[CString]) -> (i32, String) {
 }
 
 /// In the child: new user+net+mount namespaces with the caller mapped to root,
-/// then the TUN, ICMP, and the resolv.conf.
+/// then the TUN, ICMP, the resolv.conf, and the socket directory hidden.
 fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
     unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
         .map_err(|e| match e {
@@ -504,7 +507,30 @@ fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
             )
         })?;
     }
+    hide_socket_dir(plan.socket_dir)?;
     Ok(fd)
+}
+
+/// An empty read-only tmpfs over the socket directory (after the
+/// resolv.conf bind mount, whose source lives there): the command does not
+/// even see the UAPI socket, which refuses it anyway (see `uapi`'s server).
+/// With `--map-root` the command is root of this mount namespace and could
+/// unmount it; without, it has no privilege here.
+fn hide_socket_dir(dir: &Path) -> Result<(), String> {
+    mount(
+        Some("none"),
+        dir,
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k,nr_inodes=2,mode=0500"),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot hide {} from the command: {}",
+            dir.display(),
+            e.desc()
+        )
+    })
 }
 
 /// Enter a nested user namespace in which the caller is themselves again.

@@ -712,3 +712,134 @@ fn attach_by_namespace_path() {
         assert!(gone(&s.socket()), "socket left behind with {flags:?}");
     }
 }
+
+/// The attach target's root (the owner's uid, seen from outside) and a
+/// process in a user namespace nested in the target's get nothing from the
+/// UAPI socket, which they can reach (same uid, the directory is on a shared
+/// filesystem): `get=1` and `set=1` are closed on without a byte, and logged.
+/// The tunnel carries traffic afterwards, and our `show` (uid 65534) and
+/// root's `wg show` (through a /var/run/wireguard symlink) see the peer
+/// unchanged.
+#[test]
+fn attach_target_is_refused_by_the_socket() {
+    let Some(id) = require_root_env("attach_target_is_refused_by_the_socket") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.expect_ping(s.peer_v4(), 1);
+    let socket = s.socket().display().to_string();
+    let probes = [
+        (
+            "the target's root",
+            s.target.cmd(PYTHON, ["-c", UAPI_PROBE, &socket]),
+        ),
+        (
+            "a namespace nested in the target's",
+            s.target
+                .cmd("unshare", ["-Ur", PYTHON, "-c", UAPI_PROBE, &socket]),
+        ),
+    ];
+    for (who, mut probe) in probes {
+        let out = run_ok(&mut probe);
+        let times = assert_uapi_refused(who, &text(&out.stdout));
+        eprintln!("{who}: refusals took {times:?} ms");
+    }
+    s.expect_ping(s.peer_v4(), 2);
+
+    let mut show = as_user(binary(), ["show", "--tmpdir"]);
+    show.arg(s.dir.path()).args([&s.ifname, "dump"]);
+    let ours = text(&run_ok(&mut show).stdout);
+    assert!(
+        ours.contains(&s.peer.keys.public),
+        "our show lost the peer:\n{ours}"
+    );
+    let link = UapiLink::new(&s.id.link_name(), &s.socket());
+    let dump = link.dump();
+    let peer = dump
+        .peer(&s.peer.keys.public)
+        .unwrap_or_else(|| panic!("wg show lost the peer: {dump:?}"));
+    assert_eq!(
+        sorted(peer.allowed_ips.clone()),
+        sorted(s.config.allowed_ips.clone())
+    );
+    let refusals = wait_for(Duration::from_secs(5), || {
+        fg.log()
+            .matches("refused a UAPI connection from PID")
+            .count()
+            >= 4
+    });
+    assert!(refusals, "the refusals were not logged:\n{}", fg.log());
+    fg.signal(Signal::SIGTERM);
+}
+
+/// The owner holds 1,000 idle connections to the UAPI socket: the engine
+/// closes the idle ones to make room, its memory stays put, and `show` works
+/// while they are held and after they are gone.
+#[test]
+fn thousand_idle_uapi_connections_leave_show_working() {
+    let Some(id) = require_root_env("thousand_idle_uapi_connections_leave_show_working") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.expect_ping(s.peer_v4(), 1);
+    let engine = fg.pid;
+    let show = || {
+        let mut show = as_user(binary(), ["show", "--tmpdir"]);
+        show.arg(s.dir.path()).args([&s.ifname, "dump"]);
+        let t = Instant::now();
+        let out = text(&run_ok(&mut show).stdout);
+        assert!(
+            out.contains(&s.peer.keys.public),
+            "show lost the peer:\n{out}"
+        );
+        t.elapsed()
+    };
+    show();
+    let before = rss_kib(engine);
+
+    let holder = r#"
+import resource, socket, sys
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+conns = []
+for i in range(1000):
+    c = socket.socket(socket.AF_UNIX)
+    c.settimeout(10)
+    c.connect(sys.argv[1])
+    conns.append(c)
+print("held", flush=True)
+sys.stdin.read(1)
+"#;
+    let socket = s.socket().display().to_string();
+    let mut held = as_user(PYTHON, ["-c", holder, &socket])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn python3");
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(held.stdout.take().expect("stdout"));
+    std::io::BufRead::read_line(&mut out, &mut line).expect("read python3");
+    assert_eq!(line, "held\n", "python3 could not open 1000 connections");
+    let during = rss_kib(engine);
+    let show_took = show();
+    drop(held.stdin.take());
+    let _ = held.wait();
+
+    show();
+    let after = rss_kib(engine);
+    eprintln!(
+        "engine RSS: {before} KiB before, {during} KiB with 1000 idle connections, {after} KiB after; show took {show_took:?} while they were held"
+    );
+    assert!(
+        during <= before + 4 * 1024 && after <= before + 4 * 1024,
+        "RSS grew: {before} -> {during} -> {after} KiB"
+    );
+    s.expect_ping(s.peer_v4(), 1);
+    fg.signal(Signal::SIGTERM);
+}

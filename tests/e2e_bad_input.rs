@@ -71,12 +71,35 @@ impl World {
             endpoint: format!("127.0.0.1:{}", id.port(0)),
             ..ClientConfig::default()
         };
+        let dir = WorkDir::new(&id);
+        let sock_dir = dir.path().join("uapi");
+        fs::create_dir(&sock_dir).expect("mkdir uapi");
+        fs::set_permissions(&sock_dir, fs::Permissions::from_mode(0o700)).expect("chmod uapi");
+        std::os::unix::fs::chown(&sock_dir, Some(NOBODY), Some(NOBODY)).expect("chown uapi");
         Self {
-            dir: WorkDir::new(&id),
+            dir,
             ifname: id.name("t"),
             config,
             id,
         }
+    }
+
+    /// The `--tmpdir` of [`World::attach`] and [`World::run`]: a directory of
+    /// its own, because `run` hides it from the command, which may live in
+    /// DIR.
+    fn sock_dir(&self) -> PathBuf {
+        self.dir.path().join("uapi")
+    }
+
+    /// The entries of DIR and of DIR/uapi, for "nothing left behind".
+    fn entries(&self) -> Vec<String> {
+        let mut all = dir_entries(self.dir.path());
+        all.extend(
+            dir_entries(&self.sock_dir())
+                .into_iter()
+                .map(|n| format!("uapi/{n}")),
+        );
+        all
     }
 
     /// The valid config as `DIR/wg0.conf`.
@@ -108,18 +131,18 @@ impl World {
         let config = self.valid_config();
         as_user(
             binary(),
-            self.attach_args(flags, self.dir.path(), target, ifname, &config),
+            self.attach_args(flags, &self.sock_dir(), target, ifname, &config),
         )
     }
 
-    /// `run --config CONFIG --tmpdir DIR FLAGS… -- COMMAND…` as uid 65534.
+    /// `run --config CONFIG --tmpdir DIR/uapi FLAGS… -- COMMAND…` as uid 65534.
     fn run<S: AsRef<OsStr>>(
         &self,
         config: &Path,
         flags: &[&str],
         command: impl IntoIterator<Item = S>,
     ) -> Command {
-        let mut c = run_form(config, self.dir.path(), flags, command);
+        let mut c = run_form(config, &self.sock_dir(), flags, command);
         c.current_dir(self.dir.path());
         c
     }
@@ -193,7 +216,7 @@ fn links(place: &Place) -> Vec<String> {
 /// stderr saying `expect.says`, in time, nothing left behind. Returns stderr.
 fn refused(w: &World, what: &str, mut c: Command, expect: Expect<'_>) -> String {
     let desc = describe(&c);
-    let files_before = dir_entries(w.dir.path());
+    let files_before = w.entries();
     let procs_before = instances(w.dir.path());
     let links_before = expect.inside.as_ref().map(links);
 
@@ -260,7 +283,7 @@ fn refused(w: &World, what: &str, mut c: Command, expect: Expect<'_>) -> String 
         instances(w.dir.path())
     );
     assert_eq!(
-        dir_entries(w.dir.path()),
+        w.entries(),
         files_before,
         "files left in {}\n{context}",
         w.dir.path().display()
@@ -683,20 +706,49 @@ fn socket_dir_below_a_file() {
     );
 }
 
-/// A socket directory that exists but is not writable for us (root's, 0755).
+/// A socket directory of ours that we may not write in (0500).
 #[test]
 fn socket_dir_not_writable() {
     let Some(w) = World::for_test("socket_dir_not_writable") else {
+        return;
+    };
+    let tmpdir = w.dir.path().join("read-only");
+    fs::create_dir(&tmpdir).expect("mkdir");
+    fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o500)).expect("chmod");
+    std::os::unix::fs::chown(&tmpdir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let shown = tmpdir.display().to_string();
+    bad_socket_dir(
+        &w,
+        "unwritable socket dir",
+        &tmpdir,
+        &[
+            &format!("socket directory {shown} is not writable"),
+            "another --tmpdir",
+        ],
+    );
+    assert_eq!(
+        dir_entries(&tmpdir),
+        Vec::<String>::new(),
+        "files left in {shown}"
+    );
+}
+
+/// A socket directory that is not ours (root's, 0755): its owner could swap
+/// the socket, so it is refused even though it is not writable by others.
+#[test]
+fn socket_dir_of_another_user() {
+    let Some(w) = World::for_test("socket_dir_of_another_user") else {
         return;
     };
     let tmpdir = root_dir(&w.id);
     let shown = tmpdir.path().display().to_string();
     bad_socket_dir(
         &w,
-        "unwritable socket dir",
+        "socket dir of another user",
         tmpdir.path(),
         &[
-            &format!("socket directory {shown} is not writable"),
+            &format!("socket directory {shown} is unsafe"),
+            "owned by uid 0, not by you (uid 65534)",
             "another --tmpdir",
         ],
     );
@@ -704,6 +756,59 @@ fn socket_dir_not_writable() {
         dir_entries(tmpdir.path()),
         Vec::<String>::new(),
         "files left in {shown}"
+    );
+}
+
+/// A socket directory writable by its group, and a sticky world-writable
+/// one (like /tmp): both refused, nothing created in them.
+#[test]
+fn socket_dir_writable_by_others() {
+    let Some(w) = World::for_test("socket_dir_writable_by_others") else {
+        return;
+    };
+    for mode in [0o770, 0o1777] {
+        let tmpdir = w.dir.path().join(format!("shared-{mode:o}"));
+        fs::create_dir(&tmpdir).expect("mkdir");
+        fs::set_permissions(&tmpdir, fs::Permissions::from_mode(mode)).expect("chmod");
+        std::os::unix::fs::chown(&tmpdir, Some(NOBODY), Some(NOBODY)).expect("chown");
+        let shown = tmpdir.display().to_string();
+        bad_socket_dir(
+            &w,
+            &format!("socket dir mode {mode:o}"),
+            &tmpdir,
+            &[
+                &format!("socket directory {shown} is unsafe"),
+                "writable by group or others",
+                "another --tmpdir",
+            ],
+        );
+        assert_eq!(
+            dir_entries(&tmpdir),
+            Vec::<String>::new(),
+            "files left in {shown}"
+        );
+    }
+}
+
+/// A socket directory given as a symlink to ours: refused (it could be
+/// pointed elsewhere between the check and the use), nothing created.
+#[test]
+fn socket_dir_is_a_symlink() {
+    let Some(w) = World::for_test("socket_dir_is_a_symlink") else {
+        return;
+    };
+    let link = w.dir.path().join("link");
+    std::os::unix::fs::symlink(w.sock_dir(), &link).expect("symlink");
+    let shown = link.display().to_string();
+    bad_socket_dir(
+        &w,
+        "symlinked socket dir",
+        &link,
+        &[
+            &format!("socket directory {shown} is unsafe"),
+            "symbolic link",
+            "another --tmpdir",
+        ],
     );
 }
 
@@ -716,7 +821,7 @@ fn second_instance_on_the_same_socket_run() {
         return;
     };
     let config = w.valid_config();
-    let socket = w.dir.path().join("wg0.sock");
+    let socket = w.sock_dir().join("wg0.sock");
     let mut first = Spawned::start(w.run(&config, &[], ["sleep", "30"]));
     let up = wait_for(Duration::from_secs(10), || {
         children_of(first.pid).iter().any(|(_, c)| c == "sleep") || first.try_exit().is_some()

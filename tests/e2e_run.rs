@@ -93,15 +93,21 @@ impl RunWorld {
         self.dir.write(name, &text, 0o600)
     }
 
-    /// `run --config DIR/wg0.conf --tmpdir DIR FLAGS… -- COMMAND…` as uid
-    /// 65534, in DIR.
+    /// The `--tmpdir`: a directory of its own inside the work dir, because
+    /// `run` hides it from the command, and the command works in DIR.
+    fn sock_dir(&self) -> PathBuf {
+        self.dir.path().join("uapi")
+    }
+
+    /// `run --config DIR/wg0.conf --tmpdir DIR/uapi FLAGS… -- COMMAND…` as
+    /// uid 65534, in DIR.
     fn command<S: AsRef<OsStr>>(
         &self,
         flags: &[&str],
         command: impl IntoIterator<Item = S>,
     ) -> Command {
         let config = self.write_config("wg0.conf");
-        let mut c = run_form(&config, self.dir.path(), flags, command);
+        let mut c = run_form(&config, &self.sock_dir(), flags, command);
         c.current_dir(self.dir.path());
         c
     }
@@ -116,12 +122,19 @@ impl RunWorld {
     /// `ready`/`started`/`go` files of some tests): while our program runs,
     /// its socket, lock and resolv.conf.
     fn leftovers(&self) -> Vec<String> {
+        let sock_dir = self.sock_dir();
+        let in_sock_dir = if sock_dir.exists() {
+            dir_entries(&sock_dir)
+        } else {
+            Vec::new()
+        };
         dir_entries(self.dir.path())
             .into_iter()
             .filter(|n| {
                 !((n.ends_with(".conf") && !n.ends_with(".resolv.conf"))
-                    || ["ready", "started", "go"].contains(&n.as_str()))
+                    || ["ready", "started", "go", "uapi", "side"].contains(&n.as_str()))
             })
+            .chain(in_sock_dir.into_iter().map(|n| format!("uapi/{n}")))
             .collect()
     }
 
@@ -492,7 +505,7 @@ fn run_ready_fd_writes_1() {
             "--config",
             config.to_str().expect("utf-8 path"),
             "--tmpdir",
-            w.dir.path().to_str().expect("utf-8 path"),
+            w.sock_dir().to_str().expect("utf-8 path"),
             "--ready-fd",
             "3",
             "--",
@@ -515,7 +528,8 @@ fn run_ready_fd_writes_1() {
 
 /// Without `--ifname` the interface is named after the config file
 /// (`vpn0.conf` → `vpn0`, as wg-quick does), and so is the socket; `--ifname`
-/// overrides it.
+/// overrides it. The command does not see the socket: its directory is an
+/// empty read-only tmpfs there.
 #[test]
 fn run_default_ifname_is_config_stem() {
     let Some(id) = require_root_env("run_default_ifname_is_config_stem") else {
@@ -523,19 +537,21 @@ fn run_default_ifname_is_config_stem() {
     };
     let w = RunWorld::new(id, false);
     let config = w.write_config("vpn0.conf");
-    let dir = w.dir.path();
+    let dir = w.sock_dir();
     for (flags, name) in [(&[][..], "vpn0"), (&["--ifname", "tun7"][..], "tun7")] {
         let script = format!(
-            "ip -o link show dev {name} && test -S {sock} && ip -o addr show dev {name}",
-            sock = dir.join(format!("{name}.sock")).display()
+            "ip -o link show dev {name} && ! test -e {sock} && test -z \"$(ls -A {dir})\" \
+             && ! touch {dir}/x 2>/dev/null && ip -o addr show dev {name}",
+            sock = dir.join(format!("{name}.sock")).display(),
+            dir = dir.display()
         );
-        let mut c = run_form(&config, dir, flags, ["sh", "-c", &script]);
-        c.current_dir(dir);
+        let mut c = run_form(&config, &dir, flags, ["sh", "-c", &script]);
+        c.current_dir(w.dir.path());
         let out = run_timeout(&mut c, None, QUICK_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
         let (code, stdout, stderr) = code_of("ifname", &out);
         assert_eq!(
             code, 0,
-            "{flags:?}: no interface {name} or socket {name}.sock inside\n{stdout}\n{stderr}"
+            "{flags:?}: no interface {name}, or the socket dir is visible inside\n{stdout}\n{stderr}"
         );
         assert!(
             stdout.contains(&format!("{}/24", w.id.tunnel_v4(2))),
@@ -559,7 +575,7 @@ fn start_sleeper(w: &RunWorld) -> (Spawned, u32) {
     });
     let sleeper = sleeper.unwrap_or_else(|| panic!("the command never ran\n{}", run.report()));
     assert!(
-        !gone(&w.dir.path().join("wg0.sock")),
+        !gone(&w.sock_dir().join("wg0.sock")),
         "no socket while the command runs"
     );
     (run, sleeper)
@@ -577,7 +593,7 @@ fn run_sigterm_ends_command_and_leaves_nothing() {
     w.dns = vec![w.id.tunnel_v4(53).to_string()];
     let (mut run, sleeper) = start_sleeper(&w);
     assert!(
-        !gone(&w.dir.path().join("wg0.resolv.conf")),
+        !gone(&w.sock_dir().join("wg0.resolv.conf")),
         "no resolv.conf while the command runs: {:?}",
         dir_entries(w.dir.path())
     );
@@ -722,4 +738,103 @@ fn run_ctrl_c_in_a_terminal_reaches_the_command_once() {
     );
     assert_eq!(status.code(), Some(0), "exit status\n{out}");
     w.assert_nothing_left("after ^C");
+}
+
+/// The command cannot use the UAPI socket: its directory is hidden, and even
+/// through a way in (a hard link to the socket in a directory the command
+/// sees) `get=1` and `set=1` are closed on without a byte, with and without
+/// `--map-root`. The tunnel carries traffic afterwards, and from the host our
+/// `show` (uid 65534) and root's `wg show` (through a /var/run/wireguard
+/// symlink) see the peer unchanged.
+#[test]
+fn run_command_is_refused_by_the_socket() {
+    let Some(id) = require_root_env("run_command_is_refused_by_the_socket") else {
+        return;
+    };
+    let w = RunWorld::new(id, true);
+    let side = w.dir.path().join("side");
+    fs::create_dir(&side).expect("mkdir side");
+    std::os::unix::fs::chown(&side, Some(NOBODY), Some(NOBODY)).expect("chown side");
+    for flags in [&[][..], &["--map-root"][..]] {
+        let (started, go) = (w.dir.path().join("started"), w.dir.path().join("go"));
+        let way_in = side.join("wg0.sock");
+        let script = format!(
+            "{UNTIL_REPLY}\n\
+             n=0; while [ ! -S {way_in} ] && [ $n -lt 200 ]; do sleep 0.05; n=$((n + 1)); done\n\
+             ls -A {sock_dir} && echo listed\n\
+             {PYTHON} -c \"$W4N_PROBE\" {way_in}\n\
+             until_reply {v4} >/dev/null && echo ping-ok\n\
+             : > {started}\n\
+             n=0; while [ ! -e {go} ] && [ $n -lt 300 ]; do sleep 0.05; n=$((n + 1)); done\n",
+            way_in = way_in.display(),
+            sock_dir = w.sock_dir().display(),
+            v4 = w.peer().tunnel_v4,
+            started = started.display(),
+            go = go.display(),
+        );
+        let mut c = w.command(flags, ["sh", "-c", &script]);
+        c.env("W4N_PROBE", UAPI_PROBE);
+        let mut run = Spawned::start(c);
+        let socket = w.sock_dir().join("wg0.sock");
+        let up = wait_for(QUICK_TIMEOUT, || !gone(&socket) || run.try_exit().is_some());
+        assert!(
+            up && !gone(&socket),
+            "{flags:?}: no socket\n{}",
+            run.report()
+        );
+        fs::hard_link(&socket, &way_in).expect("hard link to the socket");
+        let probed = wait_for(RUN_TIMEOUT, || started.exists() || run.try_exit().is_some());
+        assert!(
+            probed,
+            "{flags:?}: the command never got past the probe\n{}",
+            run.report()
+        );
+
+        // From the host, while the command waits: the peer is unchanged.
+        let mut show = as_user(binary(), ["show", "--tmpdir"]);
+        show.arg(w.sock_dir()).args(["wg0", "dump"]);
+        let ours = run_ok(&mut show);
+        let ours = text(&ours.stdout);
+        assert!(
+            ours.contains(&w.config.peer_public_key),
+            "{flags:?}: our show lost the peer:\n{ours}"
+        );
+        let link = UapiLink::new(&w.id.link_name(), &socket);
+        let dump = link.dump();
+        let peer = dump
+            .peer(&w.config.peer_public_key)
+            .unwrap_or_else(|| panic!("{flags:?}: wg show lost the peer"));
+        assert_eq!(peer.allowed_ips, w.config.allowed_ips, "{flags:?}");
+        drop(link);
+
+        fs::write(&go, "").expect("touch go");
+        let status = run.wait_exit(RUN_TIMEOUT);
+        let stdout = run.stdout();
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", run.report());
+        assert!(
+            !stdout.contains("listed") || stdout.lines().next() == Some("listed"),
+            "{flags:?}: the socket directory is visible to the command:\n{stdout}"
+        );
+        let times = assert_uapi_refused(&format!("run {flags:?}"), &stdout);
+        eprintln!("run {flags:?}: refusals took {times:?} ms");
+        assert!(
+            stdout.contains("ping-ok"),
+            "{flags:?}: no traffic after the probe\n{}",
+            run.report()
+        );
+        let refused_logged = run.stderr().contains("refused a UAPI connection from PID");
+        assert!(
+            refused_logged,
+            "{flags:?}: no refusal in the log\n{}",
+            run.report()
+        );
+
+        // The hard link changed the socket inode's ctime, so our binary
+        // took it for someone else's file and left it (see uapi's inode
+        // check): that one is the test's to remove.
+        for f in [&way_in, &started, &go, &socket] {
+            let _ = fs::remove_file(f);
+        }
+        w.assert_nothing_left(&format!("{flags:?}"));
+    }
 }

@@ -8,6 +8,14 @@
 //! its owner (see `uapi`'s lock file) cleans up after itself, and the next
 //! instance replaces a stale one.
 //!
+//! Before it sends anything (a `set` may carry keys), it makes sure the
+//! other end is the caller's or root's: the socket file must be owned by the
+//! caller or root, and so must the process that listens on it
+//! (`SO_PEERCRED` on the connected socket, which the kernel took from the
+//! listener when it called `listen`). A socket of another user is refused
+//! with [`ClientError::ForeignSocket`]: whoever placed it could read the
+//! keys `set` sends or answer `show` with a forged configuration.
+//!
 //! `connect(2)` on a unix stream socket blocks only while the listener's
 //! backlog is full; done non-blocking it fails with `EAGAIN` then, and we
 //! retry until the deadline.
@@ -15,7 +23,7 @@
 use std::fs;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -68,6 +76,17 @@ pub enum ClientError {
 
     #[error("cannot connect to {}: {error}", path.display())]
     Connect { path: PathBuf, error: io::Error },
+
+    #[error(
+        "{} {what} uid {uid}, not you (uid {euid}) or root; refusing to talk to it, a request may carry keys (hint: check --tmpdir; remove the socket if it should be yours)",
+        path.display()
+    )]
+    ForeignSocket {
+        path: PathBuf,
+        what: &'static str,
+        uid: u32,
+        euid: u32,
+    },
 
     #[error(
         "no answer from {} within {} s (is the tunnel's process stopped or stuck?)",
@@ -222,6 +241,7 @@ fn exchange(dir: &Path, ifname: &str, request: &str) -> Result<(PathBuf, String)
     if !meta.file_type().is_socket() {
         return Err(ClientError::NotASocket { path });
     }
+    trusted(&path, "is owned by", meta.uid())?;
     let stream = connect(&path, deadline).map_err(|errno| match errno {
         Errno::ECONNREFUSED => ClientError::NotRunning {
             ifname: ifname.to_owned(),
@@ -238,6 +258,13 @@ fn exchange(dir: &Path, ifname: &str, request: &str) -> Result<(PathBuf, String)
             error: other.into(),
         },
     })?;
+    let server = socket::getsockopt(&stream, socket::sockopt::PeerCredentials).map_err(|e| {
+        ClientError::Connect {
+            path: path.clone(),
+            error: e.into(),
+        }
+    })?;
+    trusted(&path, "is served by a process of", server.uid())?;
     let answer = talk(stream, request).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             ClientError::Timeout { path: path.clone() }
@@ -252,6 +279,20 @@ fn exchange(dir: &Path, ifname: &str, request: &str) -> Result<(PathBuf, String)
         },
     })?;
     Ok((path, answer))
+}
+
+/// Whether `uid` (of the socket file or its server) may receive requests.
+fn trusted(path: &Path, what: &'static str, uid: u32) -> Result<(), ClientError> {
+    let euid = nix::unistd::geteuid().as_raw();
+    if uid == euid || uid == 0 {
+        return Ok(());
+    }
+    Err(ClientError::ForeignSocket {
+        path: path.to_owned(),
+        what,
+        uid,
+        euid,
+    })
 }
 
 /// A connected, blocking stream; `ETIMEDOUT` when the backlog stays full
@@ -338,6 +379,7 @@ fn answer_end(answer: &[u8], from: usize) -> Option<usize> {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
+    use std::os::unix::process::CommandExt;
     use std::thread;
 
     fn serve_once(listener: UnixListener, answer: &'static [u8]) -> thread::JoinHandle<String> {
@@ -363,6 +405,90 @@ mod tests {
             thread::sleep(Duration::from_millis(200));
             String::from_utf8(request).unwrap()
         })
+    }
+
+    /// Needs root to make files and processes of another uid; CI runs as
+    /// root, so it runs there.
+    fn as_root(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "{test} needs root (CI=true)"
+        );
+        eprintln!("SKIPPED {test}: needs root to play another user");
+        false
+    }
+
+    #[test]
+    fn a_socket_owned_by_someone_else_gets_nothing() {
+        if !as_root("a_socket_owned_by_someone_else_gets_nothing") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("wg0.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        std::os::unix::fs::chown(&path, Some(12345), None).unwrap();
+        let err = set(tmp.path(), "wg0", &SetRequest::default()).unwrap_err();
+        assert!(
+            matches!(err, ClientError::ForeignSocket { uid: 12345, .. }),
+            "{err}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("is owned by uid 12345") && msg.contains("--tmpdir"),
+            "{msg}"
+        );
+        // Refused before connecting: nothing reached the listener.
+        listener.set_nonblocking(true).unwrap();
+        assert!(listener.accept().is_err());
+    }
+
+    #[test]
+    fn a_server_of_someone_else_gets_nothing() {
+        if !as_root("a_server_of_someone_else_gets_nothing") {
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        // A listener whose credentials (taken at listen()) are uid 12345's,
+        // behind a socket file that is then made ours.
+        let shared = tmp.path().join("shared");
+        fs::create_dir(&shared).unwrap();
+        std::os::unix::fs::chown(&shared, Some(12345), None).unwrap();
+        let path = shared.join("wg0.sock");
+        let script = "import socket,sys\n\
+                      s=socket.socket(socket.AF_UNIX)\n\
+                      s.bind(sys.argv[1]); s.listen(8)\n\
+                      print('ready', flush=True)\n\
+                      c,_=s.accept(); sys.stdout.write(repr(c.recv(100))); sys.stdout.flush()\n";
+        let mut server = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", script])
+            .arg(&path)
+            .uid(12345)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 (apt install python3)");
+        let mut out = server.stdout.take().unwrap();
+        let mut ready = [0u8; 6];
+        out.read_exact(&mut ready).unwrap();
+        assert_eq!(&ready, b"ready\n");
+        std::os::unix::fs::chown(&path, Some(0), None).unwrap();
+        let err = set(&shared, "wg0", &SetRequest::default()).unwrap_err();
+        assert!(
+            matches!(err, ClientError::ForeignSocket { uid: 12345, .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("is served by a process of uid 12345"),
+            "{err}"
+        );
+        // The server got a connection and nothing on it.
+        let mut got = String::new();
+        out.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "b''");
+        server.wait().unwrap();
     }
 
     #[test]

@@ -2081,3 +2081,65 @@ impl Spawned {
         )
     }
 }
+
+// ---------------------------------------------------------------------------
+// The UAPI socket seen from inside
+// ---------------------------------------------------------------------------
+
+/// Debian's python3 (the one uid 65534 can run), for the UAPI probes.
+pub const PYTHON: &str = "/usr/bin/python3";
+
+/// `python3 -c UAPI_PROBE SOCKET`: connects to the UAPI socket twice, sends
+/// `get=1` and then `set=1` with `replace_peers=true`, and prints one line
+/// per attempt: `closed MS` when the server hung up without a byte (MS: from
+/// connect to the hang-up, in milliseconds), `ANSWER …` when it answered,
+/// `ERROR …` when the connect itself failed.
+pub const UAPI_PROBE: &str = r#"
+import socket, sys, time
+for req in (b"get=1\n\n", b"set=1\nreplace_peers=true\n\n"):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    try:
+        s.connect(sys.argv[1])
+    except OSError as e:
+        print("ERROR connect", e, flush=True)
+        continue
+    t = time.monotonic()
+    try:
+        s.sendall(req)
+    except OSError:
+        pass
+    try:
+        got = s.recv(65536)
+    except (ConnectionResetError, BrokenPipeError):
+        got = b""
+    ms = (time.monotonic() - t) * 1000
+    print("closed %.3f" % ms if got == b"" else "ANSWER %r" % got, flush=True)
+    s.close()
+"#;
+
+/// The probe's output says both requests were refused without a byte;
+/// returns how long each refusal took, in milliseconds.
+pub fn assert_uapi_refused(context: &str, probe_stdout: &str) -> Vec<f64> {
+    let lines: Vec<&str> = probe_stdout.lines().collect();
+    let times: Vec<f64> = lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("closed "))
+        .filter_map(|ms| ms.trim().parse().ok())
+        .collect();
+    assert!(
+        times.len() == 2 && !probe_stdout.contains("ANSWER"),
+        "{context}: the UAPI socket answered (or the probe failed):\n{probe_stdout}"
+    );
+    times
+}
+
+/// VmRSS of `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS for PID {pid}"))
+}
