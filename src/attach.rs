@@ -199,7 +199,7 @@ fn serve(
     (ready_fd, exit_fd): (Option<ReadyFd>, Option<ExitFd>),
     notifier: &mut Notifier,
 ) -> anyhow::Result<()> {
-    plan.sandbox.before_threads()?;
+    let peer_check = plan.sandbox.before_threads()?;
     let (runtime, signals) =
         lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
@@ -214,7 +214,7 @@ fn serve(
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
-        let _uapi = uapi::serve(&socket, client)?;
+        let _uapi = uapi::serve(&socket, client, peer_check)?;
         plan.sandbox.tunnel_up()?;
         tracing::info!(
             "{} is up in {}; UAPI socket {}",

@@ -15,6 +15,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod fdpass;
+pub mod inspector;
 pub mod keys;
 pub mod lifecycle;
 pub mod netlink;

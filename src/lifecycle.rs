@@ -21,7 +21,9 @@ use nix::unistd::{ForkResult, fork};
 use tokio::io::unix::AsyncFd;
 
 /// Make this process non-dumpable (`PR_SET_DUMPABLE` 0), the first thing
-/// `main` does, before any key is read.
+/// `main` does for the engine forms (attach and `run`), before any key is
+/// read. The tools (`show`, `set`) stay dumpable: the UAPI server must be able
+/// to inspect them (see `uapi::server`).
 ///
 /// Who may ptrace a process, read its `/proc/PID/mem` and `environ` or take
 /// its descriptors with `pidfd_getfd` (`ptrace_may_access`): a process with

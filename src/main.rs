@@ -15,13 +15,16 @@ use wireguard4netns::cli::{Cli, Command};
 use wireguard4netns::keys::{self, Key};
 
 fn main() -> ExitCode {
-    // Before anything else, so that no key we read is ever in a process that
-    // our namespaces' inhabitants may inspect (see the function's comment).
-    if let Err(e) = wireguard4netns::lifecycle::make_undumpable() {
+    let cli = Cli::parse();
+    // The engine forms, before they read any key, so that no key is ever in a
+    // process that our namespaces' inhabitants may inspect (see the
+    // function's comment). Not the tools: the UAPI server refuses a client it
+    // cannot inspect unless it is root, and a non-dumpable `show` is one.
+    let engine = matches!(cli.command, None | Some(Command::Run(_)));
+    if engine && let Err(e) = wireguard4netns::lifecycle::make_undumpable() {
         eprintln!("wireguard4netns: cannot make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
-    let cli = Cli::parse();
     let default_level = match cli.command {
         // The command owns the terminal: only say something when it matters.
         Some(Command::Run(_)) => "warn",

@@ -87,7 +87,8 @@ const SO_PEERPIDFD: libc::c_int = 77;
 
 /// `PIDFD_GET_USER_NAMESPACE` = `_IO(PIDFS_IOCTL_MAGIC, 9)` (Linux 6.11,
 /// `include/uapi/linux/pidfd.h`; number 11 is `PIDFD_GET_INFO`).
-const PIDFD_GET_USER_NAMESPACE: libc::c_ulong = nix::request_code_none!(0xFF, 9) as libc::c_ulong;
+pub(crate) const PIDFD_GET_USER_NAMESPACE: libc::c_ulong =
+    nix::request_code_none!(0xFF, 9) as libc::c_ulong;
 
 /// `NS_GET_PARENT` = `_IO(NSIO, 0x2)` (Linux 4.9, `include/uapi/linux/nsfs.h`).
 const NS_GET_PARENT: libc::c_ulong = nix::request_code_none!(0xb7, 2) as libc::c_ulong;
@@ -107,6 +108,10 @@ pub enum PeerError {
         /// What the kernel said.
         errno: Errno,
     },
+    /// The inspector process (see [`crate::inspector`]) could not answer, or
+    /// answered with this error.
+    #[error("{0}")]
+    Delegated(String),
     /// Our own user namespace could not be identified.
     #[error(
         "cannot identify our own user namespace through /proc/self/ns/user: {0} (hint: is /proc mounted?)"

@@ -237,11 +237,14 @@ fn parent_main(
     // Watch the child from now on; a pidfd cannot be fooled by PID reuse.
     let pidfd = PidFd::open(child.as_raw()).context("cannot watch the command")?;
 
-    if let Err(e) = sandbox.before_threads() {
-        let _ = kill(child, Signal::SIGKILL);
-        let _ = waitpid(child, None);
-        return Err(e.into());
-    }
+    let peer_check = match sandbox.before_threads() {
+        Ok(check) => check,
+        Err(e) => {
+            let _ = kill(child, Signal::SIGKILL);
+            let _ = waitpid(child, None);
+            return Err(e.into());
+        }
+    };
     let (runtime, signals) =
         lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let engine = runtime.block_on(async {
@@ -249,7 +252,7 @@ fn parent_main(
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let engine = Engine::start(tun, plan.config, endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
-        let serving = uapi::serve(socket, client)?;
+        let serving = uapi::serve(socket, client, peer_check)?;
         sandbox.tunnel_up()?;
         anyhow::Ok((engine, serving))
     });

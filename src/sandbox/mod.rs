@@ -72,6 +72,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
+use crate::inspector::PeerCheck;
 
 /// Errors confining the engine.
 #[derive(Debug, thiserror::Error)]
@@ -97,6 +98,8 @@ pub enum SandboxError {
         #[source]
         error: ::landlock::RulesetError,
     },
+    #[error("cannot start the UAPI peer check: {0}")]
+    PeerCheck(#[source] io::Error),
     #[error("cannot build the seccomp filter: {0}")]
     SeccompBuild(#[source] seccompiler::BackendError),
     #[error(
@@ -130,18 +133,23 @@ impl Sandbox {
     }
 
     /// Step 1: `no_new_privs`, capabilities, Landlock. Call while the process
-    /// is single-threaded, right before the runtime is built.
-    pub fn before_threads(&self) -> Result<(), SandboxError> {
+    /// is single-threaded, right before the runtime is built. Returns how the
+    /// UAPI server is to place its clients: a confined engine may not inspect
+    /// processes outside its Landlock domain, so it forks the inspector
+    /// process first (see [`crate::inspector`]).
+    pub fn before_threads(&self) -> Result<PeerCheck, SandboxError> {
         if !self.enabled {
             tracing::warn!(
                 "--no-sandbox: the engine runs unconfined (no seccomp filter, no Landlock, no capability drop)"
             );
-            return Ok(());
+            return PeerCheck::in_process()
+                .map_err(|e| SandboxError::PeerCheck(io::Error::other(e)));
         }
+        let check = PeerCheck::spawn_inspector().map_err(SandboxError::PeerCheck)?;
         set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
         caps::drop_all_but(self.keep)?;
         landlock::restrict(&self.socket_dir)?;
-        Ok(())
+        Ok(check)
     }
 
     /// Step 2: the seccomp allow-list on every thread. Call once the engine

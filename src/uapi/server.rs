@@ -5,7 +5,8 @@
 //! # Who is served
 //!
 //! Every accepted connection is checked before a byte is read (see
-//! [`crate::peer`] for how the peer's user namespace is found):
+//! [`crate::peer`] for how the peer's user namespace is found; a confined
+//! engine asks its inspector process, see [`crate::inspector`]):
 //!
 //! | peer's user namespace                       | answer  |
 //! |---------------------------------------------|---------|
@@ -59,7 +60,8 @@ use gotatun::device::uapi::UapiClient;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::task::{AbortHandle, JoinSet};
 
-use crate::peer::{self, Peer, Relation, UserNs};
+use crate::inspector::PeerCheck;
+use crate::peer::{Peer, Relation};
 
 use super::UapiError;
 use super::frame::{FrameError, Limits, error_response, parse_request, read_request};
@@ -317,9 +319,13 @@ async fn write_answer<W: AsyncWrite + Unpin>(w: &mut W, answer: &str, limits: &L
 ///
 /// See [`UapiSocket::tokio_listener`]: in particular, it must be called from
 /// within a tokio runtime.
-pub fn serve(socket: &UapiSocket, client: UapiClient) -> Result<Serving, UapiError> {
+pub fn serve(
+    socket: &UapiSocket,
+    client: UapiClient,
+    check: PeerCheck,
+) -> Result<Serving, UapiError> {
     let listener = socket.tokio_listener()?;
-    let task = tokio::spawn(serve_listener(listener, client, Limits::default()));
+    let task = tokio::spawn(serve_checked(listener, client, Limits::default(), check));
     Ok(Serving {
         task,
         path: socket.path().to_owned(),
@@ -383,15 +389,34 @@ pub async fn serve_listener(
     client: UapiClient,
     limits: Limits,
 ) -> Result<(), UapiError> {
+    match PeerCheck::in_process() {
+        Ok(check) => serve_checked(listener, client, limits, check).await,
+        Err(e) => Err(UapiError::Serve {
+            path: listener_path(&listener),
+            error: io::Error::other(e),
+        }),
+    }
+}
+
+fn listener_path(listener: &tokio::net::UnixListener) -> PathBuf {
+    listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_owned))
+        .unwrap_or_default()
+}
+
+/// [`serve_listener`], placing clients with `check`.
+async fn serve_checked(
+    listener: tokio::net::UnixListener,
+    client: UapiClient,
+    limits: Limits,
+    mut check: PeerCheck,
+) -> Result<(), UapiError> {
     let serve_err = |error: io::Error| UapiError::Serve {
-        path: listener
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_pathname().map(Path::to_owned))
-            .unwrap_or_default(),
+        path: listener_path(&listener),
         error,
     };
-    let ours = UserNs::current().map_err(|e| serve_err(io::Error::other(e)))?;
     let mut refusals = RefusalLog::new();
     let mut connections = JoinSet::new();
     let mut slots = Slots::default();
@@ -399,7 +424,7 @@ pub async fn serve_listener(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    match peer::inspect(stream.as_fd(), ours) {
+                    match check.inspect(stream.as_fd()) {
                         Ok(peer) if admitted(&peer) => {
                             tracing::debug!(pid = peer.pid, uid = peer.uid, "UAPI connection accepted");
                         }
@@ -847,7 +872,7 @@ mod tests {
         let sock = UapiSocket::bind(tmp.path(), "wg0").unwrap();
         let (client, server) = UapiServer::new();
         let _device = device(server).await;
-        let serving = serve(&sock, client).unwrap();
+        let serving = serve(&sock, client, PeerCheck::in_process().unwrap()).unwrap();
         let mut conn = connect(sock.path()).await;
         assert!(ask(&mut conn, b"get=1\n\n").await.ends_with("errno=0\n"));
         drop(serving);
@@ -863,7 +888,7 @@ mod tests {
         let sock = UapiSocket::bind(tmp.path(), "wg0").unwrap();
         let (client, server) = UapiServer::new();
         let device = device(server).await;
-        let mut serving = serve(&sock, client).unwrap();
+        let mut serving = serve(&sock, client, PeerCheck::in_process().unwrap()).unwrap();
         // Still running: wait() does not return.
         assert!(
             tokio::time::timeout(Duration::from_millis(50), serving.wait())

@@ -1,0 +1,385 @@
+//! The UAPI peer check of a confined engine, done by a small forked process
+//! that stays outside the engine's Landlock domain.
+//!
+//! # Why a process of its own
+//!
+//! [`crate::peer`] places a connecting client by reading its user namespace,
+//! which needs `PTRACE_MODE_READ` over the client. Landlock confines ptrace
+//! too: a task in a Landlock domain may only ptrace (and so only inspect)
+//! tasks in the same domain or one nested in it (`hook_ptrace_access_check`
+//! in `security/landlock/task.c`). Once the engine has restricted itself
+//! (see [`crate::sandbox`]), every client, the owner's `show` included, would
+//! be uninspectable and refused. Leaving one thread of the engine outside
+//! the domain would not be a boundary (threads share memory), so the check
+//! runs in a process forked right before the engine confines itself:
+//!
+//! * it holds nothing but its end of a `SOCK_SEQPACKET` pair (every other
+//!   descriptor is closed, stdio points at `/dev/null`), is non-dumpable
+//!   like the engine it was forked from, and dies with it (parent-death
+//!   signal, and end-of-file on the pair);
+//! * per connection the engine sends it the accepted socket (`SCM_RIGHTS`)
+//!   with a sequence number, and it answers with what [`peer::inspect`]
+//!   found on that socket: `SO_PEERPIDFD`/`SO_PEERCRED` work on a socket
+//!   passed to another process, since they describe the socket's peer, not
+//!   its holder;
+//! * it never reads a byte from the client and never sees the device, so a
+//!   compromised engine gains nothing by talking to it that it could not do
+//!   before it confined itself (it can only ask about sockets it holds).
+//!
+//! The engine waits for the answer with a receive timeout
+//! ([`ANSWER_TIMEOUT`]): the check is a handful of system calls, and a
+//! client must never hold the accept loop. A late answer is recognised by
+//! its sequence number and skipped. If the inspector is gone, every client
+//! is refused (fail closed) and the error says why.
+//!
+//! An engine started with `--no-sandbox` inspects its clients itself
+//! ([`PeerCheck::InProcess`]).
+
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::TimeVal;
+use nix::unistd::{ForkResult, Pid, getppid};
+
+use crate::fdpass::{self, Channel};
+use crate::lifecycle;
+use crate::peer::{self, Peer, PeerError, Relation, UserNs};
+
+/// How long the engine waits for the inspector's answer about one client.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Answer tags: a peer, or why it could not be inspected.
+const ANSWER_PEER: u8 = b'P';
+const ANSWER_ERROR: u8 = b'E';
+
+/// How the UAPI server learns who is calling.
+#[derive(Debug)]
+pub enum PeerCheck {
+    /// Inspect the client here (an engine without Landlock).
+    InProcess(UserNs),
+    /// Ask the inspector process (a confined engine).
+    Delegated(Inspector),
+}
+
+impl PeerCheck {
+    /// Inspect clients in this process.
+    ///
+    /// # Errors
+    ///
+    /// [`PeerError::OwnNamespace`] when our own user namespace cannot be read.
+    pub fn in_process() -> Result<Self, PeerError> {
+        Ok(Self::InProcess(UserNs::current()?))
+    }
+
+    /// Fork the inspector; see the module documentation. Must be called while
+    /// the process is single-threaded.
+    ///
+    /// # Errors
+    ///
+    /// When the socketpair or the fork fails.
+    pub fn spawn_inspector() -> io::Result<Self> {
+        Inspector::spawn().map(Self::Delegated)
+    }
+
+    /// Who is at the other end of the connected unix socket `sock`.
+    ///
+    /// # Errors
+    ///
+    /// [`PeerError`] when the client could not be placed: the caller refuses it.
+    pub fn inspect(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
+        match self {
+            Self::InProcess(ours) => peer::inspect(sock, *ours),
+            Self::Delegated(inspector) => inspector.ask(sock),
+        }
+    }
+}
+
+/// The engine's side of the inspector process.
+#[derive(Debug)]
+pub struct Inspector {
+    channel: Channel,
+    pid: Pid,
+    seq: u32,
+}
+
+impl Inspector {
+    fn spawn() -> io::Result<Self> {
+        let (ours, theirs) = fdpass::channel_pair()?;
+        let parent = nix::unistd::getpid();
+        match lifecycle::fork_before_threads()? {
+            ForkResult::Child => {
+                drop(ours);
+                inspector_main(&theirs, parent)
+            }
+            ForkResult::Parent { child } => {
+                drop(theirs);
+                let timeout = TimeVal::new(
+                    i64::try_from(ANSWER_TIMEOUT.as_secs()).unwrap_or(i64::MAX),
+                    0,
+                );
+                setsockopt(&ours, sockopt::ReceiveTimeout, &timeout)?;
+                setsockopt(&ours, sockopt::SendTimeout, &timeout)?;
+                Ok(Self {
+                    channel: ours,
+                    pid: child,
+                    seq: 0,
+                })
+            }
+        }
+    }
+
+    /// Send `sock` to the inspector and wait for its answer.
+    fn ask(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
+        self.seq = self.seq.wrapping_add(1);
+        let gone = |e: io::Error| {
+            PeerError::Delegated(format!(
+                "the peer-check process {} does not answer: {e}",
+                self.pid
+            ))
+        };
+        self.channel
+            .send(&self.seq.to_le_bytes(), Some(sock))
+            .map_err(gone)?;
+        // A few late answers to earlier, timed-out questions may come first.
+        for _ in 0..8 {
+            let msg = match self.channel.recv() {
+                Ok(Some(msg)) => msg,
+                Ok(None) => return Err(gone(io::ErrorKind::UnexpectedEof.into())),
+                Err(e) => return Err(gone(e)),
+            };
+            match decode(&msg.data) {
+                Some((seq, answer)) if seq == self.seq => return answer,
+                Some(_) => continue,
+                None => {
+                    return Err(PeerError::Delegated(
+                        "garbled answer from the peer-check process".to_owned(),
+                    ));
+                }
+            }
+        }
+        Err(PeerError::Delegated(
+            "the peer-check process answers other questions".to_owned(),
+        ))
+    }
+}
+
+/// The inspector: answer questions until the engine goes away. Never returns.
+fn inspector_main(channel: &Channel, parent: Pid) -> ! {
+    // Die with the engine, and do not start if it is already gone.
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if getppid() != parent {
+        lifecycle::exit_now(1);
+    }
+    // SAFETY: this forked child never returns into code that owns
+    // descriptors (it ends in `exit_now`) and uses no descriptor after this
+    // but `channel`, which is kept.
+    if unsafe { crate::daemon::keep_only(&[channel.as_fd().as_raw_fd()]) }.is_err() {
+        lifecycle::exit_now(1);
+    }
+    let ours = UserNs::current();
+    loop {
+        let msg = match channel.recv() {
+            Ok(Some(msg)) => msg,
+            // The engine is gone (or the channel broke): nothing left to do.
+            Ok(None) | Err(_) => lifecycle::exit_now(0),
+        };
+        let Some(seq) = msg.data.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+            continue;
+        };
+        let answer = match (&ours, &msg.fd) {
+            (Ok(ours), Some(sock)) => peer::inspect(sock.as_fd(), *ours),
+            (Err(e), _) => Err(PeerError::Delegated(e.to_string())),
+            (_, None) => Err(PeerError::Delegated("no socket in the question".to_owned())),
+        };
+        drop(msg);
+        if channel
+            .send(&encode(u32::from_le_bytes(seq), &answer), None)
+            .is_err()
+        {
+            lifecycle::exit_now(0);
+        }
+    }
+}
+
+fn relation_code(relation: Relation) -> u8 {
+    match relation {
+        Relation::Same => 0,
+        Relation::Inside => 1,
+        Relation::Outside => 2,
+        Relation::Uninspectable => 3,
+        Relation::Gone => 4,
+    }
+}
+
+fn relation_of(code: u8) -> Option<Relation> {
+    Some(match code {
+        0 => Relation::Same,
+        1 => Relation::Inside,
+        2 => Relation::Outside,
+        3 => Relation::Uninspectable,
+        4 => Relation::Gone,
+        _ => return None,
+    })
+}
+
+/// `seq`, then `P` pid uid relation, or `E` and the error's text.
+fn encode(seq: u32, answer: &Result<Peer, PeerError>) -> Vec<u8> {
+    let mut out = seq.to_le_bytes().to_vec();
+    match answer {
+        Ok(peer) => {
+            out.push(ANSWER_PEER);
+            out.extend_from_slice(&peer.pid.to_le_bytes());
+            out.extend_from_slice(&peer.uid.to_le_bytes());
+            out.push(relation_code(peer.relation));
+        }
+        Err(e) => {
+            out.push(ANSWER_ERROR);
+            let text = e.to_string();
+            let room = fdpass::MAX_MESSAGE - out.len();
+            out.extend(text.bytes().take(room));
+        }
+    }
+    out
+}
+
+fn decode(data: &[u8]) -> Option<(u32, Result<Peer, PeerError>)> {
+    let seq = u32::from_le_bytes(data.get(..4)?.try_into().ok()?);
+    let rest = data.get(5..)?;
+    let answer = match *data.get(4)? {
+        ANSWER_PEER if rest.len() == 9 => Ok(Peer {
+            pid: i32::from_le_bytes(rest[..4].try_into().ok()?),
+            uid: u32::from_le_bytes(rest[4..8].try_into().ok()?),
+            relation: relation_of(rest[8])?,
+        }),
+        ANSWER_ERROR => Err(PeerError::Delegated(
+            String::from_utf8_lossy(rest).into_owned(),
+        )),
+        _ => return None,
+    };
+    Some((seq, answer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::net::UnixStream;
+
+    #[test]
+    fn answers_round_trip() {
+        for relation in [
+            Relation::Same,
+            Relation::Inside,
+            Relation::Outside,
+            Relation::Uninspectable,
+            Relation::Gone,
+        ] {
+            let peer = Peer {
+                pid: 4242,
+                uid: 65534,
+                relation,
+            };
+            let (seq, back) = decode(&encode(7, &Ok(peer))).unwrap();
+            assert_eq!(seq, 7);
+            assert_eq!(back.unwrap(), peer);
+        }
+        let err = PeerError::Delegated("nope".to_owned());
+        let (_, back) = decode(&encode(1, &Err(err))).unwrap();
+        assert!(back.unwrap_err().to_string().contains("nope"));
+        assert!(decode(b"").is_none());
+        assert!(decode(b"\x01\0\0\0P\x01").is_none());
+        assert!(decode(b"\x01\0\0\0P\0\0\0\0\0\0\0\0\x09").is_none());
+    }
+
+    /// The inspector is a forked process, so this test forks it from a
+    /// single-threaded child of the test harness.
+    #[test]
+    fn inspector_process_places_our_own_process() {
+        let status = crate::sandbox::testing::in_child(|| {
+            let mut check = match PeerCheck::spawn_inspector() {
+                Ok(check) => check,
+                Err(_) => return 2,
+            };
+            let (a, _b) = UnixStream::pair().unwrap();
+            let peer = check.inspect(a.as_fd()).unwrap();
+            let me = i32::try_from(std::process::id()).unwrap();
+            if peer.relation == Relation::Same && peer.pid == me {
+                0
+            } else {
+                eprintln!("inspector said {peer:?}");
+                1
+            }
+        });
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(status.pid().unwrap(), 0),
+            "{status:?}"
+        );
+    }
+
+    /// Why the inspector exists: once Landlock confines us, a client outside
+    /// our domain (here a forked process that connects to our listener)
+    /// cannot be inspected here any more, but the inspector, forked before,
+    /// still places it.
+    #[test]
+    fn landlock_hides_clients_from_the_engine_but_not_from_the_inspector() {
+        use std::io::Read;
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let status = crate::sandbox::testing::in_child(|| {
+            let listener = UnixListener::bind(&path).unwrap();
+            // The client: forked before we confine ourselves, so it stays
+            // outside our Landlock domain; it connects, then waits for us to
+            // hang up.
+            let client = match lifecycle::fork_before_threads().unwrap() {
+                ForkResult::Child => {
+                    let code = match UnixStream::connect(&path) {
+                        Ok(mut s) => {
+                            let _ = s.read(&mut [0u8; 1]);
+                            0
+                        }
+                        Err(_) => 1,
+                    };
+                    lifecycle::exit_now(code)
+                }
+                ForkResult::Parent { child } => child,
+            };
+            let mut delegated = PeerCheck::spawn_inspector().unwrap();
+            let mut here = PeerCheck::in_process().unwrap();
+            match crate::sandbox::landlock::apply(dir.path()) {
+                Ok(status) if status.ruleset == ::landlock::RulesetStatus::NotEnforced => {
+                    return 10;
+                }
+                Ok(_) => {}
+                Err(_) => return 3,
+            }
+            let (conn, _) = listener.accept().unwrap();
+            let seen_here = here.inspect(conn.as_fd()).unwrap();
+            let seen_there = delegated.inspect(conn.as_fd()).unwrap();
+            drop(conn);
+            let _ = nix::sys::wait::waitpid(client, None);
+            let client = client.as_raw();
+            match (seen_here.relation, seen_there.relation) {
+                (Relation::Uninspectable, Relation::Same) if seen_there.pid == client => 0,
+                other => {
+                    eprintln!("here/inspector: {other:?}");
+                    1
+                }
+            }
+        });
+        match status {
+            nix::sys::wait::WaitStatus::Exited(_, 0) => {}
+            nix::sys::wait::WaitStatus::Exited(_, 10) => {
+                let ci = std::env::var_os("CI").is_some_and(|v| v == "true");
+                assert!(!ci, "the kernel has no Landlock, and CI=true");
+                eprintln!("SKIP: the kernel has no Landlock, so there is nothing to show");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
