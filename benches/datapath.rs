@@ -108,7 +108,7 @@ fn super_packet(payload: usize) -> (VirtioNetHdr, Vec<u8>) {
 
 fn split_into_vecs(hdr: &VirtioNetHdr, pkt: &[u8]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
-    offload::gso_split(pkt, hdr, |len| vec![0; len], |s| out.push(s)).expect("splits");
+    offload::gso_split(pkt, hdr, MTU, |len| vec![0; len], |s| out.push(s)).expect("splits");
     out
 }
 
@@ -125,6 +125,7 @@ fn bench_gso_split() {
             offload::gso_split(
                 black_box(&pkt),
                 &hdr,
+                MTU,
                 |len| {
                     let mut p = pool.get();
                     p.truncate(len);

@@ -46,6 +46,35 @@ pub const MAX_PACKET: usize = 65535;
 /// own GRO stops at 64 too, `MAX_GRO_SKBS`/`gro_max_size` aside).
 pub const MAX_SEGMENTS: usize = 64;
 
+/// At most this many segments come out of one GSO super-packet read from the
+/// TUN; a frame that would split into more is dropped whole, never expanded
+/// (each segment costs a 4 KiB pool buffer, so a 64 KiB frame with a 1-byte
+/// `gso_size` would cost ~65,000 of them, ~256 MiB, from one `read`).
+///
+/// Why no kernel TUN exceeds it: for USO, `udp_send_skb()` refuses a
+/// `UDP_SEGMENT` send of more than `UDP_MAX_SEGMENTS` datagrams, 64 before
+/// Linux 6.9 and 128 since. For TCP, a 64 KiB frame holds at most 128 segments
+/// of 512 bytes; the smallest MSS every IPv4 host must accept is 536
+/// (RFC 1122, the kernel's `TCP_MSS_DEFAULT` when a peer sends no MSS option),
+/// 524 bytes of data a segment after the timestamp option, so a 64 KiB frame
+/// of any connection not squeezed below that by its peer stays within 125.
+/// A peer that advertises a tinier MSS (the kernel accepts down to
+/// `tcp_min_snd_mss`, 48) gets frames too long to forward; its connection
+/// stalls instead of costing us memory, which is the trade the kernel made too
+/// when it raised that floor against CVE-2019-11479.
+pub const MAX_GSO_SEGMENTS: usize = 128;
+
+/// The smallest TCP `gso_size` a kernel produces: the MSS it sends with is
+/// never below `tcp_min_snd_mss` (at least `TCP_MIN_SND_MSS` = 48), which the
+/// kernel sizes as "room for the full set of TCP options (40 bytes) and 8 bytes
+/// of data", and `tcp_bound_to_half_wnd()` keeps the same floor
+/// (68 bytes minus a 60-byte header). A frame forwarded through the namespace
+/// keeps the segment size GRO found, and `tcp_gro_receive()` merges only
+/// segments of equal size, which a Linux sender cuts with the same floor.
+/// Anything smaller is forged (or sent by a TCP that is not Linux's and
+/// splits below any MSS a peer can ask for).
+pub const MIN_TCP_GSO_SIZE: u16 = 8;
+
 const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
@@ -135,6 +164,30 @@ pub enum OffloadError {
     BadChecksumOffset,
     #[error("packet is longer than 65535 bytes")]
     TooLong,
+    #[error(
+        "TCP GSO packet with a segment size of {0}, below the kernel's minimum of {MIN_TCP_GSO_SIZE}"
+    )]
+    GsoSizeTooSmall(u16),
+    #[error("GSO segments of {0} bytes, above the interface's MTU of {1}")]
+    SegmentTooLarge(usize, usize),
+    #[error("GSO packet of {0} segments, more than the {MAX_GSO_SEGMENTS} a kernel produces")]
+    TooManySegments(usize),
+}
+
+impl OffloadError {
+    /// The frame's GSO parameters are ones no kernel TUN produces: only a
+    /// program writing its own `virtio_net_hdr` (`AF_PACKET` with
+    /// `PACKET_VNET_HDR`) makes them, so they are counted apart.
+    #[must_use]
+    pub fn is_forged_gso(&self) -> bool {
+        matches!(
+            self,
+            Self::ZeroGsoSize
+                | Self::GsoSizeTooSmall(_)
+                | Self::SegmentTooLarge(..)
+                | Self::TooManySegments(_)
+        )
+    }
 }
 
 // ---- checksums --------------------------------------------------------------
@@ -334,26 +387,59 @@ fn gso_layout(pkt: &[u8], hdr: &VirtioNetHdr) -> Result<Layout, OffloadError> {
     })
 }
 
-/// Split the GSO super-packet `pkt` (described by `hdr`) into IP packets of at
-/// most `hdr.gso_size` payload bytes each, with complete headers and
-/// checksums. For each segment, `alloc(len)` must return a buffer of exactly
-/// `len` bytes, which is filled and passed to `emit`. Returns the number of
-/// segments. A packet with `GSO_NONE` is not for this function
-/// (see [`complete_checksum`]).
+/// The number of segments `pkt` splits into, or why its GSO parameters are
+/// not ones a kernel TUN of this `mtu` produces (see [`MAX_GSO_SEGMENTS`] and
+/// [`MIN_TCP_GSO_SIZE`]): checked before a single buffer is taken.
+fn gso_segments(
+    pkt: &[u8],
+    hdr: &VirtioNetHdr,
+    layout: &Layout,
+    mtu: usize,
+) -> Result<usize, OffloadError> {
+    if pkt.len() > MAX_PACKET {
+        return Err(OffloadError::TooLong);
+    }
+    if hdr.gso_size == 0 {
+        return Err(OffloadError::ZeroGsoSize);
+    }
+    if layout.proto == PROTO_TCP && hdr.gso_size < MIN_TCP_GSO_SIZE {
+        return Err(OffloadError::GsoSizeTooSmall(hdr.gso_size));
+    }
+    // The kernel's MSS (and, for USO, `udp_send_skb()`'s check against the
+    // fragment size) keeps headers plus one segment within the device MTU.
+    // That is the configured MTU: if root inside raises the TUN's, TSO frames
+    // cut for the larger one are dropped (plain packets up to the engine's
+    // 4 KiB buffers still pass).
+    let gso_size = usize::from(hdr.gso_size);
+    if layout.hdrs + gso_size > mtu {
+        return Err(OffloadError::SegmentTooLarge(layout.hdrs + gso_size, mtu));
+    }
+    // A payload of zero still yields one segment (the headers alone).
+    let count = (pkt.len() - layout.hdrs).div_ceil(gso_size).max(1);
+    if count > MAX_GSO_SEGMENTS {
+        return Err(OffloadError::TooManySegments(count));
+    }
+    Ok(count)
+}
+
+/// Split the GSO super-packet `pkt` (described by `hdr`), read from a TUN of
+/// this `mtu`, into IP packets of at most `hdr.gso_size` payload bytes each,
+/// with complete headers and checksums. A frame whose GSO parameters no kernel
+/// produces is refused whole (see [`OffloadError::is_forged_gso`]), so at most
+/// [`MAX_GSO_SEGMENTS`] segments come out. For each segment, `alloc(len)` must
+/// return a buffer of exactly `len` bytes, which is filled and passed to
+/// `emit`. Returns the number of segments. A packet with `GSO_NONE` is not for
+/// this function (see [`complete_checksum`]).
 pub fn gso_split<B: DerefMut<Target = [u8]>>(
     pkt: &[u8],
     hdr: &VirtioNetHdr,
+    mtu: usize,
     mut alloc: impl FnMut(usize) -> B,
     mut emit: impl FnMut(B),
 ) -> Result<usize, OffloadError> {
     let layout = gso_layout(pkt, hdr)?;
-    if pkt.len() > MAX_PACKET {
-        return Err(OffloadError::TooLong);
-    }
+    let count = gso_segments(pkt, hdr, &layout, mtu)?;
     let gso_size = usize::from(hdr.gso_size);
-    if gso_size == 0 {
-        return Err(OffloadError::ZeroGsoSize);
-    }
     let Layout {
         v6,
         proto,
@@ -370,8 +456,6 @@ pub fn gso_split<B: DerefMut<Target = [u8]>>(
     };
     let flags = if proto == PROTO_TCP { pkt[l4 + 13] } else { 0 };
 
-    // A payload of zero still yields one segment (the headers alone).
-    let count = payload.len().div_ceil(gso_size).max(1);
     for i in 0..count {
         let start = i * gso_size;
         let chunk = &payload[start.min(payload.len())..(start + gso_size).min(payload.len())];
@@ -1097,6 +1181,10 @@ mod tests {
         p
     }
 
+    /// The MTU the tests' super-packets come from (the kernel's were captured
+    /// on a TUN of 1420).
+    const TEST_MTU: usize = 1500;
+
     fn gso_hdr(v6: bool, tcp: bool, gso_size: u16) -> VirtioNetHdr {
         let l4 = if v6 { 40 } else { 20 };
         VirtioNetHdr {
@@ -1116,7 +1204,7 @@ mod tests {
 
     fn split(pkt: &[u8], hdr: &VirtioNetHdr) -> Vec<Vec<u8>> {
         let mut out = Vec::new();
-        gso_split(pkt, hdr, |len| vec![0xaa; len], |s| out.push(s)).unwrap();
+        gso_split(pkt, hdr, TEST_MTU, |len| vec![0xaa; len], |s| out.push(s)).unwrap();
         out
     }
 
@@ -1164,7 +1252,7 @@ mod tests {
                 (1349, 1348),
                 (13_333, 1348),
                 (65_000, 1348),
-                (10_001, 1),
+                (1000, 8),
                 (777, 100),
             ] {
                 split_and_check(&flow, true, ACK | PSH, len, gso);
@@ -1197,37 +1285,133 @@ mod tests {
         let mut hdr = gso_hdr(false, true, 1000);
         hdr.gso_type = VirtioNetHdr::GSO_TCPV6;
         assert_eq!(
-            gso_split(&pkt, &hdr, |l| vec![0; l], sink),
+            gso_split(&pkt, &hdr, TEST_MTU, |l| vec![0; l], sink),
             Err(OffloadError::GsoMismatch)
         );
         hdr.gso_type = VirtioNetHdr::GSO_UDP;
         assert_eq!(
-            gso_split(&pkt, &hdr, |l| vec![0; l], sink),
+            gso_split(&pkt, &hdr, TEST_MTU, |l| vec![0; l], sink),
             Err(OffloadError::UnsupportedGso(3))
         );
         hdr = gso_hdr(false, true, 0);
         assert_eq!(
-            gso_split(&pkt, &hdr, |l| vec![0; l], sink),
+            gso_split(&pkt, &hdr, TEST_MTU, |l| vec![0; l], sink),
             Err(OffloadError::ZeroGsoSize)
         );
         hdr = gso_hdr(false, true, 1000);
         hdr.csum_start = 24;
         assert_eq!(
-            gso_split(&pkt, &hdr, |l| vec![0; l], sink),
+            gso_split(&pkt, &hdr, TEST_MTU, |l| vec![0; l], sink),
             Err(OffloadError::BadChecksumOffset)
         );
         hdr = gso_hdr(false, false, 1000);
         assert_eq!(
-            gso_split(&pkt, &hdr, |l| vec![0; l], sink),
+            gso_split(&pkt, &hdr, TEST_MTU, |l| vec![0; l], sink),
             Err(OffloadError::GsoMismatch)
         );
         hdr = gso_hdr(false, true, 1000);
         for cut in [0, 10, 30, 45] {
             assert_eq!(
-                gso_split(&pkt[..cut], &hdr, |l| vec![0; l], sink),
+                gso_split(&pkt[..cut], &hdr, TEST_MTU, |l| vec![0; l], sink),
                 Err(OffloadError::Truncated)
             );
         }
+    }
+
+    /// Counts the buffers a split asks for, so a refused frame is seen to
+    /// cost none.
+    fn split_cost(
+        pkt: &[u8],
+        hdr: &VirtioNetHdr,
+        mtu: usize,
+    ) -> (Result<usize, OffloadError>, usize) {
+        let mut allocs = 0;
+        let r = gso_split(
+            pkt,
+            hdr,
+            mtu,
+            |l| {
+                allocs += 1;
+                vec![0; l]
+            },
+            |_| {},
+        );
+        (r, allocs)
+    }
+
+    #[test]
+    fn gso_split_drops_a_segment_size_below_the_kernels_tcp_minimum() {
+        for flow in [Flow::v4(1, 2), Flow::v6(1, 2)] {
+            let v6 = flow.src.is_ipv6();
+            let pkt = super_packet(&flow, true, 1, ACK, &pattern(0, 60_000));
+            for gso in [1, 7] {
+                let (r, allocs) = split_cost(&pkt, &gso_hdr(v6, true, gso), TEST_MTU);
+                assert_eq!(r, Err(OffloadError::GsoSizeTooSmall(gso)));
+                assert!(r.unwrap_err().is_forged_gso());
+                assert_eq!(allocs, 0);
+            }
+            // The floor itself is allowed, for as many bytes as it may carry.
+            let small = super_packet(&flow, true, 1, ACK, &pattern(0, 8 * MAX_GSO_SEGMENTS));
+            let hdr = gso_hdr(v6, true, MIN_TCP_GSO_SIZE);
+            assert_eq!(split_cost(&small, &hdr, TEST_MTU).0, Ok(MAX_GSO_SEGMENTS));
+        }
+        // USO has no floor but the segment count: the kernel lets an
+        // application pick any `UDP_SEGMENT` size.
+        let flow = Flow::v4(1, 2);
+        let pkt = super_packet(&flow, false, 0, 0, &pattern(0, 100));
+        assert_eq!(
+            split_cost(&pkt, &gso_hdr(false, false, 1), TEST_MTU).0,
+            Ok(100)
+        );
+    }
+
+    #[test]
+    fn gso_split_drops_more_segments_than_a_kernel_makes() {
+        for (tcp, flow) in [(true, Flow::v4(1, 2)), (false, Flow::v6(1, 2))] {
+            let v6 = flow.src.is_ipv6();
+            let pkt = super_packet(&flow, tcp, 1, ACK, &pattern(0, 65_000));
+            // 65,000 bytes in 100-byte segments: 650 of them.
+            let (r, allocs) = split_cost(&pkt, &gso_hdr(v6, tcp, 100), TEST_MTU);
+            assert_eq!(r, Err(OffloadError::TooManySegments(650)));
+            assert!(r.unwrap_err().is_forged_gso());
+            assert_eq!(allocs, 0);
+            // One segment more than the limit, and exactly the limit.
+            let over = super_packet(&flow, tcp, 1, ACK, &pattern(0, 100 * MAX_GSO_SEGMENTS + 1));
+            assert_eq!(
+                split_cost(&over, &gso_hdr(v6, tcp, 100), TEST_MTU).0,
+                Err(OffloadError::TooManySegments(MAX_GSO_SEGMENTS + 1))
+            );
+            let at = super_packet(&flow, tcp, 1, ACK, &pattern(0, 100 * MAX_GSO_SEGMENTS));
+            assert_eq!(
+                split_cost(&at, &gso_hdr(v6, tcp, 100), TEST_MTU),
+                (Ok(MAX_GSO_SEGMENTS), MAX_GSO_SEGMENTS)
+            );
+        }
+        // A full 64 KiB frame at the smallest MSS every IPv4 host accepts
+        // (536, less 12 bytes of timestamps) stays within the limit.
+        let flow = Flow::v4(1, 2);
+        let pkt = super_packet(&flow, true, 1, ACK, &pattern(0, MAX_PACKET - 52));
+        assert_eq!(
+            split_cost(&pkt, &gso_hdr(false, true, 524), TEST_MTU).0,
+            Ok(125)
+        );
+    }
+
+    #[test]
+    fn gso_split_drops_segments_larger_than_the_mtu() {
+        for (tcp, flow) in [(true, Flow::v4(1, 2)), (false, Flow::v6(1, 2))] {
+            let v6 = flow.src.is_ipv6();
+            let hdrs = if v6 { 40 } else { 20 } + if tcp { 32 } else { 8 };
+            let pkt = super_packet(&flow, tcp, 1, ACK, &pattern(0, 20_000));
+            let fits = (1420 - hdrs) as u16;
+            assert!(split_cost(&pkt, &gso_hdr(v6, tcp, fits), 1420).0.is_ok());
+            let (r, allocs) = split_cost(&pkt, &gso_hdr(v6, tcp, fits + 1), 1420);
+            assert_eq!(r, Err(OffloadError::SegmentTooLarge(1421, 1420)));
+            assert!(r.unwrap_err().is_forged_gso());
+            assert_eq!(allocs, 0);
+        }
+        // A malformed packet is not counted as forged GSO.
+        assert!(!OffloadError::Truncated.is_forged_gso());
     }
 
     #[test]
@@ -1615,7 +1799,7 @@ mod tests {
                 let raw = hdr.encode().map(|b| b ^ (next() as u8 & (next() as u8)));
                 hdr = VirtioNetHdr::decode(&raw).unwrap();
             }
-            let _ = gso_split(&p, &hdr, |len| vec![0; len], |_| {});
+            let _ = gso_split(&p, &hdr, TEST_MTU, |len| vec![0; len], |_| {});
             let _ = complete_checksum(&mut p.clone(), &hdr);
             let mut batch = vec![p.clone(), p.clone(), p];
             let mut gro = Coalescer::new(true);

@@ -40,6 +40,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gotatun::packet::{Ip, Packet, PacketBufPool};
 use gotatun::tun::{IpRecv, IpSend, MtuWatcher};
@@ -284,6 +285,8 @@ struct Inner {
     /// The kernel takes UDP super-packets (`GSO_UDP_L4`) on writes.
     udp_gro: bool,
     gone: watch::Sender<bool>,
+    /// Frames dropped for GSO parameters no kernel TUN produces.
+    forged_gso: AtomicU64,
 }
 
 /// What `recv` reuses from one call to the next.
@@ -292,7 +295,8 @@ struct RxBuf {
     /// the rest of a super-packet lands here after `POOL_BUF` bytes of room,
     /// into which the first part is copied to make it contiguous for splitting.
     spill: Box<[u8]>,
-    /// The packets the last `recv` returned (drained by the caller).
+    /// The packets the last `recv` returned (drained by the caller): one
+    /// read's, at most `offload::MAX_GSO_SEGMENTS`.
     out: Vec<Packet<Ip>>,
 }
 
@@ -300,7 +304,7 @@ impl RxBuf {
     fn new() -> Box<Self> {
         Box::new(Self {
             spill: vec![0; POOL_BUF + offload::MAX_PACKET].into_boxed_slice(),
-            out: Vec::with_capacity(offload::MAX_SEGMENTS),
+            out: Vec::with_capacity(offload::MAX_GSO_SEGMENTS),
         })
     }
 }
@@ -347,6 +351,7 @@ impl TunDevice {
             vnet,
             udp_gro,
             gone: watch::Sender::new(false),
+            forged_gso: AtomicU64::new(0),
         });
         Ok(Self {
             inner,
@@ -361,9 +366,34 @@ impl TunDevice {
         // An error means the sender is gone, which cannot happen while `self` lives.
         let _ = rx.wait_for(|gone| *gone).await;
     }
+
+    /// How many frames from the TUN were dropped because their GSO parameters
+    /// are ones no kernel produces (see [`offload::gso_split`]): someone
+    /// inside the namespace wrote their own `virtio_net_hdr`.
+    pub fn forged_gso_drops(&self) -> u64 {
+        self.inner.forged_gso.load(Ordering::Relaxed)
+    }
 }
 
 impl Inner {
+    /// Log and count a frame `split_read` refused. Forged GSO frames are
+    /// counted and reported at the 1st, 2nd, 4th, 8th, … one, so a flood of
+    /// them cannot flood the log too.
+    fn dropped(&self, e: &offload::OffloadError) {
+        if !e.is_forged_gso() {
+            tracing::debug!("dropping a packet from the TUN: {e}");
+            return;
+        }
+        let n = self.forged_gso.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_power_of_two() {
+            tracing::warn!(
+                "dropping a frame from the TUN that no kernel sends ({e}); {n} so far: something inside the namespace writes its own virtio_net_hdr"
+            );
+        } else {
+            tracing::debug!("dropping a frame from the TUN: {e}");
+        }
+    }
+
     fn check_gone(&self, err: &io::Error) {
         if is_fatal(err) {
             self.gone.send_replace(true);
@@ -482,8 +512,8 @@ impl IpRecv for TunDevice {
             if !inner.vnet {
                 packet.truncate(n);
                 push_ip(&mut rx.out, packet);
-            } else if let Err(e) = split_read(&hdr, n, packet, rx, pool) {
-                tracing::debug!("dropping a packet from the TUN: {e}");
+            } else if let Err(e) = split_read(&hdr, n, packet, rx, pool, inner.mtu) {
+                inner.dropped(&e);
             }
             if !rx.out.is_empty() {
                 return Ok(rx.out.drain(..));
@@ -512,6 +542,7 @@ fn split_read(
     mut packet: Packet<[u8]>,
     rx: &mut RxBuf,
     pool: &PacketBufPool,
+    mtu: u16,
 ) -> Result<(), offload::OffloadError> {
     let hdr = VirtioNetHdr::decode(hdr).ok_or(offload::OffloadError::Truncated)?;
     let len = n
@@ -537,6 +568,7 @@ fn split_read(
     offload::gso_split(
         whole,
         &hdr,
+        usize::from(mtu),
         |len| {
             let mut p = spare.take().unwrap_or_else(|| pool.get());
             if len <= p.len() {
@@ -630,6 +662,55 @@ mod tests {
         assert!(err.to_string().contains(&os), "{err}");
     }
 
+    /// One read of `frame` (header + packet) as `recv` lays it out: the first
+    /// `POOL_BUF` bytes in a pool buffer, the rest in the spill area.
+    fn split_frame(
+        hdr: &VirtioNetHdr,
+        pkt: &[u8],
+        mtu: u16,
+    ) -> (Result<(), offload::OffloadError>, usize) {
+        let pool = PacketBufPool::new(4);
+        let mut rx = RxBuf::new();
+        let mut packet = pool.get();
+        let first = pkt.len().min(POOL_BUF);
+        packet[..first].copy_from_slice(&pkt[..first]);
+        rx.spill[POOL_BUF..POOL_BUF + pkt.len() - first].copy_from_slice(&pkt[first..]);
+        let r = split_read(
+            &hdr.encode(),
+            VNET_HDR_LEN + pkt.len(),
+            packet,
+            &mut rx,
+            &pool,
+            mtu,
+        );
+        (r, rx.out.len())
+    }
+
+    #[test]
+    fn split_read_drops_forged_gso_frames_whole() {
+        use crate::offload::testing::{Flow, pattern};
+        let flow = Flow::v4(1, 2);
+        let pkt = flow.tcp(1, 1, 0, 0x10, 500, &[], &pattern(0, 60_000));
+        let hdr = |gso_size| VirtioNetHdr {
+            flags: VirtioNetHdr::F_NEEDS_CSUM,
+            gso_type: VirtioNetHdr::GSO_TCPV4,
+            hdr_len: 40,
+            gso_size,
+            csum_start: 20,
+            csum_offset: 16,
+        };
+        // As the kernel cuts it for MTU 1420: 44 segments.
+        assert_eq!(split_frame(&hdr(1380), &pkt, 1420), (Ok(()), 44));
+        for (gso_size, mtu) in [(1, 1420), (100, 1420), (1381, 1420), (1380, 1400)] {
+            let (r, out) = split_frame(&hdr(gso_size), &pkt, mtu);
+            assert!(
+                r.is_err_and(|e| e.is_forged_gso()),
+                "gso_size {gso_size}, MTU {mtu}"
+            );
+            assert_eq!(out, 0, "nothing of a dropped frame is passed on");
+        }
+    }
+
     #[test]
     fn ifreq_has_the_kernel_size() {
         assert_eq!(std::mem::size_of::<IfReqFlags>(), 40);
@@ -705,7 +786,8 @@ mod tests {
                     vec![single]
                 } else {
                     let mut out = Vec::new();
-                    offload::gso_split(&pkt, &hdr, |len| vec![0; len], |s| out.push(s))
+                    // The TUN's default MTU.
+                    offload::gso_split(&pkt, &hdr, 1500, |len| vec![0; len], |s| out.push(s))
                         .map_err(|e| format!("gso_split of {hdr:?}: {e}"))?;
                     out
                 };

@@ -27,9 +27,12 @@ impl std::str::FromStr for KeyBytes {
         match s.len() {
             64 => {
                 // Try to parse as hex
-                for i in 0..32 {
-                    internal[i] = u8::from_str_radix(&s[i * 2..=i * 2 + 1], 16)
-                        .map_err(|_| "Illegal character in key")?;
+                // wireguard4netns: by bytes, not `&s[i * 2..=i * 2 + 1]`, which panicked on a
+                // multi-byte character across a pair boundary (found by fuzzing the UAPI
+                // parser); and hex digits only, where `from_str_radix` took a `+` too.
+                for (byte, pair) in internal.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+                    let digit = |c: u8| (c as char).to_digit(16).ok_or("Illegal character in key");
+                    *byte = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
                 }
             }
             43 | 44 => {
@@ -82,6 +85,32 @@ mod tests {
         ] {
             assert_eq!(encoded.parse::<KeyBytes>().unwrap().0, KEY);
         }
+    }
+
+    // wireguard4netns: regression tests for the hex parser's panic and its `+`.
+    #[test]
+    fn parse_hex_keys_and_reject_anything_else() {
+        let hex: String = KEY.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex.parse::<KeyBytes>().unwrap().0, KEY);
+        assert_eq!(hex.to_uppercase().parse::<KeyBytes>().unwrap().0, KEY);
+        // 64 bytes with a two-byte character straddling a pair: used to panic.
+        let straddling = format!("{}\u{e9}{}", "a".repeat(61), "a");
+        assert_eq!(straddling.len(), 64);
+        assert!(straddling.parse::<KeyBytes>().is_err());
+        for invalid in ["+f".repeat(32), "0g".repeat(32), " 0".repeat(32)] {
+            assert!(invalid.parse::<KeyBytes>().is_err(), "{invalid}");
+        }
+    }
+
+    // wireguard4netns: the input our UAPI fuzz target found the panic with (minimized).
+    #[cfg(feature = "device")]
+    #[test]
+    fn uapi_request_with_a_multibyte_character_in_a_hex_key_is_an_error() {
+        use crate::device::uapi::command::Request;
+        use std::str::FromStr;
+        let input = b"set=1\nprivate_key=abababababababababababababababababababababababababab\x00\xca\x9a;abababaa";
+        let text = std::str::from_utf8(input).unwrap();
+        assert!(Request::from_str(text).is_err());
     }
 
     #[test]

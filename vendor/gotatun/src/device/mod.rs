@@ -72,6 +72,10 @@ const MAX_PACKET_BUFS: usize = 256;
 // them to the TUN at once (a 64 KiB GRO datagram holds ~44 packets).
 const MAX_TUN_BATCH: usize = 64;
 
+// wireguard4netns: most encrypted packets `handle_outgoing` holds before queueing them for the
+// UDP socket (a 64 KiB TCP super-packet of 1420-byte segments is ~46).
+const MAX_UDP_BATCH: usize = 64;
+
 /// Error of [`Device`]-related operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -863,8 +867,9 @@ impl<T: DeviceTransports> DeviceState<T> {
 
         // wireguard4netns: a batch from the TUN is encrypted first and then queued for the UDP
         // socket together, so its send task finds the whole run of packets (UDP GSO) instead
-        // of waking for the first one.
-        let mut to_udp = Vec::new();
+        // of waking for the first one. At most MAX_UDP_BATCH wait here: a longer batch is
+        // queued in pieces, so no `recv` result, however long, grows this vector.
+        let mut to_udp = Vec::with_capacity(MAX_UDP_BATCH);
         loop {
             to_udp.clear();
             let packets = match tun_rx.recv(&mut packet_pool).await {
@@ -942,11 +947,21 @@ impl<T: DeviceTransports> DeviceState<T> {
                 drop(device_guard);
 
                 to_udp.push((packet, peer_addr));
-            }
-            for (packet, peer_addr) in to_udp.drain(..) {
-                if udp.send_to(packet, peer_addr).await.is_err() {
-                    break;
+                // wireguard4netns: bounded (see above).
+                if to_udp.len() == MAX_UDP_BATCH {
+                    Self::queue_for_udp(&udp, &mut to_udp).await;
                 }
+            }
+            Self::queue_for_udp(&udp, &mut to_udp).await;
+        }
+    }
+
+    // wireguard4netns: hands `to_udp` to the (bounded) UDP send queue; a closed queue drops
+    // the rest, as before.
+    async fn queue_for_udp(udp: &impl UdpSend, to_udp: &mut Vec<(Packet, std::net::SocketAddr)>) {
+        for (packet, peer_addr) in to_udp.drain(..) {
+            if udp.send_to(packet, peer_addr).await.is_err() {
+                break;
             }
         }
     }
