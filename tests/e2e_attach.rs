@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -841,5 +842,80 @@ sys.stdin.read(1)
         "RSS grew: {before} -> {during} -> {after} KiB"
     );
     s.expect_ping(s.peer_v4(), 1);
+    fg.signal(Signal::SIGTERM);
+}
+
+/// The target's root shares the owner's uid and filesystem, so it can remove
+/// the tunnel's socket and listen at its path itself. The owner's `set` (which
+/// here would carry a new private key) and `show` then refuse to talk to it:
+/// the listening process lives inside, and the fake server receives nothing.
+#[test]
+fn target_posing_as_the_socket_gets_no_request() {
+    let Some(id) = require_root_env("target_posing_as_the_socket_gets_no_request") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    // Replace the socket from inside, then print what each connection sends.
+    let fake = r#"
+import os, socket, sys
+path = sys.argv[1]
+os.unlink(path)
+s = socket.socket(socket.AF_UNIX)
+s.bind(path)
+s.listen(8)
+print("ready", flush=True)
+s.settimeout(20)
+for _ in range(2):
+    try:
+        c, _ = s.accept()
+    except OSError:
+        break
+    c.settimeout(5)
+    try:
+        print("got %r" % c.recv(4096), flush=True)
+    except OSError:
+        print("got b''", flush=True)
+"#;
+    let socket = s.socket().display().to_string();
+    let mut child = s
+        .target
+        .cmd(PYTHON, ["-c", fake, &socket])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the fake server");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut server = Process::new(child);
+    let mut out = std::io::BufReader::new(stdout);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).expect("read the fake's ready");
+    assert_eq!(line, "ready\n", "the fake server did not start");
+
+    let key = s.dir.write("new.key", &KeyPair::generate().private, 0o600);
+    let mut set = as_user(binary(), ["set", "--tmpdir"]);
+    set.arg(s.dir.path())
+        .args([s.ifname.as_str(), "private-key"])
+        .arg(&key);
+    let mut show = as_user(binary(), ["show", "--tmpdir"]);
+    show.arg(s.dir.path()).args([&s.ifname, "private-key"]);
+    for (what, mut c) in [("set", set), ("show", show)] {
+        let refused = run(&mut c);
+        let err = text(&refused.stderr);
+        assert!(
+            !refused.status.success() && err.contains("runs inside a tunnel's namespaces"),
+            "{what} talked to the fake socket: {:?}\n{err}",
+            refused.status
+        );
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).expect("read the fake's output");
+    assert_eq!(
+        rest, "got b''\ngot b''\n",
+        "the fake server received a request"
+    );
+    server.wait_exit(Duration::from_secs(10));
     fg.signal(Signal::SIGTERM);
 }

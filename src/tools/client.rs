@@ -16,13 +16,25 @@
 //! with [`ClientError::ForeignSocket`]: whoever placed it could read the
 //! keys `set` sends or answer `show` with a forged configuration.
 //!
+//! Our own uid is not enough either: the attach target's root (and `run
+//! --map-root`'s command) *is* our uid, shares our filesystem, and could put
+//! a socket of its own at the path. So the listening process is placed the
+//! way the server places its clients ([`crate::peer`], `SO_PEERPIDFD` on the
+//! connected socket names the process that called `listen`): one inside a
+//! user namespace nested in ours is refused ([`ClientError::InsideServer`]),
+//! and so is a socket whose listening process has exited, since where it ran
+//! can no longer be checked ([`ClientError::ServerGone`]). We can inspect
+//! every process nested in our user namespace (we own those namespaces), so
+//! an uninspectable server, such as our non-dumpable engine, is not one of
+//! them.
+//!
 //! `connect(2)` on a unix stream socket blocks only while the listener's
 //! backlog is full; done non-blocking it fails with `EAGAIN` then, and we
 //! retry until the deadline.
 
 use std::fs;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -32,6 +44,7 @@ use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::proto::{self, Device, ProtoError, SetRequest};
+use crate::peer::{self, Relation, UserNs};
 use crate::uapi::socket_path;
 
 /// How long connecting, and then each read or write, may take.
@@ -86,6 +99,24 @@ pub enum ClientError {
         what: &'static str,
         uid: u32,
         euid: u32,
+    },
+
+    #[error(
+        "{} is served by process {pid}, which runs inside a tunnel's namespaces, not by a tunnel; refusing to talk to it, a request may carry keys (hint: a program in the namespace replaced the socket: stop the tunnel, and start it again with a --tmpdir the namespace cannot reach)",
+        path.display()
+    )]
+    InsideServer { path: PathBuf, pid: i32 },
+
+    #[error(
+        "{} is served by a socket whose creator has exited, so where it runs cannot be checked; refusing to talk to it, a request may carry keys (hint: wireguard-go started without -f does this; use wg for it)",
+        path.display()
+    )]
+    ServerGone { path: PathBuf },
+
+    #[error("cannot check who serves {}: {error}", path.display())]
+    CheckServer {
+        path: PathBuf,
+        error: crate::peer::PeerError,
     },
 
     #[error(
@@ -265,6 +296,7 @@ fn exchange(dir: &Path, ifname: &str, request: &str) -> Result<(PathBuf, String)
         }
     })?;
     trusted(&path, "is served by a process of", server.uid())?;
+    outside_server(&path, &stream)?;
     let answer = talk(stream, request).map_err(|e| match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             ClientError::Timeout { path: path.clone() }
@@ -293,6 +325,27 @@ fn trusted(path: &Path, what: &'static str, uid: u32) -> Result<(), ClientError>
         uid,
         euid,
     })
+}
+
+/// The process listening at the other end of `stream` must not live inside
+/// a user namespace nested in ours (see the module documentation).
+fn outside_server(path: &Path, stream: &UnixStream) -> Result<(), ClientError> {
+    let check_err = |error| ClientError::CheckServer {
+        path: path.to_owned(),
+        error,
+    };
+    let ours = UserNs::current().map_err(check_err)?;
+    let server = peer::inspect(stream.as_fd(), ours).map_err(check_err)?;
+    match server.relation {
+        Relation::Same | Relation::Outside | Relation::Uninspectable => Ok(()),
+        Relation::Inside => Err(ClientError::InsideServer {
+            path: path.to_owned(),
+            pid: server.pid,
+        }),
+        Relation::Gone => Err(ClientError::ServerGone {
+            path: path.to_owned(),
+        }),
+    }
 }
 
 /// A connected, blocking stream; `ETIMEDOUT` when the backlog stays full
@@ -485,6 +538,47 @@ mod tests {
             "{err}"
         );
         // The server got a connection and nothing on it.
+        let mut got = String::new();
+        out.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "b''");
+        server.wait().unwrap();
+    }
+
+    /// What the attach target's root could do: put a listener of its own
+    /// (same uid, same filesystem) at the socket path. The client places the
+    /// listening process and sends it nothing.
+    #[test]
+    fn a_server_inside_a_nested_user_namespace_gets_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("wg0.sock");
+        let script = "import socket,sys\n\
+                      s=socket.socket(socket.AF_UNIX)\n\
+                      s.bind(sys.argv[1]); s.listen(8)\n\
+                      print('ready', flush=True)\n\
+                      c,_=s.accept(); sys.stdout.write(repr(c.recv(100))); sys.stdout.flush()\n";
+        let mut server = std::process::Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "/usr/bin/python3",
+                "-c",
+                script,
+            ])
+            .arg(&path)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("unshare and python3 (apt install util-linux python3)");
+        let mut out = server.stdout.take().unwrap();
+        let mut ready = [0u8; 6];
+        out.read_exact(&mut ready).unwrap();
+        assert_eq!(&ready, b"ready\n");
+        let err = set(tmp.path(), "wg0", &SetRequest::default()).unwrap_err();
+        assert!(matches!(err, ClientError::InsideServer { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("runs inside a tunnel's namespaces"),
+            "{err}"
+        );
         let mut got = String::new();
         out.read_to_string(&mut got).unwrap();
         assert_eq!(got, "b''");
