@@ -99,6 +99,9 @@ struct ChildPlan<'a> {
     resolv: Option<&'a Path>,
     /// Hidden from the command under an empty read-only tmpfs.
     socket_dir: &'a Path,
+    /// The config file (holding the private key), hidden from the command
+    /// under an empty file; `None` when it is not a regular file (a pipe).
+    config_file: Option<PathBuf>,
     map_root: bool,
     uid: Uid,
     gid: Gid,
@@ -137,6 +140,7 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
     }
 
     let dir = args.tmpdir.clone().unwrap_or_else(uapi::default_dir);
+    refuse_cwd_in(&dir)?;
     let socket = UapiSocket::bind(&dir, &ifname)?;
     let resolv_path = match resolv_conf(&config) {
         Some(text) => Some(write_private_file(
@@ -163,6 +167,9 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         routes: routes(&config),
         resolv: resolv_path.as_deref(),
         socket_dir: &dir,
+        config_file: fs::canonicalize(&args.config)
+            .ok()
+            .filter(|path| path.is_file()),
         map_root: args.map_root,
         uid: getuid(),
         gid: getgid(),
@@ -511,7 +518,51 @@ fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
         })?;
     }
     hide_socket_dir(plan.socket_dir)?;
+    if let Some(config) = &plan.config_file {
+        hide_config(config)?;
+    }
     Ok(fd)
+}
+
+/// The command must not start inside the socket directory: a working
+/// directory refers to the directory itself, not its path, so the tmpfs that
+/// hides the directory's path would not hide it from `.`.
+fn refuse_cwd_in(socket_dir: &Path) -> anyhow::Result<()> {
+    let (Ok(dir), Ok(cwd)) = (fs::canonicalize(socket_dir), std::env::current_dir()) else {
+        // A directory that does not exist yet cannot hold the working one.
+        return Ok(());
+    };
+    if cwd.starts_with(&dir) {
+        bail!(
+            "the working directory {} is inside the socket directory {}, which the command must not see; run from elsewhere or pick another --tmpdir",
+            cwd.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// An empty file (`/dev/null`) over the config file: it holds the private
+/// key, and the command runs as the caller. Skipped when the socket
+/// directory's tmpfs already hides it.
+fn hide_config(config: &Path) -> Result<(), String> {
+    if !config.exists() {
+        return Ok(());
+    }
+    mount(
+        Some("/dev/null"),
+        config,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        format!(
+            "cannot hide the config file {} from the command: {}",
+            config.display(),
+            e.desc()
+        )
+    })
 }
 
 /// An empty read-only tmpfs over the socket directory (after the

@@ -838,3 +838,56 @@ fn run_command_is_refused_by_the_socket() {
         w.assert_nothing_left(&format!("{flags:?}"));
     }
 }
+
+/// The config file holds the private key and the command runs as the caller:
+/// `run` mounts an empty file over it, so the command reads nothing there
+/// (default and `--map-root`). And a command may not start inside the socket
+/// directory, where its working directory would reach past the tmpfs that
+/// hides it: that is refused in one line, before anything starts.
+#[test]
+fn run_command_cannot_read_the_config_or_start_in_the_socket_dir() {
+    let Some(id) =
+        require_root_env("run_command_cannot_read_the_config_or_start_in_the_socket_dir")
+    else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    let config = w.dir.path().join("wg0.conf");
+    for flags in [&[][..], &["--map-root"][..]] {
+        let script = format!(
+            "printf 'bytes:%s\\n' \"$(wc -c < {config})\"; grep -c PrivateKey {config}; exit 0",
+            config = config.display()
+        );
+        let out = w.sh(flags, &script, QUICK_TIMEOUT);
+        let (code, stdout, stderr) = code_of(&script, &out);
+        assert_eq!(code, 0, "{flags:?}\n{stdout}\n{stderr}");
+        assert_eq!(
+            stdout, "bytes:0\n0\n",
+            "{flags:?}: the command read the config file\n{stderr}"
+        );
+        w.assert_nothing_left(&format!("config hidden {flags:?}"));
+    }
+    // The host's file is untouched.
+    let host = fs::read_to_string(&config).expect("read the config");
+    assert!(host.contains("PrivateKey"), "{host}");
+
+    let sock_dir = w.sock_dir();
+    fs::create_dir_all(&sock_dir).expect("mkdir the socket dir");
+    std::os::unix::fs::chown(&sock_dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    fs::set_permissions(
+        &sock_dir,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .expect("chmod");
+    let mut c = w.command(&[], ["true"]);
+    c.current_dir(&sock_dir);
+    let out = run_timeout(&mut c, None, QUICK_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (code, _, stderr) = code_of("run in the socket dir", &out);
+    assert_eq!(code, 1, "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("is inside the socket directory"),
+        "{stderr}"
+    );
+    w.assert_nothing_left("run in the socket dir");
+}
