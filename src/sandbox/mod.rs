@@ -158,10 +158,22 @@ impl Sandbox {
         if !self.enabled {
             return Ok(());
         }
+        quiet_panics();
         seccomp::install()?;
         tracing::debug!("seccomp filter installed on every thread");
         Ok(())
     }
+}
+
+/// Report a panic in one line, without a backtrace. The default hook, with
+/// `RUST_BACKTRACE` set, opens files to symbolize the backtrace, which the
+/// seccomp list does not allow: a panic that tokio would have contained in
+/// its task (a UAPI connection, say) would kill the engine with SIGSYS.
+pub fn quiet_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "wireguard4netns: internal error: {info}");
+    }));
 }
 
 /// `prctl(PR_SET_NO_NEW_PRIVS, 1)`, for this thread and those it starts.

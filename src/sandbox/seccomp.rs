@@ -405,6 +405,25 @@ mod tests {
         }
     }
 
+    /// A contained panic under the filter stays contained, also when
+    /// `RUST_BACKTRACE` asks for a backtrace (which the default hook would
+    /// symbolize by opening files).
+    #[test]
+    fn a_caught_panic_under_the_filter_is_survived() {
+        let status = in_child(|| {
+            // SAFETY: the forked child is single-threaded, so nothing reads
+            // the environment while it changes.
+            unsafe { std::env::set_var("RUST_BACKTRACE", "full") };
+            super::super::quiet_panics();
+            if install().is_err() {
+                return 2;
+            }
+            let caught = std::panic::catch_unwind(|| panic!("a bug in a task"));
+            if caught.is_err() { 0 } else { 3 }
+        });
+        assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
+    }
+
     #[test]
     fn calls_on_the_list_still_work() {
         let status = in_child(|| {
