@@ -186,7 +186,8 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         ForkResult::Parent { child } => child,
     };
     drop(theirs);
-    let sandbox = Sandbox::new(!args.no_sandbox, &dir, &config);
+    let sandbox =
+        Sandbox::new(!args.no_sandbox, &dir, &config).signalling(child.as_raw().unsigned_abs());
     let result = parent_main(&plan, &ours, child, &socket, &endpoints, ready_fd, &sandbox);
     drop(socket);
     drop(resolv_guard);

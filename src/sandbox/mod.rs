@@ -115,6 +115,8 @@ pub struct Sandbox {
     enabled: bool,
     socket_dir: PathBuf,
     keep: caps::Keep,
+    /// The one process the running engine may signal: `run`'s command.
+    signal_target: Option<u32>,
 }
 
 impl Sandbox {
@@ -129,7 +131,15 @@ impl Sandbox {
                 net_admin: iface.fwmark.is_some(),
                 net_bind_service: iface.listen_port.is_some_and(|p| p != 0 && p < 1024),
             },
+            signal_target: None,
         }
+    }
+
+    /// The running engine may signal `pid` (`run`'s command, to forward
+    /// signals to it), and no other process.
+    pub fn signalling(mut self, pid: u32) -> Self {
+        self.signal_target = Some(pid);
+        self
     }
 
     /// Step 1: `no_new_privs`, capabilities, Landlock. Call while the process
@@ -159,7 +169,7 @@ impl Sandbox {
             return Ok(());
         }
         quiet_panics();
-        seccomp::install()?;
+        seccomp::install(self.signal_target)?;
         tracing::debug!("seccomp filter installed on every thread");
         Ok(())
     }

@@ -21,7 +21,8 @@
 //! `socket` to unix/IPv4/IPv6 (no `AF_PACKET`, no netlink), `ioctl` to the
 //! request numbers in use, `fcntl` to flag and duplicate commands, `openat`
 //! to read-only, `mmap`/`mprotect` to never executable, `clone` to threads,
-//! `prctl` to naming a thread, `kill` to the signals `run` forwards.
+//! `prctl` to naming a thread, `kill` to `run`'s command and the signals it
+//! forwards (none in the attach form).
 //! `clone3` passes its flags in memory, out of a filter's reach, so a second,
 //! tiny filter answers it `ENOSYS`, and glibc falls back to `clone`.
 
@@ -203,24 +204,12 @@ pub const GROUPS: &[Group] = &[
     Group {
         why: "stopping: remove our socket, lock and resolv.conf files \
               (lstat, unlink), dismiss and reap the janitor, and in `run` \
-              forward SIGINT/SIGTERM/SIGHUP (or SIGTERM, SIGKILL) to the \
-              command, check its process group and session, and reap it",
+              check the command's process group and session (to forward \
+              signals, see SIGNALS) and reap it",
         calls: &[
             (libc::SYS_unlinkat, Any),
             (libc::SYS_wait4, Any),
             (libc::SYS_waitid, Any),
-            (
-                libc::SYS_kill,
-                OneOf(
-                    1,
-                    &[
-                        libc::SIGINT as u64,
-                        libc::SIGTERM as u64,
-                        libc::SIGHUP as u64,
-                        libc::SIGKILL as u64,
-                    ],
-                ),
-            ),
             (libc::SYS_getpgid, Any),
             (libc::SYS_getsid, Any),
         ],
@@ -253,9 +242,16 @@ const ARCH: TargetArch = TargetArch::x86_64;
 #[cfg(target_arch = "aarch64")]
 const ARCH: TargetArch = TargetArch::aarch64;
 
-/// Number of distinct system calls on the list.
+/// The signals `run` forwards to its command (SIGINT, SIGTERM, SIGHUP) or
+/// stops it with (SIGKILL). `kill` is allowed only with these and only to the
+/// command's PID ([`install`]'s `signal_target`); the attach form sends no
+/// signal, so it gets no `kill` at all. A root engine without this
+/// restriction could `kill(-1, SIGKILL)` every root process.
+const SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGKILL];
+
+/// Number of distinct system calls on the list (with `kill`, as for `run`).
 pub fn allowed_count() -> usize {
-    rules().map(|r| r.len()).unwrap_or(0)
+    rules(Some(1)).map(|r| r.len()).unwrap_or(0)
 }
 
 fn condition(
@@ -287,9 +283,24 @@ fn rule_chain(args: Args) -> Result<Vec<SeccompRule>, seccompiler::BackendError>
     }
 }
 
-/// Every group merged by call number. A call listed unrestricted anywhere
-/// stays unrestricted.
-fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
+/// `kill(pid, one of SIGNALS)`.
+fn kill_rules(pid: u32) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    SIGNALS
+        .iter()
+        .map(|&signal| {
+            SeccompRule::new(vec![
+                condition(0, SeccompCmpOp::Eq, u64::from(pid))?,
+                condition(1, SeccompCmpOp::Eq, signal as u64)?,
+            ])
+        })
+        .collect()
+}
+
+/// Every group merged by call number, plus `kill` to `signal_target`. A
+/// call listed unrestricted anywhere stays unrestricted.
+fn rules(
+    signal_target: Option<u32>,
+) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut map: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for (nr, args) in groups().flat_map(|g| g.calls.iter()) {
         let chain = rule_chain(*args)?;
@@ -300,16 +311,20 @@ fn rules() -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError>
             (None, false) => {}
         }
     }
-    Ok(map
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = map
         .into_iter()
         .map(|(nr, rules)| (nr, rules.unwrap_or_default()))
-        .collect())
+        .collect();
+    if let Some(pid) = signal_target {
+        rules.insert(libc::SYS_kill, kill_rules(pid)?);
+    }
+    Ok(rules)
 }
 
-/// The allow-list, compiled.
-pub fn allow_list() -> Result<BpfProgram, SandboxError> {
+/// The allow-list, compiled; `kill` only to `signal_target`.
+pub fn allow_list(signal_target: Option<u32>) -> Result<BpfProgram, SandboxError> {
     let filter = SeccompFilter::new(
-        rules().map_err(SandboxError::SeccompBuild)?,
+        rules(signal_target).map_err(SandboxError::SeccompBuild)?,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
         ARCH,
@@ -332,10 +347,11 @@ pub fn clone3_enosys() -> Result<BpfProgram, SandboxError> {
     filter.try_into().map_err(SandboxError::SeccompBuild)
 }
 
-/// Install both filters on every thread of the process.
-pub fn install() -> Result<(), SandboxError> {
+/// Install both filters on every thread of the process. `signal_target`:
+/// the one process the engine may signal (`run`'s command), if any.
+pub fn install(signal_target: Option<u32>) -> Result<(), SandboxError> {
     let clone3 = clone3_enosys()?;
-    let list = allow_list()?;
+    let list = allow_list(signal_target)?;
     // The allow-list last: it does not allow `seccomp` itself.
     seccompiler::apply_filter_all_threads(&clone3).map_err(SandboxError::SeccompInstall)?;
     seccompiler::apply_filter_all_threads(&list).map_err(SandboxError::SeccompInstall)?;
@@ -351,8 +367,9 @@ mod tests {
 
     #[test]
     fn the_list_compiles_and_has_no_call_twice_by_accident() {
-        assert!(allow_list().is_ok());
-        let listed: usize = groups().map(|g| g.calls.len()).sum();
+        assert!(allow_list(None).is_ok());
+        // `kill` is added for `run`'s command.
+        let listed: usize = groups().map(|g| g.calls.len()).sum::<usize>() + 1;
         // ioctl and friends appear once each; only restricted entries may
         // repeat, and none do today.
         assert_eq!(allowed_count(), listed);
@@ -395,7 +412,7 @@ mod tests {
         ];
         for (name, call) in refused {
             let status = in_child(|| {
-                if install().is_err() {
+                if install(None).is_err() {
                     return 2;
                 }
                 call();
@@ -403,6 +420,58 @@ mod tests {
             });
             assert!(killed_by_sigsys(status), "{name}: {status:?}");
         }
+    }
+
+    /// `kill` reaches the one process named at install, with the signals
+    /// `run` forwards, and nothing else; without a target there is no `kill`.
+    #[test]
+    fn kill_reaches_only_the_command() {
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .spawn()
+                .expect("spawn sleep")
+        };
+        let (mut target, mut other) = (spawn(), spawn());
+        let (target_pid, other_pid) = (target.id(), other.id());
+        let signal = |pid: u32, sig: Signal| {
+            let pid = nix::unistd::Pid::from_raw(pid.cast_signed());
+            nix::sys::signal::kill(pid, sig)
+        };
+        // Allowed: the target, with a forwarded signal.
+        let allowed = in_child(|| {
+            if install(Some(target_pid)).is_err() {
+                return 2;
+            }
+            if signal(target_pid, Signal::SIGTERM).is_ok() {
+                0
+            } else {
+                3
+            }
+        });
+        assert!(matches!(allowed, WaitStatus::Exited(_, 0)), "{allowed:?}");
+        // Refused: another process, another signal, or any kill without a target.
+        for (target, pid, sig) in [
+            (Some(target_pid), other_pid, Signal::SIGTERM),
+            (Some(target_pid), target_pid, Signal::SIGSTOP),
+            (None, other_pid, Signal::SIGTERM),
+        ] {
+            let status = in_child(|| {
+                if install(target).is_err() {
+                    return 2;
+                }
+                let _ = signal(pid, sig);
+                3
+            });
+            assert!(
+                killed_by_sigsys(status),
+                "kill({pid}, {sig}) with target {target:?}: {status:?}"
+            );
+        }
+        let _ = other.kill();
+        let _ = target.kill();
+        let _ = (target.wait(), other.wait());
+        assert!(other_pid != target_pid);
     }
 
     /// A contained panic under the filter stays contained, also when
@@ -415,7 +484,7 @@ mod tests {
             // the environment while it changes.
             unsafe { std::env::set_var("RUST_BACKTRACE", "full") };
             super::super::quiet_panics();
-            if install().is_err() {
+            if install(None).is_err() {
                 return 2;
             }
             let caught = std::panic::catch_unwind(|| panic!("a bug in a task"));
@@ -427,7 +496,7 @@ mod tests {
     #[test]
     fn calls_on_the_list_still_work() {
         let status = in_child(|| {
-            if install().is_err() {
+            if install(None).is_err() {
                 return 2;
             }
             // The allowed socket families, lstat of a file, random bytes, a
@@ -455,7 +524,7 @@ mod tests {
             let Ok(after) = std::fs::File::open("/proc/self/status") else {
                 return 4;
             };
-            if install().is_err() {
+            if install(None).is_err() {
                 return 2;
             }
             match (before, filters_in(after)) {
