@@ -522,6 +522,10 @@ fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
     if let Some(config) = &plan.config_file {
         hide_config(config)?;
     }
+    // The command, and all it starts, may signal only each other: not the
+    // engine, its janitor or its peer-check process, which share its uid.
+    crate::sandbox::landlock::scope_signals()
+        .map_err(|e| format!("cannot keep the command from signalling the engine: {e}"))?;
     Ok(fd)
 }
 

@@ -891,3 +891,49 @@ fn run_command_cannot_read_the_config_or_start_in_the_socket_dir() {
     );
     w.assert_nothing_left("run in the socket dir");
 }
+
+/// The command runs as the caller's uid, which alone would let it stop or
+/// kill the engine, its janitor and its peer-check process; it may signal
+/// only what it started itself (default and `--map-root`).
+#[test]
+fn run_command_cannot_signal_the_engine_or_its_helpers() {
+    let Some(id) = require_root_env("run_command_cannot_signal_the_engine_or_its_helpers") else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    // Every process whose parent is the engine, and the engine itself; each
+    // `kill` must fail. Then one of its own children, which must work.
+    let script = r#"
+engine=$PPID
+targets=$engine
+for stat in /proc/[0-9]*/stat; do
+    set -- $(cat "$stat" 2>/dev/null)
+    [ "${4:-}" = "$engine" ] && [ "$1" != "$$" ] && targets="$targets $1"
+done
+for pid in $targets; do
+    if kill -STOP "$pid" 2>/dev/null || kill -0 "$pid" 2>/dev/null; then
+        echo "signalled $pid"
+    else
+        echo "refused $pid"
+    fi
+done
+sleep 30 & child=$!
+kill -TERM "$child" && wait "$child"; echo "own child: $?"
+"#;
+    for flags in [&[][..], &["--map-root"][..]] {
+        let out = w.sh(flags, script, QUICK_TIMEOUT);
+        let (code, stdout, stderr) = code_of(script, &out);
+        assert_eq!(code, 0, "{flags:?}\n{stdout}\n{stderr}");
+        assert!(
+            !stdout.contains("signalled"),
+            "{flags:?}: the command signalled the engine or a helper:\n{stdout}"
+        );
+        // The engine, its janitor and its peer-check process.
+        assert!(
+            stdout.matches("refused").count() >= 3,
+            "{flags:?}: expected at least three processes to try:\n{stdout}"
+        );
+        assert!(stdout.contains("own child: 143"), "{flags:?}:\n{stdout}");
+        w.assert_nothing_left(&format!("signals {flags:?}"));
+    }
+}

@@ -75,6 +75,23 @@ pub fn apply(socket_dir: &Path) -> Result<RestrictionStatus, RulesetError> {
         .restrict_self()
 }
 
+/// Keep the calling process and everything it starts from signalling any
+/// process outside them (`LANDLOCK_SCOPE_SIGNAL`, Linux 6.12), touching
+/// nothing else: for `run`'s command, which runs as the caller's uid and
+/// could otherwise stop or kill the engine, the janitor and the peer-check
+/// process (and any other process of the caller). Signals *to* the command
+/// (forwarded ones, a terminal's) and the kernel's own (`SIGCHLD`, the
+/// parent-death signal) are not affected. Returns whether the kernel
+/// enforces it; an older kernel leaves the command as it was.
+pub fn scope_signals() -> Result<bool, RulesetError> {
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .scope(Scope::Signal)?
+        .create()?
+        .restrict_self()?;
+    Ok(status.ruleset != RulesetStatus::NotEnforced)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::in_child;
