@@ -30,8 +30,10 @@
 //!    - Landlock ([`landlock`]), where the kernel has it: the filesystem
 //!      shrinks to removing files in the socket directory (our socket, lock
 //!      and `run`'s resolv.conf at exit; `lstat` is not an access Landlock
-//!      governs) and reading `/proc` (the UAPI peer check reads
-//!      `/proc/PID/ns/user` and `/proc/PID/stat` of a connecting client).
+//!      governs), nothing else. Landlock also confines ptrace-mode access to
+//!      processes inside the domain, which would blind the UAPI peer check,
+//!      so that check moves into a process forked just before
+//!      ([`crate::inspector`]; [`Sandbox::before_threads`] returns it).
 //!      Every other open, create, rename, link, truncate and device ioctl
 //!      through a path is refused, and so is every TCP bind and connect (the
 //!      engine speaks UDP only). Best effort: each kernel enforces what its

@@ -11,16 +11,17 @@
 //! removed, rekey, every way of stopping, `run`'s signal forwarding and
 //! reaping) run under `strace -f -ff -ttt`, and every call an engine process
 //! made, on any thread, from the moment it logged the tunnel up (`run`: sent
-//! "go") to its exit. Added to that, and marked so: the calls the UAPI peer
-//! check makes per connection, and what glibc and std need to start a thread
-//! (tokio starts blocking-pool threads on demand). Numbers come from `libc`
+//! "go") to its exit. Added to that: what glibc and std need to start a
+//! thread (tokio starts blocking-pool threads on demand). The UAPI peer
+//! check's own calls are not here: it runs in the inspector process
+//! ([`crate::inspector`]), which the engine reaches with `sendmsg`/`recvmsg`. Numbers come from `libc`
 //! for the architecture being built; where x86_64 has a legacy call that
 //! aarch64 lacks, both spellings are listed.
 //!
 //! Arguments are restricted where that is cheap and closes something real:
 //! `socket` to unix/IPv4/IPv6 (no `AF_PACKET`, no netlink), `ioctl` to the
-//! request numbers in use, `fcntl` to flag and duplicate commands, `openat`
-//! to read-only, `mmap`/`mprotect` to never executable, `clone` to threads,
+//! request numbers in use, `fcntl` to flag and duplicate commands, no `open`
+//! at all, `mmap`/`mprotect` to never executable, `clone` to threads,
 //! `prctl` to naming a thread, `kill` to `run`'s command and the signals it
 //! forwards (none in the attach form).
 //! `clone3` passes its flags in memory, out of a filter's reach, so a second,
