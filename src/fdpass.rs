@@ -134,6 +134,12 @@ impl AsFd for Channel {
     }
 }
 
+impl AsRawFd for Channel {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
 impl From<Channel> for OwnedFd {
     fn from(channel: Channel) -> OwnedFd {
         channel.fd

@@ -26,11 +26,11 @@
 //!   compromised engine gains nothing by talking to it that it could not do
 //!   before it confined itself (it can only ask about sockets it holds).
 //!
-//! The engine waits for the answer with a receive timeout
-//! ([`ANSWER_TIMEOUT`]): the check is a handful of system calls, and a
-//! client must never hold the accept loop. A late answer is recognised by
-//! its sequence number and skipped. If the inspector is gone, every client
-//! is refused (fail closed) and the error says why.
+//! The engine waits for the answer without blocking a runtime thread, at
+//! most [`ANSWER_TIMEOUT`]: the check is a handful of system calls, and a
+//! stopped inspector must not hold the accept loop for long. A late answer
+//! is recognised by its sequence number and skipped. If the inspector is
+//! gone, every client is refused (fail closed) and the error says why.
 //!
 //! An engine started with `--no-sandbox` inspects its clients itself
 //! ([`PeerCheck::InProcess`]).
@@ -41,10 +41,10 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::signal::Signal;
-use nix::sys::socket::{setsockopt, sockopt};
-use nix::sys::time::TimeVal;
 use nix::unistd::{ForkResult, Pid, getppid};
+use tokio::io::unix::AsyncFd;
 
 use crate::fdpass::{self, Channel};
 use crate::lifecycle;
@@ -86,15 +86,16 @@ impl PeerCheck {
         Inspector::spawn().map(Self::Delegated)
     }
 
-    /// Who is at the other end of the connected unix socket `sock`.
+    /// Who is at the other end of the connected unix socket `sock`. Needs
+    /// a tokio runtime (for the inspector's answer).
     ///
     /// # Errors
     ///
     /// [`PeerError`] when the client could not be placed: the caller refuses it.
-    pub fn inspect(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
+    pub async fn inspect(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
         match self {
             Self::InProcess(ours) => peer::inspect(sock, *ours),
-            Self::Delegated(inspector) => inspector.ask(sock),
+            Self::Delegated(inspector) => inspector.ask(sock).await,
         }
     }
 }
@@ -102,7 +103,10 @@ impl PeerCheck {
 /// The engine's side of the inspector process.
 #[derive(Debug)]
 pub struct Inspector {
-    channel: Channel,
+    /// The channel, non-blocking; registered with the runtime at the first
+    /// question (the inspector is forked before the runtime exists).
+    channel: Option<Channel>,
+    registered: Option<AsyncFd<Channel>>,
     pid: Pid,
     seq: u32,
 }
@@ -118,14 +122,10 @@ impl Inspector {
             }
             ForkResult::Parent { child } => {
                 drop(theirs);
-                let timeout = TimeVal::new(
-                    i64::try_from(ANSWER_TIMEOUT.as_secs()).unwrap_or(i64::MAX),
-                    0,
-                );
-                setsockopt(&ours, sockopt::ReceiveTimeout, &timeout)?;
-                setsockopt(&ours, sockopt::SendTimeout, &timeout)?;
+                fcntl(&ours, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
                 Ok(Self {
-                    channel: ours,
+                    channel: Some(ours),
+                    registered: None,
                     pid: child,
                     seq: 0,
                 })
@@ -134,37 +134,50 @@ impl Inspector {
     }
 
     /// Send `sock` to the inspector and wait for its answer.
-    fn ask(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
+    async fn ask(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
         self.seq = self.seq.wrapping_add(1);
-        let gone = |e: io::Error| {
+        let (pid, seq) = (self.pid, self.seq);
+        let gone = move |e: io::Error| {
             PeerError::Delegated(format!(
-                "the peer-check process {} does not answer: {e}",
-                self.pid
+                "the peer-check process {pid} does not answer: {e} (was it stopped or killed?)"
             ))
         };
-        self.channel
-            .send(&self.seq.to_le_bytes(), Some(sock))
+        if let Some(channel) = self.channel.take() {
+            // SAFETY: the channel owns its descriptor, which stays open and
+            // keeps its number for as long as the `AsyncFd` owns the channel.
+            let registered = unsafe { AsyncFd::register(channel) };
+            self.registered = Some(registered.map_err(|e| gone(e.into()))?);
+        }
+        let Some(fd) = &self.registered else {
+            return Err(gone(io::ErrorKind::NotConnected.into()));
+        };
+        // Non-blocking: a stopped inspector whose queue is full is an error
+        // at once.
+        fd.get_ref()
+            .send(&seq.to_le_bytes(), Some(sock))
             .map_err(gone)?;
-        // A few late answers to earlier, timed-out questions may come first.
-        for _ in 0..8 {
-            let msg = match self.channel.recv() {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return Err(gone(io::ErrorKind::UnexpectedEof.into())),
-                Err(e) => return Err(gone(e)),
-            };
-            match decode(&msg.data) {
-                Some((seq, answer)) if seq == self.seq => return answer,
-                Some(_) => continue,
-                None => {
-                    return Err(PeerError::Delegated(
-                        "garbled answer from the peer-check process".to_owned(),
-                    ));
+        let answer = async {
+            loop {
+                let mut guard = fd.readable().await?;
+                let msg = match guard.try_io(|fd| fd.get_ref().recv()) {
+                    Ok(Ok(Some(msg))) => msg,
+                    Ok(Ok(None)) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(Err(e)) => return Err(e),
+                    Err(_would_block) => continue,
+                };
+                match decode(&msg.data) {
+                    Some((answered, answer)) if answered == seq => return Ok(answer),
+                    // A late answer to an earlier question that timed out.
+                    Some(_) => continue,
+                    None => return Err(io::Error::other("garbled answer")),
                 }
             }
+        };
+        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
+            Ok(Ok(answer)) => answer,
+            Ok(Err(e)) => Err(gone(e)),
+            Err(_) => Err(gone(io::ErrorKind::TimedOut.into())),
         }
-        Err(PeerError::Delegated(
-            "the peer-check process answers other questions".to_owned(),
-        ))
     }
 }
 
@@ -269,6 +282,15 @@ mod tests {
     use super::*;
     use std::os::unix::net::UnixStream;
 
+    /// A current-thread runtime (the tests fork, so no other thread may exist).
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     #[test]
     fn answers_round_trip() {
         for relation in [
@@ -305,7 +327,7 @@ mod tests {
                 Err(_) => return 2,
             };
             let (a, _b) = UnixStream::pair().unwrap();
-            let peer = check.inspect(a.as_fd()).unwrap();
+            let peer = block_on(check.inspect(a.as_fd())).unwrap();
             let me = i32::try_from(std::process::id()).unwrap();
             if peer.relation == Relation::Same && peer.pid == me {
                 0
@@ -317,6 +339,52 @@ mod tests {
         assert_eq!(
             status,
             nix::sys::wait::WaitStatus::Exited(status.pid().unwrap(), 0),
+            "{status:?}"
+        );
+    }
+
+    /// A stopped inspector costs one client a refusal after
+    /// [`ANSWER_TIMEOUT`], not a hang; once it runs again its late answer is
+    /// skipped and the next question gets its own.
+    #[test]
+    fn a_stopped_inspector_refuses_then_recovers() {
+        let status = crate::sandbox::testing::in_child(|| {
+            let mut check = PeerCheck::spawn_inspector().unwrap();
+            let PeerCheck::Delegated(inspector) = &check else {
+                return 2;
+            };
+            let pid = inspector.pid;
+            let (a, _b) = UnixStream::pair().unwrap();
+            nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
+            // One runtime for both questions, as in the engine: the channel
+            // is registered with it at the first.
+            let (stopped, waited, resumed) = block_on(async {
+                let started = std::time::Instant::now();
+                let stopped = check.inspect(a.as_fd()).await;
+                let waited = started.elapsed();
+                nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
+                (stopped, waited, check.inspect(a.as_fd()).await)
+            });
+            match (stopped, resumed) {
+                (Err(e), Ok(peer))
+                    if e.to_string().contains("does not answer")
+                        && waited >= ANSWER_TIMEOUT
+                        && waited < ANSWER_TIMEOUT * 2
+                        && peer.relation == Relation::Same =>
+                {
+                    0
+                }
+                other => {
+                    let _ = std::io::Write::write_all(
+                        &mut std::io::stderr(),
+                        format!("{other:?} after {waited:?}\n").as_bytes(),
+                    );
+                    1
+                }
+            }
+        });
+        assert!(
+            matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),
             "{status:?}"
         );
     }
@@ -359,8 +427,8 @@ mod tests {
                 Err(_) => return 3,
             }
             let (conn, _) = listener.accept().unwrap();
-            let seen_here = here.inspect(conn.as_fd()).unwrap();
-            let seen_there = delegated.inspect(conn.as_fd()).unwrap();
+            let seen_here = block_on(here.inspect(conn.as_fd())).unwrap();
+            let seen_there = block_on(delegated.inspect(conn.as_fd())).unwrap();
             drop(conn);
             let _ = nix::sys::wait::waitpid(client, None);
             let client = client.as_raw();

@@ -424,7 +424,7 @@ async fn serve_checked(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
-                    match check.inspect(stream.as_fd()) {
+                    match check.inspect(stream.as_fd()).await {
                         Ok(peer) if admitted(&peer) => {
                             tracing::debug!(pid = peer.pid, uid = peer.uid, "UAPI connection accepted");
                         }
