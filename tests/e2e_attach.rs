@@ -727,9 +727,7 @@ fn attach_target_is_refused_by_the_socket() {
         return;
     };
     let s = Scenario::new(id, ScenarioOpts::default());
-    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
-    fg.wait_socket(&s.socket(), Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut fg = s.configured_foreground();
     s.expect_ping(s.peer_v4(), 1);
     let socket = s.socket().display().to_string();
     let probes = [
@@ -785,9 +783,7 @@ fn thousand_idle_uapi_connections_leave_show_working() {
         return;
     };
     let s = Scenario::new(id, ScenarioOpts::default());
-    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
-    fg.wait_socket(&s.socket(), Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut fg = s.configured_foreground();
     s.expect_ping(s.peer_v4(), 1);
     let engine = fg.pid;
     let show = || {
@@ -855,9 +851,7 @@ fn target_posing_as_the_socket_gets_no_request() {
         return;
     };
     let s = Scenario::new(id, ScenarioOpts::default());
-    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
-    fg.wait_socket(&s.socket(), Duration::from_secs(20))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let mut fg = s.configured_foreground();
     // Replace the socket from inside, then print what each connection sends.
     let fake = r#"
 import os, socket, sys

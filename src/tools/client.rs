@@ -432,7 +432,6 @@ fn answer_end(answer: &[u8], from: usize) -> Option<usize> {
 mod tests {
     use super::*;
     use std::os::unix::net::UnixListener;
-    use std::os::unix::process::CommandExt;
     use std::thread;
 
     fn serve_once(listener: UnixListener, answer: &'static [u8]) -> thread::JoinHandle<String> {
@@ -498,6 +497,43 @@ mod tests {
         assert!(listener.accept().is_err());
     }
 
+    /// A fake server at `path`: `launcher` (a command that ends in running
+    /// what it is given) starts python3, which listens, says it is ready, and
+    /// prints whatever its first connection sends.
+    struct FakeServer {
+        child: std::process::Child,
+        out: std::process::ChildStdout,
+    }
+
+    impl FakeServer {
+        fn start(mut launcher: std::process::Command, path: &Path) -> Self {
+            let script = "import socket,sys\n\
+                          s=socket.socket(socket.AF_UNIX)\n\
+                          s.bind(sys.argv[1]); s.listen(8)\n\
+                          print('ready', flush=True)\n\
+                          c,_=s.accept(); sys.stdout.write(repr(c.recv(100))); sys.stdout.flush()\n";
+            let mut child = launcher
+                .args(["/usr/bin/python3", "-c", script])
+                .arg(path)
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("the fake server (apt install python3 util-linux)");
+            let mut out = child.stdout.take().unwrap();
+            let mut ready = [0u8; 6];
+            out.read_exact(&mut ready).unwrap();
+            assert_eq!(&ready, b"ready\n");
+            Self { child, out }
+        }
+
+        /// What the server received on its one connection.
+        fn received(mut self) -> String {
+            let mut got = String::new();
+            self.out.read_to_string(&mut got).unwrap();
+            self.child.wait().unwrap();
+            got
+        }
+    }
+
     #[test]
     fn a_server_of_someone_else_gets_nothing() {
         if !as_root("a_server_of_someone_else_gets_nothing") {
@@ -510,22 +546,9 @@ mod tests {
         fs::create_dir(&shared).unwrap();
         std::os::unix::fs::chown(&shared, Some(12345), None).unwrap();
         let path = shared.join("wg0.sock");
-        let script = "import socket,sys\n\
-                      s=socket.socket(socket.AF_UNIX)\n\
-                      s.bind(sys.argv[1]); s.listen(8)\n\
-                      print('ready', flush=True)\n\
-                      c,_=s.accept(); sys.stdout.write(repr(c.recv(100))); sys.stdout.flush()\n";
-        let mut server = std::process::Command::new("/usr/bin/python3")
-            .args(["-c", script])
-            .arg(&path)
-            .uid(12345)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("python3 (apt install python3)");
-        let mut out = server.stdout.take().unwrap();
-        let mut ready = [0u8; 6];
-        out.read_exact(&mut ready).unwrap();
-        assert_eq!(&ready, b"ready\n");
+        let mut as_12345 = std::process::Command::new("setpriv");
+        as_12345.args(["--reuid=12345", "--regid=12345", "--clear-groups"]);
+        let server = FakeServer::start(as_12345, &path);
         std::os::unix::fs::chown(&path, Some(0), None).unwrap();
         let err = set(&shared, "wg0", &SetRequest::default()).unwrap_err();
         assert!(
@@ -538,10 +561,7 @@ mod tests {
             "{err}"
         );
         // The server got a connection and nothing on it.
-        let mut got = String::new();
-        out.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "b''");
-        server.wait().unwrap();
+        assert_eq!(server.received(), "b''");
     }
 
     /// What the attach target's root could do: put a listener of its own
@@ -551,27 +571,9 @@ mod tests {
     fn a_server_inside_a_nested_user_namespace_gets_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join("wg0.sock");
-        let script = "import socket,sys\n\
-                      s=socket.socket(socket.AF_UNIX)\n\
-                      s.bind(sys.argv[1]); s.listen(8)\n\
-                      print('ready', flush=True)\n\
-                      c,_=s.accept(); sys.stdout.write(repr(c.recv(100))); sys.stdout.flush()\n";
-        let mut server = std::process::Command::new("unshare")
-            .args([
-                "--user",
-                "--map-root-user",
-                "/usr/bin/python3",
-                "-c",
-                script,
-            ])
-            .arg(&path)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .expect("unshare and python3 (apt install util-linux python3)");
-        let mut out = server.stdout.take().unwrap();
-        let mut ready = [0u8; 6];
-        out.read_exact(&mut ready).unwrap();
-        assert_eq!(&ready, b"ready\n");
+        let mut nested = std::process::Command::new("unshare");
+        nested.args(["--user", "--map-root-user"]);
+        let server = FakeServer::start(nested, &path);
         let err = set(tmp.path(), "wg0", &SetRequest::default()).unwrap_err();
         assert!(matches!(err, ClientError::InsideServer { .. }), "{err}");
         assert!(
@@ -579,10 +581,7 @@ mod tests {
                 .contains("runs inside a tunnel's namespaces"),
             "{err}"
         );
-        let mut got = String::new();
-        out.read_to_string(&mut got).unwrap();
-        assert_eq!(got, "b''");
-        server.wait().unwrap();
+        assert_eq!(server.received(), "b''");
     }
 
     #[test]

@@ -1803,6 +1803,15 @@ impl Scenario {
     }
 
     /// `--foreground` against `target`, stdout and stderr to a log file.
+    /// `--foreground --configure` on this scenario's target, once its socket
+    /// is there (panics with the log if it never comes).
+    pub fn configured_foreground(&self) -> Foreground {
+        let mut fg = self.spawn_foreground(self.target.pid(), &["--configure"]);
+        fg.wait_socket(&self.socket(), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
+        fg
+    }
+
     pub fn spawn_foreground(&self, target: u32, flags: &[&str]) -> Foreground {
         let mut all = vec!["--foreground"];
         all.extend_from_slice(flags);
