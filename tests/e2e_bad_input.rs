@@ -663,6 +663,27 @@ fn bad_socket_dir(w: &World, what: &str, tmpdir: &Path, says: &[&str]) {
     refused(w, &format!("{what} run"), c, Expect::fails(says));
 }
 
+/// [`bad_socket_dir`] on an existing directory, which must be left as empty
+/// as it was.
+fn bad_existing_socket_dir(w: &World, what: &str, tmpdir: &Path, says: &[&str]) {
+    bad_socket_dir(w, what, tmpdir, says);
+    assert_eq!(
+        dir_entries(tmpdir),
+        Vec::<String>::new(),
+        "{what}: files left in {}",
+        tmpdir.display()
+    );
+}
+
+/// A directory `name` in the work dir, uid 65534's, with `mode`.
+fn own_dir(w: &World, name: &str, mode: u32) -> std::path::PathBuf {
+    let dir = w.dir.path().join(name);
+    fs::create_dir(&dir).expect("mkdir");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).expect("chmod");
+    std::os::unix::fs::chown(&dir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    dir
+}
+
 /// A socket directory that cannot be created: its parent is root's, 0755.
 #[test]
 fn socket_dir_cannot_be_created() {
@@ -712,12 +733,9 @@ fn socket_dir_not_writable() {
     let Some(w) = World::for_test("socket_dir_not_writable") else {
         return;
     };
-    let tmpdir = w.dir.path().join("read-only");
-    fs::create_dir(&tmpdir).expect("mkdir");
-    fs::set_permissions(&tmpdir, fs::Permissions::from_mode(0o500)).expect("chmod");
-    std::os::unix::fs::chown(&tmpdir, Some(NOBODY), Some(NOBODY)).expect("chown");
+    let tmpdir = own_dir(&w, "read-only", 0o500);
     let shown = tmpdir.display().to_string();
-    bad_socket_dir(
+    bad_existing_socket_dir(
         &w,
         "unwritable socket dir",
         &tmpdir,
@@ -725,11 +743,6 @@ fn socket_dir_not_writable() {
             &format!("socket directory {shown} is not writable"),
             "another --tmpdir",
         ],
-    );
-    assert_eq!(
-        dir_entries(&tmpdir),
-        Vec::<String>::new(),
-        "files left in {shown}"
     );
 }
 
@@ -742,7 +755,7 @@ fn socket_dir_of_another_user() {
     };
     let tmpdir = root_dir(&w.id);
     let shown = tmpdir.path().display().to_string();
-    bad_socket_dir(
+    bad_existing_socket_dir(
         &w,
         "socket dir of another user",
         tmpdir.path(),
@@ -751,11 +764,6 @@ fn socket_dir_of_another_user() {
             "owned by uid 0, not by you (uid 65534)",
             "another --tmpdir",
         ],
-    );
-    assert_eq!(
-        dir_entries(tmpdir.path()),
-        Vec::<String>::new(),
-        "files left in {shown}"
     );
 }
 
@@ -767,12 +775,9 @@ fn socket_dir_writable_by_others() {
         return;
     };
     for mode in [0o770, 0o1777] {
-        let tmpdir = w.dir.path().join(format!("shared-{mode:o}"));
-        fs::create_dir(&tmpdir).expect("mkdir");
-        fs::set_permissions(&tmpdir, fs::Permissions::from_mode(mode)).expect("chmod");
-        std::os::unix::fs::chown(&tmpdir, Some(NOBODY), Some(NOBODY)).expect("chown");
+        let tmpdir = own_dir(&w, &format!("shared-{mode:o}"), mode);
         let shown = tmpdir.display().to_string();
-        bad_socket_dir(
+        bad_existing_socket_dir(
             &w,
             &format!("socket dir mode {mode:o}"),
             &tmpdir,
@@ -781,11 +786,6 @@ fn socket_dir_writable_by_others() {
                 "writable by group or others",
                 "another --tmpdir",
             ],
-        );
-        assert_eq!(
-            dir_entries(&tmpdir),
-            Vec::<String>::new(),
-            "files left in {shown}"
         );
     }
 }

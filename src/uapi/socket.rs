@@ -925,13 +925,12 @@ mod tests {
         assert!(matches!(err, UapiError::PathTooLong { .. }), "{err}");
     }
 
-    #[test]
-    fn drop_spares_a_successors_socket() {
+    /// An operator takes our files away with `clear` and starts another
+    /// instance: dropping ours must leave the successor's files alone.
+    fn drop_spares_a_successor(clear: impl FnOnce(&Path, &Path)) {
         let tmp = tempfile::tempdir().unwrap();
         let first = UapiSocket::bind(tmp.path(), "wg0").unwrap();
-        // An operator moves our files away and starts another instance.
-        fs::rename(first.path(), tmp.path().join("old.sock")).unwrap();
-        fs::rename(tmp.path().join("wg0.lock"), tmp.path().join("old.lock")).unwrap();
+        clear(tmp.path(), first.path());
         let second = UapiSocket::bind(tmp.path(), "wg0").unwrap();
         let sock_id = id_of(second.path());
         let lock_id = id_of(&tmp.path().join("wg0.lock"));
@@ -942,22 +941,23 @@ mod tests {
     }
 
     #[test]
+    fn drop_spares_a_successors_socket() {
+        drop_spares_a_successor(|dir, sock| {
+            fs::rename(sock, dir.join("old.sock")).unwrap();
+            fs::rename(dir.join("wg0.lock"), dir.join("old.lock")).unwrap();
+        });
+    }
+
+    #[test]
     fn drop_spares_a_successors_socket_on_a_reused_inode() {
-        let tmp = tempfile::tempdir().unwrap();
-        let first = UapiSocket::bind(tmp.path(), "wg0").unwrap();
-        // An operator deletes our files and starts another instance, whose
-        // files may well get our inode numbers back; only the change time
-        // tells them apart. Wait out coarse (jiffy) timestamps.
-        fs::remove_file(first.path()).unwrap();
-        fs::remove_file(tmp.path().join("wg0.lock")).unwrap();
-        std::thread::sleep(Duration::from_millis(50));
-        let second = UapiSocket::bind(tmp.path(), "wg0").unwrap();
-        let sock_id = id_of(second.path());
-        let lock_id = id_of(&tmp.path().join("wg0.lock"));
-        drop(first);
-        assert_eq!(id_of(second.path()), sock_id);
-        assert_eq!(id_of(&tmp.path().join("wg0.lock")), lock_id);
-        StdUnixStream::connect(second.path()).unwrap();
+        // The successor's files may well get our inode numbers back; only
+        // the change time tells them apart. Wait out coarse (jiffy)
+        // timestamps.
+        drop_spares_a_successor(|dir, sock| {
+            fs::remove_file(sock).unwrap();
+            fs::remove_file(dir.join("wg0.lock")).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+        });
     }
 
     #[test]
