@@ -15,8 +15,10 @@
 //!
 //! * it holds nothing but its end of a `SOCK_SEQPACKET` pair (every other
 //!   descriptor is closed, stdio points at `/dev/null`), is non-dumpable
-//!   like the engine it was forked from, and dies with it (parent-death
-//!   signal, and end-of-file on the pair);
+//!   like the engine it was forked from, has `no_new_privs` and no
+//!   capability but `CAP_SYS_PTRACE` (a root engine's; an unprivileged one
+//!   has none), and dies with the engine (parent-death signal, and
+//!   end-of-file on the pair);
 //! * per connection the engine sends it the accepted socket (`SCM_RIGHTS`)
 //!   with a sequence number, and it answers with what [`peer::inspect`]
 //!   found on that socket: `SO_PEERPIDFD`/`SO_PEERCRED` work on a socket
@@ -194,6 +196,18 @@ fn inspector_main(channel: &Channel, parent: Pid) -> ! {
     if unsafe { crate::daemon::keep_only(&[channel.as_fd().as_raw_fd()]) }.is_err() {
         lifecycle::exit_now(1);
     }
+    // It never executes anything, and needs no privilege but reading other
+    // processes' namespaces (`CAP_SYS_PTRACE`, which only a root engine
+    // holds in the first place).
+    let keep = crate::sandbox::caps::Keep {
+        sys_ptrace: true,
+        ..Default::default()
+    };
+    if crate::sandbox::set_no_new_privs().is_err()
+        || crate::sandbox::caps::drop_all_but(keep).is_err()
+    {
+        lifecycle::exit_now(1);
+    }
     let ours = UserNs::current();
     loop {
         let msg = match channel.recv() {
@@ -339,6 +353,47 @@ mod tests {
         assert_eq!(
             status,
             nix::sys::wait::WaitStatus::Exited(status.pid().unwrap(), 0),
+            "{status:?}"
+        );
+    }
+
+    /// The inspector holds no privilege but reading namespaces: as root,
+    /// `CAP_SYS_PTRACE` alone; `no_new_privs` always.
+    #[test]
+    fn the_inspector_keeps_only_what_it_needs() {
+        let root = nix::unistd::geteuid().is_root();
+        let status = crate::sandbox::testing::in_child(|| {
+            let check = PeerCheck::spawn_inspector().unwrap();
+            let PeerCheck::Delegated(inspector) = &check else {
+                return 2;
+            };
+            let path = format!("/proc/{}/status", inspector.pid);
+            // It confines itself right after the fork: give it a moment.
+            for _ in 0..100 {
+                let status = std::fs::read_to_string(&path).unwrap_or_default();
+                let field = |name: &str| {
+                    status
+                        .lines()
+                        .find_map(|l| l.strip_prefix(name))
+                        .map(|v| v.trim().to_owned())
+                };
+                let want_eff = if root {
+                    "0000000000080000"
+                } else {
+                    "0000000000000000"
+                };
+                if field("NoNewPrivs:").as_deref() == Some("1")
+                    && field("CapEff:").as_deref() == Some(want_eff)
+                    && field("CapPrm:").as_deref() == Some(want_eff)
+                {
+                    return 0;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            1
+        });
+        assert!(
+            matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),
             "{status:?}"
         );
     }

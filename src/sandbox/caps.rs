@@ -28,6 +28,7 @@ use super::SandboxError;
 const CAP_SETPCAP: u32 = 8;
 const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_PTRACE: u32 = 19;
 
 /// Which capabilities survive.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -36,6 +37,9 @@ pub struct Keep {
     pub net_admin: bool,
     /// `CAP_NET_BIND_SERVICE`, for a `ListenPort` below 1024.
     pub net_bind_service: bool,
+    /// `CAP_SYS_PTRACE`, for the peer-check process of a root engine (to
+    /// read the namespaces of other users' processes; see `inspector`).
+    pub sys_ptrace: bool,
 }
 
 impl Keep {
@@ -47,6 +51,9 @@ impl Keep {
         }
         if self.net_bind_service {
             mask |= 1 << CAP_NET_BIND_SERVICE;
+        }
+        if self.sys_ptrace {
+            mask |= 1 << CAP_SYS_PTRACE;
         }
         mask
     }
@@ -220,7 +227,7 @@ mod tests {
         let status = in_child(|| {
             let keep = Keep {
                 net_admin: true,
-                net_bind_service: false,
+                ..Keep::default()
             };
             if drop_all_but(keep).is_err() {
                 return 2;
@@ -269,10 +276,11 @@ mod tests {
     #[test]
     fn keep_mask_names_the_right_bits() {
         assert_eq!(Keep::default().mask(), 0);
-        let both = Keep {
+        let all = Keep {
             net_admin: true,
             net_bind_service: true,
+            sys_ptrace: true,
         };
-        assert_eq!(both.mask(), (1 << 12) | (1 << 10));
+        assert_eq!(all.mask(), (1 << 12) | (1 << 10) | (1 << 19));
     }
 }

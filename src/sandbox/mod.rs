@@ -132,6 +132,7 @@ impl Sandbox {
             keep: caps::Keep {
                 net_admin: iface.fwmark.is_some(),
                 net_bind_service: iface.listen_port.is_some_and(|p| p != 0 && p < 1024),
+                sys_ptrace: false,
             },
             signal_target: None,
         }
