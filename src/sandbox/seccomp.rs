@@ -488,7 +488,7 @@ mod tests {
             if install(None).is_err() {
                 return 2;
             }
-            let caught = std::panic::catch_unwind(|| panic!("a bug in a task"));
+            let caught = std::panic::catch_unwind(|| panic!("deliberate, caught by this test"));
             if caught.is_err() { 0 } else { 3 }
         });
         assert!(matches!(status, WaitStatus::Exited(_, 0)), "{status:?}");
