@@ -61,7 +61,16 @@ const ANSWER_ERROR: u8 = b'E';
 
 /// How the UAPI server learns who is calling.
 #[derive(Debug)]
-pub enum PeerCheck {
+pub struct PeerCheck {
+    how: How,
+    /// Whoever inspects is root in the initial user namespace and so can
+    /// inspect every process: an uninspectable one is hidden by an LSM, not
+    /// above us, and gets no benefit of the doubt (see `uapi::server`).
+    sees_everyone: bool,
+}
+
+#[derive(Debug)]
+enum How {
     /// Inspect the client here (an engine without Landlock).
     InProcess(UserNs),
     /// Ask the inspector process (a confined engine).
@@ -75,7 +84,10 @@ impl PeerCheck {
     ///
     /// [`PeerError::OwnNamespace`] when our own user namespace cannot be read.
     pub fn in_process() -> Result<Self, PeerError> {
-        Ok(Self::InProcess(UserNs::current()?))
+        Ok(Self {
+            how: How::InProcess(UserNs::current()?),
+            sees_everyone: peer::root_in_initial_user_ns(),
+        })
     }
 
     /// Fork the inspector; see the module documentation. Must be called while
@@ -85,7 +97,15 @@ impl PeerCheck {
     ///
     /// When the socketpair or the fork fails.
     pub fn spawn_inspector() -> io::Result<Self> {
-        Inspector::spawn().map(Self::Delegated)
+        Ok(Self {
+            how: How::Delegated(Inspector::spawn()?),
+            sees_everyone: peer::root_in_initial_user_ns(),
+        })
+    }
+
+    /// Whether an uninspectable client can only be one an LSM hides from us.
+    pub fn sees_everyone(&self) -> bool {
+        self.sees_everyone
     }
 
     /// Who is at the other end of the connected unix socket `sock`. Needs
@@ -95,9 +115,9 @@ impl PeerCheck {
     ///
     /// [`PeerError`] when the client could not be placed: the caller refuses it.
     pub async fn inspect(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
-        match self {
-            Self::InProcess(ours) => peer::inspect(sock, *ours),
-            Self::Delegated(inspector) => inspector.ask(sock).await,
+        match &mut self.how {
+            How::InProcess(ours) => peer::inspect(sock, *ours),
+            How::Delegated(inspector) => inspector.ask(sock).await,
         }
     }
 }
@@ -364,7 +384,7 @@ mod tests {
         let root = nix::unistd::geteuid().is_root();
         let status = crate::sandbox::testing::in_child(|| {
             let check = PeerCheck::spawn_inspector().unwrap();
-            let PeerCheck::Delegated(inspector) = &check else {
+            let How::Delegated(inspector) = &check.how else {
                 return 2;
             };
             let path = format!("/proc/{}/status", inspector.pid);
@@ -405,7 +425,7 @@ mod tests {
     fn a_stopped_inspector_refuses_then_recovers() {
         let status = crate::sandbox::testing::in_child(|| {
             let mut check = PeerCheck::spawn_inspector().unwrap();
-            let PeerCheck::Delegated(inspector) = &check else {
+            let How::Delegated(inspector) = &check.how else {
                 return 2;
             };
             let pid = inspector.pid;

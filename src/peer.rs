@@ -154,6 +154,21 @@ impl UserNs {
     }
 }
 
+/// Are we root in the initial user namespace, and so able to inspect every
+/// process (barring an LSM)? The initial namespace is the one whose uid map
+/// is the identity over the whole range (`0 0 4294967295`), as systemd also
+/// tells it. Read before any Landlock ruleset, which would refuse `/proc`.
+pub fn root_in_initial_user_ns() -> bool {
+    if !nix::unistd::geteuid().is_root() {
+        return false;
+    }
+    let Ok(map) = fs::read_to_string("/proc/self/uid_map") else {
+        return false;
+    };
+    let fields: Vec<&str> = map.split_whitespace().collect();
+    fields == ["0", "0", "4294967295"]
+}
+
 /// Where the peer's user namespace is, seen from ours.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Relation {
@@ -464,6 +479,31 @@ mod tests {
     use crate::testns::{Isolation, Stop, ensure, in_namespace};
     use std::io::Read;
     use std::os::unix::net::{UnixListener, UnixStream};
+
+    #[test]
+    fn root_of_the_initial_namespace_is_told_apart() {
+        let ours = root_in_initial_user_ns();
+        if nix::unistd::geteuid().is_root() && UserNs::current().is_ok() {
+            // The tests run as root on the host in CI.
+            let init = fs::read_to_string("/proc/1/uid_map").unwrap_or_default();
+            assert_eq!(
+                ours,
+                init.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"]
+            );
+        } else {
+            assert!(!ours);
+        }
+        // Root of a user namespace of its own is not.
+        crate::testns::in_namespace(
+            "root_of_the_initial_namespace_is_told_apart",
+            crate::testns::Isolation::ForeignNetns,
+            || {
+                crate::testns::ensure(!root_in_initial_user_ns(), || {
+                    "root of a fresh user namespace counted as the initial one".to_owned()
+                })
+            },
+        );
+    }
 
     #[test]
     fn our_own_process_is_same() {

@@ -13,9 +13,13 @@
 //! | ours                                        | served  |
 //! | an ancestor, or beside our subtree          | served  |
 //! | nested in ours (`run`'s command, the attach target, anything below them) | refused |
-//! | not inspectable (`EACCES`), uid 0           | served  |
+//! | not inspectable (`EACCES`), uid 0, and we are not root of the initial user namespace | served  |
 //! | not inspectable, any other uid              | refused |
 //! | gone, or its PID now names another process  | refused |
+//!
+//! Root of the initial user namespace (or its inspector, which keeps
+//! `CAP_SYS_PTRACE`) can inspect every process, so there "not inspectable"
+//! means an LSM hides the process, and it is refused whatever its uid.
 //!
 //! The socket's mode (0600) already keeps other users out; the check is for
 //! the owner's own uid seen from inside the tunnel's namespaces, where the
@@ -78,11 +82,12 @@ const REFUSAL_LOG_BURST: u32 = 5;
 const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(10);
 
 /// Whether the process at the other end may use the socket; see the module
-/// documentation for the table.
-fn admitted(peer: &Peer) -> bool {
+/// documentation for the table. `sees_everyone`: we inspect as root of the
+/// initial user namespace, so an uninspectable peer is one an LSM hides.
+fn admitted(peer: &Peer, sees_everyone: bool) -> bool {
     match peer.relation {
         Relation::Same | Relation::Outside => true,
-        Relation::Uninspectable => peer.uid == 0,
+        Relation::Uninspectable => peer.uid == 0 && !sees_everyone,
         Relation::Inside | Relation::Gone => false,
     }
 }
@@ -425,7 +430,7 @@ async fn serve_checked(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
                     match check.inspect(stream.as_fd()).await {
-                        Ok(peer) if admitted(&peer) => {
+                        Ok(peer) if admitted(&peer, check.sees_everyone()) => {
                             tracing::debug!(pid = peer.pid, uid = peer.uid, "UAPI connection accepted");
                         }
                         Ok(peer) => {
@@ -801,13 +806,18 @@ mod tests {
             uid,
             relation,
         };
-        assert!(admitted(&peer(Relation::Same, 1000)));
-        assert!(admitted(&peer(Relation::Outside, 1000)));
-        assert!(admitted(&peer(Relation::Uninspectable, 0)));
-        assert!(!admitted(&peer(Relation::Uninspectable, 1000)));
-        assert!(!admitted(&peer(Relation::Inside, 0)));
-        assert!(!admitted(&peer(Relation::Inside, 1000)));
-        assert!(!admitted(&peer(Relation::Gone, 0)));
+        assert!(admitted(&peer(Relation::Same, 1000), false));
+        assert!(admitted(&peer(Relation::Outside, 1000), false));
+        assert!(admitted(&peer(Relation::Uninspectable, 0), false));
+        assert!(!admitted(&peer(Relation::Uninspectable, 1000), false));
+        assert!(!admitted(&peer(Relation::Inside, 0), false));
+        assert!(!admitted(&peer(Relation::Inside, 1000), false));
+        assert!(!admitted(&peer(Relation::Gone, 0), false));
+        // A root inspector in the initial namespace sees every process: an
+        // uninspectable one is hidden by an LSM and gets no benefit of the
+        // doubt, whatever its uid.
+        assert!(!admitted(&peer(Relation::Uninspectable, 0), true));
+        assert!(admitted(&peer(Relation::Same, 0), true));
     }
 
     /// A process in a user namespace nested in ours is closed on at once.
