@@ -215,7 +215,7 @@ fn serve(
         let engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let _uapi = uapi::serve(&socket, client, peer_check)?;
-        plan.sandbox.tunnel_up()?;
+        plan.sandbox.tunnel_up(socket.dir_fd())?;
         tracing::info!(
             "{} is up in {}; UAPI socket {}",
             plan.ifname,

@@ -149,7 +149,12 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         )?),
         None => None,
     };
-    let resolv_guard = RemoveOnDrop(resolv_path.clone());
+    let resolv_guard = RemoveOnDrop {
+        socket: &socket,
+        name: resolv_path
+            .as_ref()
+            .map(|_| format!("{ifname}.resolv.conf")),
+    };
     let janitor = {
         let (socket, resolv) = (&socket, resolv_path.clone());
         Janitor::spawn(&socket.raw_fds(), move || {
@@ -189,19 +194,23 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
     let sandbox =
         Sandbox::new(!args.no_sandbox, &dir, &config).signalling(child.as_raw().unsigned_abs());
     let result = parent_main(&plan, &ours, child, &socket, &endpoints, ready_fd, &sandbox);
-    drop(socket);
     drop(resolv_guard);
+    drop(socket);
     janitor.dismiss();
     result
 }
 
-/// Removes a file of ours when dropped.
-struct RemoveOnDrop(Option<PathBuf>);
+/// Removes a file of ours in the socket directory when dropped, through the
+/// directory's descriptor (the only place the confined engine may unlink).
+struct RemoveOnDrop<'a> {
+    socket: &'a UapiSocket,
+    name: Option<String>,
+}
 
-impl Drop for RemoveOnDrop {
+impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(path) = &self.0 {
-            let _ = fs::remove_file(path);
+        if let Some(name) = &self.name {
+            self.socket.remove_in_dir(name);
         }
     }
 }
@@ -261,7 +270,7 @@ fn parent_main(
         let engine = Engine::start(tun, plan.config, endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let serving = uapi::serve(socket, client, peer_check)?;
-        sandbox.tunnel_up()?;
+        sandbox.tunnel_up(socket.dir_fd())?;
         anyhow::Ok((engine, serving))
     });
     let (engine, serving) = match engine {

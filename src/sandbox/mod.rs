@@ -71,6 +71,7 @@ pub mod landlock;
 pub mod seccomp;
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
 use crate::config::Config;
@@ -167,12 +168,14 @@ impl Sandbox {
 
     /// Step 2: the seccomp allow-list on every thread. Call once the engine
     /// runs and the UAPI socket is served, before reporting ready.
-    pub fn tunnel_up(&self) -> Result<(), SandboxError> {
+    /// `socket_dir` is the only directory the engine may remove files from
+    /// (by descriptor, `unlinkat`) from then on.
+    pub fn tunnel_up(&self, socket_dir: BorrowedFd<'_>) -> Result<(), SandboxError> {
         if !self.enabled {
             return Ok(());
         }
         quiet_panics();
-        seccomp::install(self.signal_target)?;
+        seccomp::install(self.signal_target, Some(socket_dir.as_raw_fd()))?;
         tracing::debug!("seccomp filter installed on every thread");
         Ok(())
     }
@@ -268,7 +271,9 @@ mod tests {
         // everything under a seccomp filter of its own.
         let before = (status_field("NoNewPrivs"), status_field("Seccomp_filters"));
         let status = in_child(|| {
-            if sandbox.before_threads().is_err() || sandbox.tunnel_up().is_err() {
+            let dir = std::fs::File::open("/").expect("open /");
+            let dir = std::os::fd::AsFd::as_fd(&dir);
+            if sandbox.before_threads().is_err() || sandbox.tunnel_up(dir).is_err() {
                 return 2;
             }
             let after = (status_field("NoNewPrivs"), status_field("Seccomp_filters"));

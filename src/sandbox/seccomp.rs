@@ -29,6 +29,8 @@
 
 use std::collections::BTreeMap;
 
+use std::os::fd::RawFd;
+
 use libc::c_long;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -203,12 +205,11 @@ pub const GROUPS: &[Group] = &[
         ],
     },
     Group {
-        why: "stopping: remove our socket, lock and resolv.conf files \
-              (lstat, unlink), dismiss and reap the janitor, and in `run` \
-              check the command's process group and session (to forward \
-              signals, see SIGNALS) and reap it",
+        why: "stopping: dismiss and reap the janitor, and in `run` check \
+              the command's process group and session (to forward signals, \
+              see SIGNALS) and reap it; removing our files is `unlinkat`, \
+              added for the socket directory alone (see install)",
         calls: &[
-            (libc::SYS_unlinkat, Any),
             (libc::SYS_wait4, Any),
             (libc::SYS_waitid, Any),
             (libc::SYS_getpgid, Any),
@@ -221,12 +222,11 @@ pub const GROUPS: &[Group] = &[
 /// there (aarch64 only has the newer ones).
 #[cfg(target_arch = "x86_64")]
 pub const ARCH_GROUPS: &[Group] = &[Group {
-    why: "x86_64 spellings: epoll_wait, poll, unlink, getpgrp, the \
-          same jobs as epoll_pwait, ppoll, unlinkat, getpgid(0)",
+    why: "x86_64 spellings: epoll_wait, poll, getpgrp, the same jobs as \
+          epoll_pwait, ppoll, getpgid(0)",
     calls: &[
         (libc::SYS_epoll_wait, Any),
         (libc::SYS_poll, Any),
-        (libc::SYS_unlink, Any),
         (libc::SYS_getpgrp, Any),
     ],
 }];
@@ -252,7 +252,20 @@ const SIGNALS: &[libc::c_int] = &[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, lib
 
 /// Number of distinct system calls on the list (with `kill`, as for `run`).
 pub fn allowed_count() -> usize {
-    rules(Some(1)).map(|r| r.len()).unwrap_or(0)
+    rules(Some(1), Some(3)).map(|r| r.len()).unwrap_or(0)
+}
+
+/// `unlinkat(dir, name, 0)`: files (not directories) in that one directory.
+/// With Landlock this is already all the filesystem there is; without it
+/// (older kernels) this keeps a compromised engine, root's in particular,
+/// from removing files anywhere else. (A name with a `/` could still reach
+/// below `dir`: the filter cannot read strings.)
+fn unlink_rules(dir: RawFd) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
+    let dir = u64::try_from(dir).unwrap_or(u64::MAX);
+    Ok(vec![SeccompRule::new(vec![
+        condition(0, SeccompCmpOp::Eq, dir)?,
+        condition(2, SeccompCmpOp::Eq, 0)?,
+    ])?])
 }
 
 fn condition(
@@ -301,6 +314,7 @@ fn kill_rules(pid: u32) -> Result<Vec<SeccompRule>, seccompiler::BackendError> {
 /// call listed unrestricted anywhere stays unrestricted.
 fn rules(
     signal_target: Option<u32>,
+    unlink_dir: Option<RawFd>,
 ) -> Result<BTreeMap<i64, Vec<SeccompRule>>, seccompiler::BackendError> {
     let mut map: BTreeMap<i64, Option<Vec<SeccompRule>>> = BTreeMap::new();
     for (nr, args) in groups().flat_map(|g| g.calls.iter()) {
@@ -319,13 +333,20 @@ fn rules(
     if let Some(pid) = signal_target {
         rules.insert(libc::SYS_kill, kill_rules(pid)?);
     }
+    if let Some(dir) = unlink_dir {
+        rules.insert(libc::SYS_unlinkat, unlink_rules(dir)?);
+    }
     Ok(rules)
 }
 
-/// The allow-list, compiled; `kill` only to `signal_target`.
-pub fn allow_list(signal_target: Option<u32>) -> Result<BpfProgram, SandboxError> {
+/// The allow-list, compiled; `kill` only to `signal_target`, `unlinkat`
+/// only in `unlink_dir`.
+pub fn allow_list(
+    signal_target: Option<u32>,
+    unlink_dir: Option<RawFd>,
+) -> Result<BpfProgram, SandboxError> {
     let filter = SeccompFilter::new(
-        rules(signal_target).map_err(SandboxError::SeccompBuild)?,
+        rules(signal_target, unlink_dir).map_err(SandboxError::SeccompBuild)?,
         SeccompAction::KillProcess,
         SeccompAction::Allow,
         ARCH,
@@ -349,10 +370,11 @@ pub fn clone3_enosys() -> Result<BpfProgram, SandboxError> {
 }
 
 /// Install both filters on every thread of the process. `signal_target`:
-/// the one process the engine may signal (`run`'s command), if any.
-pub fn install(signal_target: Option<u32>) -> Result<(), SandboxError> {
+/// the one process the engine may signal (`run`'s command), if any;
+/// `unlink_dir`: the directory (descriptor) it may remove files from.
+pub fn install(signal_target: Option<u32>, unlink_dir: Option<RawFd>) -> Result<(), SandboxError> {
     let clone3 = clone3_enosys()?;
-    let list = allow_list(signal_target)?;
+    let list = allow_list(signal_target, unlink_dir)?;
     // The allow-list last: it does not allow `seccomp` itself.
     seccompiler::apply_filter_all_threads(&clone3).map_err(SandboxError::SeccompInstall)?;
     seccompiler::apply_filter_all_threads(&list).map_err(SandboxError::SeccompInstall)?;
@@ -368,9 +390,9 @@ mod tests {
 
     #[test]
     fn the_list_compiles_and_has_no_call_twice_by_accident() {
-        assert!(allow_list(None).is_ok());
-        // `kill` is added for `run`'s command.
-        let listed: usize = groups().map(|g| g.calls.len()).sum::<usize>() + 1;
+        assert!(allow_list(None, None).is_ok());
+        // `kill` is added for `run`'s command, `unlinkat` for the socket dir.
+        let listed: usize = groups().map(|g| g.calls.len()).sum::<usize>() + 2;
         // ioctl and friends appear once each; only restricted entries may
         // repeat, and none do today.
         assert_eq!(allowed_count(), listed);
@@ -413,7 +435,7 @@ mod tests {
         ];
         for (name, call) in refused {
             let status = in_child(|| {
-                if install(None).is_err() {
+                if install(None, None).is_err() {
                     return 2;
                 }
                 call();
@@ -441,7 +463,7 @@ mod tests {
         };
         // Allowed: the target, with a forwarded signal.
         let allowed = in_child(|| {
-            if install(Some(target_pid)).is_err() {
+            if install(Some(target_pid), None).is_err() {
                 return 2;
             }
             if signal(target_pid, Signal::SIGTERM).is_ok() {
@@ -458,7 +480,7 @@ mod tests {
             (None, other_pid, Signal::SIGTERM),
         ] {
             let status = in_child(|| {
-                if install(target).is_err() {
+                if install(target, None).is_err() {
                     return 2;
                 }
                 let _ = signal(pid, sig);
@@ -475,6 +497,48 @@ mod tests {
         assert!(other_pid != target_pid);
     }
 
+    /// Files may be removed in the socket directory, by its descriptor, and
+    /// nowhere else: not by path, not in another directory.
+    #[test]
+    fn unlink_only_in_the_socket_directory() {
+        use nix::unistd::{UnlinkatFlags, unlinkat};
+        use std::os::fd::AsRawFd;
+        let ours = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        for dir in [&ours, &other] {
+            std::fs::write(dir.path().join("f"), "x").unwrap();
+        }
+        let ours_fd = std::fs::File::open(ours.path()).unwrap();
+        let other_fd = std::fs::File::open(other.path()).unwrap();
+        let allowed = in_child(|| {
+            if install(None, Some(ours_fd.as_raw_fd())).is_err() {
+                return 2;
+            }
+            match unlinkat(&ours_fd, "f", UnlinkatFlags::NoRemoveDir) {
+                Ok(()) => 0,
+                Err(_) => 3,
+            }
+        });
+        assert!(matches!(allowed, WaitStatus::Exited(_, 0)), "{allowed:?}");
+        assert!(!ours.path().join("f").exists());
+        let other_file = other.path().join("f");
+        for by_path in [false, true] {
+            let status = in_child(|| {
+                if install(None, Some(ours_fd.as_raw_fd())).is_err() {
+                    return 2;
+                }
+                if by_path {
+                    let _ = std::fs::remove_file(&other_file);
+                } else {
+                    let _ = unlinkat(&other_fd, "f", UnlinkatFlags::NoRemoveDir);
+                }
+                3
+            });
+            assert!(killed_by_sigsys(status), "by path {by_path}: {status:?}");
+        }
+        assert!(other.path().join("f").exists());
+    }
+
     /// A contained panic under the filter stays contained, also when
     /// `RUST_BACKTRACE` asks for a backtrace (which the default hook would
     /// symbolize by opening files).
@@ -485,7 +549,7 @@ mod tests {
             // the environment while it changes.
             unsafe { std::env::set_var("RUST_BACKTRACE", "full") };
             super::super::quiet_panics();
-            if install(None).is_err() {
+            if install(None, None).is_err() {
                 return 2;
             }
             let caught = std::panic::catch_unwind(|| panic!("deliberate, caught by this test"));
@@ -497,7 +561,7 @@ mod tests {
     #[test]
     fn calls_on_the_list_still_work() {
         let status = in_child(|| {
-            if install(None).is_err() {
+            if install(None, None).is_err() {
                 return 2;
             }
             // The allowed socket families, lstat of a file, random bytes, a
@@ -525,7 +589,7 @@ mod tests {
             let Ok(after) = std::fs::File::open("/proc/self/status") else {
                 return 4;
             };
-            if install(None).is_err() {
+            if install(None, None).is_err() {
                 return 2;
             }
             match (before, filters_in(after)) {

@@ -9,7 +9,7 @@
 use std::ffi::OsString;
 use std::fs::{self, DirBuilder, File, TryLockError};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -223,6 +223,22 @@ impl UapiSocket {
             self.lock.file.as_raw_fd(),
             self.socket_file.dir.fd.as_raw_fd(),
         ]
+    }
+
+    /// The socket directory, as the descriptor every file operation after
+    /// the check goes through.
+    pub fn dir_fd(&self) -> BorrowedFd<'_> {
+        self.socket_file.dir.fd.as_fd()
+    }
+
+    /// Remove `name` from the socket directory, through its descriptor (for
+    /// `run`'s resolv.conf; the confined engine may unlink nowhere else). A
+    /// file already gone is fine.
+    pub fn remove_in_dir(&self, name: &str) {
+        match unlinkat(&self.socket_file.dir.fd, name, UnlinkatFlags::NoRemoveDir) {
+            Ok(()) | Err(Errno::ENOENT) => {}
+            Err(e) => tracing::warn!("cannot remove {name} in the socket directory: {e}"),
+        }
     }
 
     /// The interface name the socket serves.
