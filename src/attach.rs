@@ -94,6 +94,7 @@ impl Plan {
         else {
             bail!("TARGET, IFNAME and CONFIG are required");
         };
+        lifecycle::check_handed_fds(&[("--ready-fd", args.ready_fd), ("--exit-fd", args.exit_fd)])?;
         let target = parse_target(target, args.netns_type, args.userns_path.as_deref())?;
         tun::validate_ifname(ifname)?;
         let config = Config::from_file(config_path)?;

@@ -1334,6 +1334,83 @@ fn run_command_not_executable() {
 }
 
 // ---------------------------------------------------------------------------
+// --ready-fd / --exit-fd
+// ---------------------------------------------------------------------------
+
+/// `sh -c 'exec "$@" 3</dev/null 4</dev/null' sh setpriv … wireguard4netns
+/// ARGS…`: our binary as uid 65534 with descriptors 3 and 4 open, so a refusal
+/// of them is about their numbers, not about their being closed.
+fn with_fds_3_and_4(args: impl IntoIterator<Item = OsString>) -> Command {
+    let mut c = cmd(
+        "sh",
+        [
+            "-c",
+            r#"exec "$@" 3</dev/null 4</dev/null"#,
+            "sh",
+            "setpriv",
+        ],
+    );
+    c.args(AS_NOBODY).arg(binary()).args(args);
+    c
+}
+
+/// Descriptor numbers the engine cannot own: stdio (0-2; in background mode
+/// they are /dev/null) and one number for both flags. Refused with exit 1
+/// before the target is touched, in both modes and in `run`; with a valid
+/// target, so the refusal is the only thing that stops the start.
+#[test]
+fn ready_and_exit_fds_that_cannot_be_ours() {
+    let Some(w) = World::for_test("ready_and_exit_fds_that_cannot_be_ours") else {
+        return;
+    };
+    let target = Target::spawn();
+    let pid = target.pid().to_string();
+    let config = w.valid_config();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--ready-fd", "0"],
+            &["--ready-fd 0", "standard stream", "3 or above"],
+        ),
+        (
+            &["--ready-fd", "1"],
+            &["--ready-fd 1", "standard stream", "3 or above"],
+        ),
+        (
+            &["--exit-fd", "2"],
+            &["--exit-fd 2", "standard stream", "3 or above"],
+        ),
+        (
+            &["--ready-fd", "3", "--exit-fd", "3"],
+            &["--ready-fd and --exit-fd are both 3", "each its own"],
+        ),
+        (
+            &["--exit-fd", "4", "--ready-fd", "4"],
+            &["--ready-fd and --exit-fd are both 4", "each its own"],
+        ),
+    ];
+    for mode in MODES {
+        for (flags, says) in cases {
+            let mut all = mode.to_vec();
+            all.extend_from_slice(flags);
+            refused(
+                &w,
+                &format!("{all:?}"),
+                with_fds_3_and_4(w.attach_args(&all, &w.sock_dir(), &pid, &w.ifname, &config)),
+                Expect::fails(says).inside(target.place()),
+            );
+        }
+    }
+    for fd in ["0", "1", "2"] {
+        refused(
+            &w,
+            &format!("run --ready-fd {fd}"),
+            w.run(&config, &["--ready-fd", fd], ["true"]),
+            Expect::fails(&[&format!("--ready-fd {fd}"), "standard stream"]),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Usage
 // ---------------------------------------------------------------------------
 
