@@ -164,14 +164,9 @@ struct Prepared {
 }
 
 fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
-    let ns = netns::open(&plan.target)?;
-    let pidfd = match plan.target {
-        Target::Pid(pid) => Some(PidFd::open(pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => anyhow::Error::from(netns::NetnsError::NoSuchProcess(pid)),
-            _ => anyhow::Error::from(e).context(format!("cannot watch process {pid}")),
-        })?),
-        Target::Path { .. } => None,
-    };
+    // For a PID target, the pidfd `open` took before the namespace files.
+    let mut ns = netns::open(&plan.target)?;
+    let pidfd = ns.take_pidfd();
     let socket = UapiSocket::bind(&plan.socket_dir, &plan.ifname)?;
     // Forked before the TUN exists, so it never holds the interface open.
     let janitor = Janitor::spawn(&socket.raw_fds(), || socket.remove_files())

@@ -31,6 +31,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::fdpass;
+use crate::lifecycle::PidFd;
 
 /// Which namespaces to attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +72,12 @@ pub enum NetnsError {
     OwnNetNamespace(String),
     // The OS errors below are part of the messages, not `source()`s: the
     // binary prints the source chain too, and would say them twice.
+    #[error("cannot watch process {pid}: {error}")]
+    Watch { pid: i32, error: io::Error },
+    #[error(
+        "process {0} exited while its namespaces were being opened (hint: start the target again and pass its new PID)"
+    )]
+    ExitedWhileOpening(i32),
     #[error("cannot open {}: {error}", path.display())]
     Open { path: PathBuf, error: io::Error },
     #[error(
@@ -95,11 +102,21 @@ pub struct Namespaces {
     /// `None` when the target shares our user namespace (only possible as root).
     user: Option<OwnedFd>,
     net: OwnedFd,
+    /// For a PID target: the pidfd opened before the namespace files, which
+    /// proves they are that process's (see [`open`]).
+    pidfd: Option<PidFd>,
 }
 
 impl Namespaces {
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The pidfd of a PID target, to watch it: the very process whose
+    /// namespaces these are. Take it before [`create_tun_in`], which consumes
+    /// `self`.
+    pub fn take_pidfd(&mut self) -> Option<PidFd> {
+        self.pidfd.take()
     }
 }
 
@@ -125,11 +142,24 @@ fn same_ns(fd: &OwnedFd, ours: &str) -> Result<bool, NetnsError> {
 }
 
 /// Open and check the target's namespaces. Fails before anything is changed.
+///
+/// For a PID target the pidfd comes first and is checked again after the
+/// namespace files are open: a PID only names a process while it lives, and
+/// if the target died and its PID went to another process between the two,
+/// `/proc/PID/ns/*` would be that other process's while the pidfd watched a
+/// dead one (or, opened second, the other process). Opened first, the pidfd
+/// pins the process; still running after the opens, it vouches that the files
+/// were its own (a zombie's `ns/*` cannot be opened).
 pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
     let root = nix::unistd::geteuid().is_root();
+    let mut pidfd = None;
     let (user, net) = match target {
         Target::Pid(pid) => {
             let pid = *pid;
+            let watch = PidFd::open(pid).map_err(|error| match error.raw_os_error() {
+                Some(libc::ESRCH) => NetnsError::NoSuchProcess(pid),
+                _ => NetnsError::Watch { pid, error },
+            })?;
             let proc_dir = PathBuf::from(format!("/proc/{pid}"));
             let owner = match fs::metadata(&proc_dir) {
                 Ok(meta) => meta.uid(),
@@ -150,6 +180,8 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
             };
             let user = open_ns(&proc_dir.join("ns/user")).map_err(deny)?;
             let net = open_ns(&proc_dir.join("ns/net")).map_err(deny)?;
+            still_running(&watch)?;
+            pidfd = Some(watch);
             if same_ns(&user, "/proc/self/ns/user")? {
                 if !root {
                     return Err(NetnsError::OwnUserNamespace(pid));
@@ -183,7 +215,16 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
         target: target.clone(),
         user,
         net,
+        pidfd,
     })
+}
+
+/// The process behind `pidfd` has not exited, so the PID still names it.
+fn still_running(pidfd: &PidFd) -> Result<(), NetnsError> {
+    if pidfd.has_exited() {
+        return Err(NetnsError::ExitedWhileOpening(pidfd.pid()));
+    }
+    Ok(())
 }
 
 /// `ioctl(NS_GET_USERNS)`: the user namespace that owns a namespace.
@@ -243,7 +284,7 @@ pub fn create_tun_in(ns: Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, Ne
 /// Fork the helper: it sheds what it inherited ([`isolate`]), joins `ns`, runs
 /// `work` there and sends back the descriptor `work` made, or why it failed.
 fn spawn_helper(
-    ns: Namespaces,
+    mut ns: Namespaces,
     work: impl FnOnce() -> Result<OwnedFd, String>,
 ) -> Result<OwnedFd, NetnsError> {
     if !crate::lifecycle::single_threaded() {
@@ -257,6 +298,9 @@ fn spawn_helper(
     match unsafe { fork() }.map_err(|e| NetnsError::Spawn(e.into()))? {
         ForkResult::Child => {
             drop(parent_end);
+            // Closed here, by its owner, rather than behind its back by
+            // `isolate` (after which dropping it could close a reused number).
+            drop(ns.take_pidfd());
             // If we are killed, the helper must not linger inside the namespace.
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
             let sent = match isolate(&ns, &child_end)
@@ -327,7 +371,9 @@ fn isolate(ns: &Namespaces, channel: &fdpass::Channel) -> Result<(), String> {
 /// network namespace is only ours to join once we hold capabilities in the
 /// user namespace that owns it.
 fn join(ns: Namespaces) -> Result<(), String> {
-    let Namespaces { target, user, net } = ns;
+    let Namespaces {
+        target, user, net, ..
+    } = ns;
     if let Some(user) = user {
         setns(&user, CloneFlags::CLONE_NEWUSER).map_err(|e| {
             format!(
@@ -483,6 +529,55 @@ mod tests {
                 }
                 ensure(sockets == 1, || {
                     format!("{sockets} sockets instead of the one channel:\n{report}")
+                })
+            },
+        );
+    }
+
+    /// The check `open` makes after the namespace files: a target that died
+    /// (and whose PID is free for reuse) after its pidfd was opened is refused,
+    /// one still running passes.
+    #[test]
+    fn a_target_that_exits_while_being_opened_is_refused() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let pidfd = PidFd::open(pid).expect("pidfd_open");
+        let running = still_running(&pidfd);
+        child.kill().expect("kill sleep");
+        child.wait().expect("reap sleep");
+        running.expect("a running target passes");
+        let err = still_running(&pidfd).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "process {pid} exited while its namespaces were being opened (hint: start the target again and pass its new PID)"
+            )
+        );
+    }
+
+    /// `open` hands back the pidfd it took first, of the target's PID.
+    #[test]
+    fn open_keeps_the_pidfd_of_a_pid_target() {
+        in_namespace(
+            "open_keeps_the_pidfd_of_a_pid_target",
+            Isolation::OwnNetns,
+            || {
+                let (target, hold) = spawn_target()?;
+                let opened = open(&Target::Pid(target.as_raw()));
+                drop(hold);
+                let _ = waitpid(target, None);
+                let mut ns = opened.map_err(|e| e.to_string())?;
+                let pidfd = ns
+                    .take_pidfd()
+                    .ok_or_else(|| "no pidfd for a PID target".to_string())?;
+                ensure(pidfd.pid() == target.as_raw(), || {
+                    format!("pidfd of {} for target {target}", pidfd.pid())
+                })?;
+                ensure(pidfd.has_exited(), || {
+                    "the pidfd does not see the target's exit".to_string()
                 })
             },
         );
