@@ -63,6 +63,10 @@ pub enum NetnsError {
     )]
     NotYours { pid: i32, owner: u32 },
     #[error(
+        "process {0} is yours but not dumpable (it called prctl(PR_SET_DUMPABLE, 0) or executed a setuid, setgid or file-capability program), so the kernel lets no one but root open its namespaces (hint: attach to another process in the same namespaces, e.g. the shell that started it, or bind-mount its network namespace before it gives up being dumpable and use --netns-type=path)"
+    )]
+    NotDumpable(i32),
+    #[error(
         "process {0} has not unshared a user namespace (it is in yours); start it with `unshare --user --map-root-user --net …` (unshare -Urn)"
     )]
     OwnUserNamespace(i32),
@@ -169,7 +173,7 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
                 NetnsError::Open { ref error, .. }
                     if matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
                 {
-                    NetnsError::NotYours { pid, owner }
+                    refusal(pid, &proc_dir, owner)
                 }
                 NetnsError::Open { ref error, .. }
                     if error.raw_os_error() == Some(libc::ENOENT) =>
@@ -217,6 +221,33 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
         net,
         pidfd,
     })
+}
+
+/// Why the kernel refused us a target's `ns/*` files. `ptrace_may_access`
+/// wants the target's real, effective and saved uids to be ours *and* the
+/// target to be dumpable, so a process of our own that is not (it called
+/// `prctl(PR_SET_DUMPABLE, 0)`, or executed a setuid, setgid or
+/// file-capability program) is refused just like another user's. Its
+/// `/proc/PID` then belongs to root, so the uids come from `status`, which
+/// anyone may read (translated into our user namespace); `owner`, the
+/// directory's, stands in if it cannot be read.
+fn refusal(pid: i32, proc_dir: &Path, owner: u32) -> NetnsError {
+    let uids = fs::read_to_string(proc_dir.join("status"))
+        .ok()
+        .and_then(|status| status_uids(&status));
+    let ours = nix::unistd::geteuid().as_raw();
+    match uids {
+        Some(uids) if uids.iter().all(|&uid| uid == ours) => NetnsError::NotDumpable(pid),
+        Some([real, ..]) => NetnsError::NotYours { pid, owner: real },
+        None => NetnsError::NotYours { pid, owner },
+    }
+}
+
+/// The real, effective and saved uids of a `/proc/PID/status` text.
+fn status_uids(status: &str) -> Option<[u32; 3]> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|id| id.parse().ok());
+    Some([ids.next()??, ids.next()??, ids.next()??])
 }
 
 /// The process behind `pidfd` has not exited, so the PID still names it.
@@ -581,6 +612,14 @@ mod tests {
                 })
             },
         );
+    }
+
+    #[test]
+    fn status_uids_are_real_effective_saved() {
+        let status = "Name:\tsleep\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t5\t5\t5\n";
+        assert_eq!(status_uids(status), Some([1000, 1001, 1002]));
+        assert_eq!(status_uids("Name:\tx\n"), None);
+        assert_eq!(status_uids("Uid:\t1\tx\t3\t4\n"), None);
     }
 
     #[test]

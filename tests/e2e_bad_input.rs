@@ -496,6 +496,66 @@ fn pid_whose_network_namespace_is_not_ours() {
     }
 }
 
+/// A target of the user's own that made itself non-dumpable: python3 as uid
+/// 65534 in the initial user namespace makes a user+net namespace (its memory
+/// still belongs to the initial one, so owning the new user namespace gives no
+/// `CAP_SYS_PTRACE` over it), maps itself to root there, then calls
+/// `prctl(PR_SET_DUMPABLE, 0)`. The kernel says EACCES as for another user's
+/// process; we must say what it really is.
+#[test]
+fn pid_of_our_own_that_is_not_dumpable() {
+    use std::io::{BufRead, BufReader};
+    let Some(w) = World::for_test("pid_of_our_own_that_is_not_dumpable") else {
+        return;
+    };
+    let script = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+    sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+for name, text in (("uid_map", "0 65534 1"), ("setgroups", "deny"), ("gid_map", "0 65534 1")):
+    with open("/proc/self/" + name, "w") as f:
+        f.write(text)
+PR_SET_DUMPABLE = 4
+if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    sys.exit("prctl: " + os.strerror(ctypes.get_errno()))
+print("ready", flush=True)
+time.sleep(300)
+"#;
+    let mut c = cmd("setpriv", AS_NOBODY);
+    c.args(["/usr/bin/python3", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = c.spawn().expect("spawn python3");
+    let stdout = child.stdout.take().expect("python3's stdout");
+    let target = Process::new(child);
+    // Bounded: python3 prints one line or exits (end of file).
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the non-dumpable target did not start"
+    );
+    let pid = target.pid.to_string();
+    for mode in MODES {
+        refused(
+            &w,
+            &format!("non-dumpable target {mode:?}"),
+            w.attach(mode, &pid, &w.ifname),
+            Expect::fails(&[
+                &format!("process {pid} is yours but not dumpable"),
+                "PR_SET_DUMPABLE",
+                "--netns-type=path",
+            ]),
+        );
+        assert_no_link_in_root(&w);
+    }
+    drop(target);
+}
+
 // ---------------------------------------------------------------------------
 // The interface name
 // ---------------------------------------------------------------------------
