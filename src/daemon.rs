@@ -18,6 +18,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -81,8 +82,17 @@ pub enum Daemonized {
 /// Fork into the background. The daemon gets a [`Notifier`] to report through;
 /// the original process waits for the daemon's answer.
 ///
-/// Must be called while the process is single-threaded.
-pub fn daemonize() -> io::Result<Daemonized> {
+/// The daemon leaves the caller's working directory (`chdir("/")`, so it
+/// keeps no file system busy and resolves no relative path against it: the
+/// caller makes every path absolute first) and closes every inherited
+/// descriptor above stderr but `keep` (the `--ready-fd`/`--exit-fd` it was
+/// handed) and its notifier pipe: a descriptor the caller forgot to mark
+/// close-on-exec (a lock file, the write end of somebody's pipe) must not live
+/// as long as the tunnel.
+///
+/// Must be called while the process is single-threaded, and while nothing in
+/// it owns a descriptor above 2 but those in `keep`.
+pub fn daemonize(keep: &[RawFd]) -> io::Result<Daemonized> {
     let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: called before any thread is started (the caller's contract; main
     // forks before it builds the tokio runtime), so the child is a complete,
@@ -120,6 +130,14 @@ pub fn daemonize() -> io::Result<Daemonized> {
             dup2_stdin(&null)?;
             dup2_stdout(&null)?;
             dup2_stderr(&null)?;
+            drop(null);
+            nix::unistd::chdir("/")?;
+            let mut keep = keep.to_vec();
+            keep.push(write_end.as_raw_fd());
+            // SAFETY: nothing in this process owns a descriptor above 2 but
+            // those in `keep` (the caller's contract; `null` is closed above),
+            // so none is closed behind its owner's back.
+            unsafe { close_all_except(&keep) }?;
             Ok(Daemonized::Daemon(Notifier {
                 pipe: Some(File::from(write_end)),
             }))
@@ -149,6 +167,18 @@ impl Janitor {
     ///
     /// Must be called while the process is single-threaded.
     pub fn spawn(keep: &[RawFd], cleanup: impl FnOnce()) -> io::Result<Self> {
+        Self::spawn_with(keep, cleanup, || {})
+    }
+
+    /// [`Janitor::spawn`], plus `at_end`, which runs in the janitor however
+    /// we end, dismissed or dead: the cleanup the confined engine cannot do
+    /// itself (the pid file, outside the one directory Landlock lets it
+    /// remove files in). [`Janitor::dismiss`] waits for it.
+    pub fn spawn_with(
+        keep: &[RawFd],
+        cleanup: impl FnOnce(),
+        at_end: impl FnOnce(),
+    ) -> io::Result<Self> {
         let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
         // SAFETY: called before any thread exists (the callers fork before the
         // tokio runtime starts), so the child is a consistent copy; it never
@@ -162,7 +192,7 @@ impl Janitor {
                 drop(write_end);
                 let mut keep = keep.to_vec();
                 keep.push(read_end.as_raw_fd());
-                janitor_main(File::from(read_end), &keep, cleanup)
+                janitor_main(File::from(read_end), &keep, cleanup, at_end)
             }
         }
     }
@@ -177,7 +207,12 @@ impl Janitor {
     }
 }
 
-fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
+fn janitor_main(
+    mut pipe: File,
+    keep: &[RawFd],
+    cleanup: impl FnOnce(),
+    at_end: impl FnOnce(),
+) -> ! {
     use nix::sys::signal::{SigHandler, Signal, signal};
     for sig in [
         Signal::SIGINT,
@@ -205,6 +240,7 @@ fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
     if !dismissed {
         cleanup();
     }
+    at_end();
     // SAFETY: `_exit` ends the janitor without running destructors of the
     // parent's objects, whose descriptors were closed above.
     unsafe { libc::_exit(0) }
@@ -293,4 +329,89 @@ unsafe fn close_listed_except(keep: &[RawFd]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--pid-file PATH`: our PID, for service managers and scripts. Written
+/// atomically (a temporary file in the same directory, renamed over PATH), so a
+/// reader sees either no file or the whole number, and removed only while it
+/// still holds our PID (another instance may have taken the path since).
+#[derive(Debug, Clone)]
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Check that PATH can be written by us: its directory exists and is
+    /// writable, and PATH is not a directory. `path` must be absolute (the
+    /// daemon works from `/`).
+    pub fn check(path: &Path) -> io::Result<Self> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let (Some(dir), Some(_)) = (dir, path.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("--pid-file {} does not name a file", path.display()),
+            ));
+        };
+        nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
+            .map_err(|e| {
+                let why = if e == nix::errno::Errno::ENOENT {
+                    "does not exist"
+                } else {
+                    "is not writable by you"
+                };
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "cannot write the pid file {}: its directory {} {why} ({e}) (hint: choose a directory of your own, e.g. $XDG_RUNTIME_DIR)",
+                        path.display(),
+                        dir.display()
+                    ),
+                )
+            })?;
+        if path.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("--pid-file {} is a directory", path.display()),
+            ));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn contents(pid: u32) -> String {
+        format!("{pid}\n")
+    }
+
+    /// Write our PID: into `.NAME.PID.tmp` beside PATH, then rename it over
+    /// PATH.
+    pub fn write(&self) -> io::Result<()> {
+        let pid = std::process::id();
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(self.path.file_name().unwrap_or_default());
+        tmp_name.push(format!(".{pid}.tmp"));
+        let tmp = self.path.with_file_name(tmp_name);
+        let written = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut file| file.write_all(Self::contents(pid).as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Remove PATH if it still holds our PID. For the janitor, whose PID
+    /// differs: `pid` is the engine's.
+    pub fn remove_if_ours(&self, pid: u32) {
+        if std::fs::read_to_string(&self.path).is_ok_and(|text| text == Self::contents(pid)) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }

@@ -153,6 +153,11 @@ impl ReadyFd {
         })
     }
 
+    /// Its number, for the daemon to keep it open (`daemon::daemonize`).
+    pub fn raw(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// Write "1" and close.
     pub fn notify(mut self) {
         if let Err(e) = self.file.write_all(b"1") {
@@ -174,6 +179,11 @@ impl ExitFd {
         Ok(Self {
             fd: take_fd(fd, flag)?,
         })
+    }
+
+    /// Its number, for the daemon to keep it open (`daemon::daemonize`).
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Wait until the descriptor is readable (data, end-of-file or error). We

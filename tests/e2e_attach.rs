@@ -449,6 +449,115 @@ fn exits_when_target_exits_background() {
     );
 }
 
+/// The daemon holds nothing of its caller's: its working directory is `/`
+/// (the caller's was the work dir), and a descriptor the caller left open
+/// without `FD_CLOEXEC` (fd 7 on a file) is held by none of our processes.
+/// `--pid-file`, given relative to the caller's directory, holds the engine's
+/// PID while it runs and is gone after SIGTERM; the tunnel works throughout.
+#[test]
+fn daemon_leaves_cwd_and_inherited_fds_and_keeps_a_pid_file() {
+    let Some(id) = require_root_env("daemon_leaves_cwd_and_inherited_fds_and_keeps_a_pid_file")
+    else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let inherited = s.dir.write("inherited", "held by the caller\n", 0o644);
+    let pid_file = s.dir.path().join("engine.pid");
+    let mut c = cmd("sh", ["-c", r#"exec 7<"$0" && exec "$@""#]);
+    c.arg(&inherited)
+        .arg("setpriv")
+        .args(AS_NOBODY)
+        .arg(binary())
+        .args(s.args(s.target.pid(), &["--configure", "--pid-file", "engine.pid"]))
+        .current_dir(s.dir.path());
+    let desc = describe(&c);
+    let out = run_timeout(&mut c, None, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{desc} failed ({})\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let engine = match engines(s.dir.path()).as_slice() {
+        [pid] => *pid,
+        other => panic!("not one engine: {other:?}"),
+    };
+    let written = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    assert_eq!(written, format!("{engine}\n"), "the pid file");
+    let cwd = std::fs::read_link(format!("/proc/{engine}/cwd")).expect("the engine's cwd");
+    assert_eq!(
+        cwd,
+        std::path::Path::new("/"),
+        "the engine's working directory"
+    );
+    for pid in instances(s.dir.path()) {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds");
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert_ne!(
+                target,
+                inherited,
+                "process {pid} (engine {engine}) holds the inherited fd as {}",
+                fd.file_name().to_string_lossy()
+            );
+        }
+    }
+    s.expect_ping(s.peer_v4(), 1);
+
+    let t = Instant::now();
+    signal(engine, Signal::SIGTERM);
+    let done = wait_for(EXIT_BUDGET + EXIT_SLACK, || {
+        !pid_file.exists() && instances(s.dir.path()).is_empty()
+    });
+    assert!(
+        done,
+        "{:?} after SIGTERM: pid file there: {}, still running: {:?}",
+        t.elapsed(),
+        pid_file.exists(),
+        instances(s.dir.path())
+    );
+    assert!(gone(&s.socket()), "socket left after SIGTERM");
+    eprintln!(
+        "daemon: cwd {cwd:?}, pid file {written:?}, gone {:?} after SIGTERM",
+        t.elapsed()
+    );
+}
+
+/// An engine killed with SIGKILL cannot remove its pid file: the janitor does,
+/// with the socket.
+#[test]
+fn pid_file_is_removed_when_the_engine_is_killed() {
+    let Some(id) = require_root_env("pid_file_is_removed_when_the_engine_is_killed") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let pid_file = s.dir.path().join("engine.pid");
+    let shown = pid_file.display().to_string();
+    s.attach(&["--pid-file", &shown]);
+    let engine = match engines(s.dir.path()).as_slice() {
+        [pid] => *pid,
+        other => panic!("not one engine: {other:?}"),
+    };
+    let written = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("{shown}: {e}"));
+    assert_eq!(written, format!("{engine}\n"), "the pid file");
+    let t = Instant::now();
+    signal(engine, Signal::SIGKILL);
+    let done = wait_for(EXIT_BUDGET + EXIT_SLACK, || {
+        !pid_file.exists() && gone(&s.socket()) && instances(s.dir.path()).is_empty()
+    });
+    assert!(
+        done,
+        "{:?} after SIGKILL: pid file there: {}, socket gone: {}, running: {:?}",
+        t.elapsed(),
+        pid_file.exists(),
+        gone(&s.socket()),
+        instances(s.dir.path())
+    );
+    eprintln!("pid file removed {:?} after SIGKILL", t.elapsed());
+}
+
 /// A second instance on the same `--tmpdir` and IFNAME (another target) fails
 /// clearly, leaves no TUN in its target, and does not disturb the first.
 #[test]

@@ -1470,6 +1470,43 @@ fn ready_and_exit_fds_that_cannot_be_ours() {
     }
 }
 
+/// `--pid-file` in a directory we cannot write (root's 0755) or that does not
+/// exist: refused before anything starts, naming the path, with a valid
+/// target.
+#[test]
+fn pid_file_in_a_directory_we_cannot_write() {
+    let Some(w) = World::for_test("pid_file_in_a_directory_we_cannot_write") else {
+        return;
+    };
+    let target = Target::spawn();
+    let pid = target.pid().to_string();
+    let root = root_dir(&w.id);
+    let unwritable = root.path().join("engine.pid").display().to_string();
+    let missing = w
+        .dir
+        .path()
+        .join("no-such-dir/engine.pid")
+        .display()
+        .to_string();
+    for mode in MODES {
+        for (path, why) in [(&unwritable, "not writable"), (&missing, "does not exist")] {
+            let mut flags = mode.to_vec();
+            flags.extend(["--pid-file", path.as_str()]);
+            refused(
+                &w,
+                &format!("--pid-file {path} {mode:?}"),
+                w.attach(&flags, &pid, &w.ifname),
+                Expect::fails(&[&format!("cannot write the pid file {path}"), why])
+                    .inside(target.place()),
+            );
+        }
+    }
+    assert!(
+        dir_entries(root.path()).is_empty(),
+        "files left in the unwritable directory"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Usage
 // ---------------------------------------------------------------------------
