@@ -245,6 +245,11 @@ fn serve(
     (ready_fd, exit_fd): (Option<ReadyFd>, Option<ExitFd>),
     notifier: &mut Notifier,
 ) -> anyhow::Result<()> {
+    // The slow part (the namespaces, the TUN) is done: nobody to serve if
+    // the foreground process died meanwhile.
+    if notifier.abandoned() {
+        bail!("the process that started us ended before the tunnel was ready; stopping");
+    }
     let peer_check = plan.sandbox.before_threads()?;
     let (runtime, signals) =
         lifecycle::engine_runtime().context("cannot start the async runtime")?;
@@ -268,7 +273,9 @@ fn serve(
             plan.target,
             socket.path().display()
         );
-        notifier.ready();
+        // Stops (socket, TUN and all, as for any failed start) if the
+        // foreground process is gone: nobody asked for the tunnel any more.
+        notifier.ready()?;
         if let Some(ready) = ready_fd {
             ready.notify();
         }

@@ -40,12 +40,39 @@ impl Notifier {
         Self::default()
     }
 
-    /// The tunnel is configured: release the foreground process.
-    pub fn ready(&mut self) {
-        if let Some(mut pipe) = self.pipe.take() {
-            // If the foreground process is gone there is nobody to tell.
-            let _ = pipe.write_all(READY);
+    /// The tunnel is configured: release the foreground process. An error
+    /// means it is gone (killed before we were ready: `EPIPE`, SIGPIPE being
+    /// ignored, as Rust programs do), and with it whoever wanted the tunnel:
+    /// the caller stops instead of serving it.
+    pub fn ready(&mut self) -> io::Result<()> {
+        match self.pipe.take() {
+            Some(mut pipe) => pipe.write_all(READY).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("the process that started us ended before the tunnel was ready ({e})"),
+                )
+            }),
+            None => Ok(()),
         }
+    }
+
+    /// Has the foreground process gone while we were starting? A pipe's
+    /// write end polls `POLLERR` once its last reader is closed; checked
+    /// between the steps of the start, so an abandoned start stops early
+    /// rather than only at [`Notifier::ready`].
+    pub fn abandoned(&self) -> bool {
+        let Some(pipe) = &self.pipe else {
+            return false;
+        };
+        let mut pfd = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd that lives across the call; the
+        // descriptor is open (owned by `self`); timeout 0 never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLERR != 0
     }
 
     /// Starting failed: hand the message to the foreground process to print.
@@ -413,5 +440,54 @@ impl PidFile {
         if std::fs::read_to_string(&self.path).is_ok_and(|text| text == Self::contents(pid)) {
             let _ = std::fs::remove_file(&self.path);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notifier_with_reader() -> (Notifier, File) {
+        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).expect("pipe2");
+        let notifier = Notifier {
+            pipe: Some(File::from(write_end)),
+        };
+        (notifier, File::from(read_end))
+    }
+
+    /// While the foreground process listens, `ready` reaches it.
+    #[test]
+    fn ready_reaches_a_listening_foreground() {
+        let (mut notifier, mut reader) = notifier_with_reader();
+        assert!(!notifier.abandoned());
+        notifier.ready().expect("ready");
+        let mut answer = Vec::new();
+        reader.read_to_end(&mut answer).expect("read");
+        assert_eq!(answer, READY);
+    }
+
+    /// The foreground process killed before "ready": the start sees it
+    /// (`abandoned`) and `ready` fails with EPIPE, which the attach form
+    /// turns into a stop (`attach::serve`).
+    #[test]
+    fn a_vanished_foreground_is_seen_and_ready_fails() {
+        let (mut notifier, reader) = notifier_with_reader();
+        drop(reader);
+        assert!(notifier.abandoned());
+        let err = notifier.ready().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+        assert!(
+            err.to_string()
+                .contains("ended before the tunnel was ready"),
+            "{err}"
+        );
+    }
+
+    /// Foreground mode has nobody to tell and is never abandoned.
+    #[test]
+    fn foreground_mode_is_never_abandoned() {
+        let mut notifier = Notifier::foreground();
+        assert!(!notifier.abandoned());
+        notifier.ready().expect("ready");
     }
 }
