@@ -7,13 +7,19 @@
 //! `error:<message>` into it, and the foreground process prints the error or
 //! nothing and exits with the matching status. The daemon `setsid`s and points its
 //! stdio at `/dev/null`, so `out=$(wireguard4netns …)` returns as soon as the
-//! tunnel is up, as with wireguard-go.
+//! tunnel is up, as with wireguard-go. It also moves to `/` and closes every
+//! descriptor it inherited but the ones it was handed (`--ready-fd`,
+//! `--exit-fd`), so it holds nothing of its caller's for the tunnel's lifetime.
+//! If the foreground process dies before the answer, the pipe loses its reader
+//! (`POLLERR`, then `EPIPE` on "ready") and the daemon stops: a start nobody
+//! waits for is abandoned, not served.
 //!
 //! The janitor is a second fork that outlives nothing: it waits for end-of-file
 //! on a pipe only we write to, which our death (SIGKILL included) delivers, and
 //! then removes our socket files. Like every process we fork that is not meant
 //! to hold our resources (the TUN helper too), it closes every inherited
-//! descriptor it does not need (`keep_only`).
+//! descriptor it does not need (`keep_only`). It also removes the
+//! `--pid-file` however we end, which the confined engine itself may not.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
