@@ -18,7 +18,7 @@ use ipnetwork::IpNetwork;
 
 use crate::cli::{AttachArgs, NetnsType};
 use crate::config::Config;
-use crate::daemon::{self, DaemonOutcome, Daemonized, Janitor, Notifier};
+use crate::daemon::{self, DaemonOutcome, Daemonized, Janitor, Notifier, PidFile};
 use crate::engine::Engine;
 use crate::lifecycle::{self, ExitFd, PidFd, ReadyFd, StopReason};
 use crate::netns::{self, Configure, Target, TunRequest};
@@ -38,6 +38,7 @@ pub struct Plan {
     pub foreground: bool,
     pub ready_fd: Option<ReadyFd>,
     pub exit_fd: Option<ExitFd>,
+    pub pid_file: Option<PidFile>,
     pub sandbox: Sandbox,
 }
 
@@ -64,6 +65,22 @@ pub fn parse_target(
             user: userns.map(Path::to_path_buf),
         }),
     }
+}
+
+/// A path target with absolute paths, resolved against the current directory
+/// (which the daemon leaves).
+fn absolute_target(target: Target) -> anyhow::Result<Target> {
+    Ok(match target {
+        Target::Path { net, user } => Target::Path {
+            net: std::path::absolute(&net)
+                .with_context(|| format!("cannot make {} absolute", net.display()))?,
+            user: user
+                .map(|u| std::path::absolute(&u))
+                .transpose()
+                .context("cannot make --userns-path absolute")?,
+        },
+        pid => pid,
+    })
 }
 
 /// Resolve every peer's Endpoint now, so a name that does not resolve is an
@@ -94,7 +111,19 @@ impl Plan {
         else {
             bail!("TARGET, IFNAME and CONFIG are required");
         };
-        let target = parse_target(target, args.netns_type, args.userns_path.as_deref())?;
+        lifecycle::check_handed_fds(&[("--ready-fd", args.ready_fd), ("--exit-fd", args.exit_fd)])?;
+        // The daemon works from `/`: every path it uses later is made
+        // absolute here, against the caller's directory.
+        let target = absolute_target(parse_target(
+            target,
+            args.netns_type,
+            args.userns_path.as_deref(),
+        )?)?;
+        let pid_file = args
+            .pid_file
+            .as_deref()
+            .map(|path| PidFile::check(&std::path::absolute(path)?))
+            .transpose()?;
         tun::validate_ifname(ifname)?;
         let config = Config::from_file(config_path)?;
         for warning in &config.warnings {
@@ -110,7 +139,8 @@ impl Plan {
         }
         let endpoints =
             resolve_endpoints(&config).with_context(|| format!("in {}", config_path.display()))?;
-        let socket_dir = args.tmpdir.clone().unwrap_or_else(uapi::default_dir);
+        let socket_dir = std::path::absolute(args.tmpdir.clone().unwrap_or_else(uapi::default_dir))
+            .context("cannot find the current directory for --tmpdir")?;
         Ok(Self {
             sandbox: Sandbox::new(!args.no_sandbox, &socket_dir, &config),
             target,
@@ -128,6 +158,7 @@ impl Plan {
                 .exit_fd
                 .map(|fd| ExitFd::take(fd, "--exit-fd"))
                 .transpose()?,
+            pid_file,
         })
     }
 }
@@ -139,7 +170,10 @@ pub fn exec(mut plan: Plan) -> anyhow::Result<()> {
     let mut notifier = if plan.foreground {
         Notifier::foreground()
     } else {
-        match daemon::daemonize().context("cannot fork into the background")? {
+        let keep: Vec<_> = (plan.ready_fd.iter().map(ReadyFd::raw))
+            .chain(plan.exit_fd.iter().map(ExitFd::raw))
+            .collect();
+        match daemon::daemonize(&keep).context("cannot fork into the background")? {
             Daemonized::Daemon(notifier) => notifier,
             Daemonized::Original(DaemonOutcome::Ready) => return Ok(()),
             Daemonized::Original(DaemonOutcome::Failed(msg)) => bail!("{msg}"),
@@ -163,18 +197,22 @@ struct Prepared {
 }
 
 fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
-    let ns = netns::open(&plan.target)?;
-    let pidfd = match plan.target {
-        Target::Pid(pid) => Some(PidFd::open(pid).map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => anyhow::Error::from(netns::NetnsError::NoSuchProcess(pid)),
-            _ => anyhow::Error::from(e).context(format!("cannot watch process {pid}")),
-        })?),
-        Target::Path { .. } => None,
-    };
+    // For a PID target, the pidfd `open` took before the namespace files.
+    let mut ns = netns::open(&plan.target)?;
+    let pidfd = ns.take_pidfd();
     let socket = UapiSocket::bind(&plan.socket_dir, &plan.ifname)?;
     // Forked before the TUN exists, so it never holds the interface open.
-    let janitor = Janitor::spawn(&socket.raw_fds(), || socket.remove_files())
-        .context("cannot start the cleanup process")?;
+    let engine_pid = std::process::id();
+    let janitor = Janitor::spawn_with(
+        &socket.raw_fds(),
+        || socket.remove_files(),
+        || {
+            if let Some(pid_file) = &plan.pid_file {
+                pid_file.remove_if_ours(engine_pid);
+            }
+        },
+    )
+    .context("cannot start the cleanup process")?;
     let routes = routes(&plan.config);
     let request = TunRequest {
         ifname: &plan.ifname,
@@ -185,6 +223,14 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
         }),
     };
     let tun = netns::create_tun_in(ns, &request)?;
+    // Now, while we are unconfined: the sandbox forbids opening files. The
+    // TUN exists and the socket is ours; what remains (the engine's start) is
+    // a failure the janitor answers by removing the file again.
+    if let Some(pid_file) = &plan.pid_file {
+        pid_file
+            .write()
+            .with_context(|| format!("cannot write the pid file {}", pid_file.path().display()))?;
+    }
     Ok(Prepared {
         tun,
         socket,
@@ -199,6 +245,11 @@ fn serve(
     (ready_fd, exit_fd): (Option<ReadyFd>, Option<ExitFd>),
     notifier: &mut Notifier,
 ) -> anyhow::Result<()> {
+    // The slow part (the namespaces, the TUN) is done: nobody to serve if
+    // the foreground process died meanwhile.
+    if notifier.abandoned() {
+        bail!("the process that started us ended before the tunnel was ready; stopping");
+    }
     let peer_check = plan.sandbox.before_threads()?;
     let (runtime, signals) =
         lifecycle::engine_runtime().context("cannot start the async runtime")?;
@@ -222,7 +273,9 @@ fn serve(
             plan.target,
             socket.path().display()
         );
-        notifier.ready();
+        // Stops (socket, TUN and all, as for any failed start) if the
+        // foreground process is gone: nobody asked for the tunnel any more.
+        notifier.ready()?;
         if let Some(ready) = ready_fd {
             ready.notify();
         }

@@ -132,6 +132,11 @@ pub struct AttachArgs {
     #[arg(long, value_name = "N")]
     pub exit_fd: Option<i32>,
 
+    /// Write the engine's PID to this file once the tunnel is up (atomically);
+    /// it is removed when the engine stops, however it stops
+    #[arg(long, value_name = "PATH")]
+    pub pid_file: Option<PathBuf>,
+
     /// Do not confine the engine (seccomp, Landlock, capabilities); for
     /// debugging only, e.g. to run it under strace
     #[arg(long)]

@@ -7,17 +7,24 @@
 //! `error:<message>` into it, and the foreground process prints the error or
 //! nothing and exits with the matching status. The daemon `setsid`s and points its
 //! stdio at `/dev/null`, so `out=$(wireguard4netns …)` returns as soon as the
-//! tunnel is up, as with wireguard-go.
+//! tunnel is up, as with wireguard-go. It also moves to `/` and closes every
+//! descriptor it inherited but the ones it was handed (`--ready-fd`,
+//! `--exit-fd`), so it holds nothing of its caller's for the tunnel's lifetime.
+//! If the foreground process dies before the answer, the pipe loses its reader
+//! (`POLLERR`, then `EPIPE` on "ready") and the daemon stops: a start nobody
+//! waits for is abandoned, not served.
 //!
 //! The janitor is a second fork that outlives nothing: it waits for end-of-file
 //! on a pipe only we write to, which our death (SIGKILL included) delivers, and
 //! then removes our socket files. Like every process we fork that is not meant
 //! to hold our resources (the TUN helper too), it closes every inherited
-//! descriptor it does not need (`keep_only`).
+//! descriptor it does not need (`keep_only`). It also removes the
+//! `--pid-file` however we end, which the confined engine itself may not.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
+use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::sys::wait::{WaitStatus, waitpid};
@@ -39,12 +46,39 @@ impl Notifier {
         Self::default()
     }
 
-    /// The tunnel is configured: release the foreground process.
-    pub fn ready(&mut self) {
-        if let Some(mut pipe) = self.pipe.take() {
-            // If the foreground process is gone there is nobody to tell.
-            let _ = pipe.write_all(READY);
+    /// The tunnel is configured: release the foreground process. An error
+    /// means it is gone (killed before we were ready: `EPIPE`, SIGPIPE being
+    /// ignored, as Rust programs do), and with it whoever wanted the tunnel:
+    /// the caller stops instead of serving it.
+    pub fn ready(&mut self) -> io::Result<()> {
+        match self.pipe.take() {
+            Some(mut pipe) => pipe.write_all(READY).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("the process that started us ended before the tunnel was ready ({e})"),
+                )
+            }),
+            None => Ok(()),
         }
+    }
+
+    /// Has the foreground process gone while we were starting? A pipe's
+    /// write end polls `POLLERR` once its last reader is closed; checked
+    /// between the steps of the start, so an abandoned start stops early
+    /// rather than only at [`Notifier::ready`].
+    pub fn abandoned(&self) -> bool {
+        let Some(pipe) = &self.pipe else {
+            return false;
+        };
+        let mut pfd = libc::pollfd {
+            fd: pipe.as_raw_fd(),
+            events: 0,
+            revents: 0,
+        };
+        // SAFETY: `pfd` is one valid pollfd that lives across the call; the
+        // descriptor is open (owned by `self`); timeout 0 never blocks.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        n > 0 && pfd.revents & libc::POLLERR != 0
     }
 
     /// Starting failed: hand the message to the foreground process to print.
@@ -81,8 +115,17 @@ pub enum Daemonized {
 /// Fork into the background. The daemon gets a [`Notifier`] to report through;
 /// the original process waits for the daemon's answer.
 ///
-/// Must be called while the process is single-threaded.
-pub fn daemonize() -> io::Result<Daemonized> {
+/// The daemon leaves the caller's working directory (`chdir("/")`, so it
+/// keeps no file system busy and resolves no relative path against it: the
+/// caller makes every path absolute first) and closes every inherited
+/// descriptor above stderr but `keep` (the `--ready-fd`/`--exit-fd` it was
+/// handed) and its notifier pipe: a descriptor the caller forgot to mark
+/// close-on-exec (a lock file, the write end of somebody's pipe) must not live
+/// as long as the tunnel.
+///
+/// Must be called while the process is single-threaded, and while nothing in
+/// it owns a descriptor above 2 but those in `keep`.
+pub fn daemonize(keep: &[RawFd]) -> io::Result<Daemonized> {
     let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
     // SAFETY: called before any thread is started (the caller's contract; main
     // forks before it builds the tokio runtime), so the child is a complete,
@@ -120,6 +163,14 @@ pub fn daemonize() -> io::Result<Daemonized> {
             dup2_stdin(&null)?;
             dup2_stdout(&null)?;
             dup2_stderr(&null)?;
+            drop(null);
+            nix::unistd::chdir("/")?;
+            let mut keep = keep.to_vec();
+            keep.push(write_end.as_raw_fd());
+            // SAFETY: nothing in this process owns a descriptor above 2 but
+            // those in `keep` (the caller's contract; `null` is closed above),
+            // so none is closed behind its owner's back.
+            unsafe { close_all_except(&keep) }?;
             Ok(Daemonized::Daemon(Notifier {
                 pipe: Some(File::from(write_end)),
             }))
@@ -149,6 +200,18 @@ impl Janitor {
     ///
     /// Must be called while the process is single-threaded.
     pub fn spawn(keep: &[RawFd], cleanup: impl FnOnce()) -> io::Result<Self> {
+        Self::spawn_with(keep, cleanup, || {})
+    }
+
+    /// [`Janitor::spawn`], plus `at_end`, which runs in the janitor however
+    /// we end, dismissed or dead: the cleanup the confined engine cannot do
+    /// itself (the pid file, outside the one directory Landlock lets it
+    /// remove files in). [`Janitor::dismiss`] waits for it.
+    pub fn spawn_with(
+        keep: &[RawFd],
+        cleanup: impl FnOnce(),
+        at_end: impl FnOnce(),
+    ) -> io::Result<Self> {
         let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC)?;
         // SAFETY: called before any thread exists (the callers fork before the
         // tokio runtime starts), so the child is a consistent copy; it never
@@ -162,7 +225,7 @@ impl Janitor {
                 drop(write_end);
                 let mut keep = keep.to_vec();
                 keep.push(read_end.as_raw_fd());
-                janitor_main(File::from(read_end), &keep, cleanup)
+                janitor_main(File::from(read_end), &keep, cleanup, at_end)
             }
         }
     }
@@ -177,7 +240,12 @@ impl Janitor {
     }
 }
 
-fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
+fn janitor_main(
+    mut pipe: File,
+    keep: &[RawFd],
+    cleanup: impl FnOnce(),
+    at_end: impl FnOnce(),
+) -> ! {
     use nix::sys::signal::{SigHandler, Signal, signal};
     for sig in [
         Signal::SIGINT,
@@ -205,6 +273,7 @@ fn janitor_main(mut pipe: File, keep: &[RawFd], cleanup: impl FnOnce()) -> ! {
     if !dismissed {
         cleanup();
     }
+    at_end();
     // SAFETY: `_exit` ends the janitor without running destructors of the
     // parent's objects, whose descriptors were closed above.
     unsafe { libc::_exit(0) }
@@ -293,4 +362,138 @@ unsafe fn close_listed_except(keep: &[RawFd]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--pid-file PATH`: our PID, for service managers and scripts. Written
+/// atomically (a temporary file in the same directory, renamed over PATH), so a
+/// reader sees either no file or the whole number, and removed only while it
+/// still holds our PID (another instance may have taken the path since).
+#[derive(Debug, Clone)]
+pub struct PidFile {
+    path: PathBuf,
+}
+
+impl PidFile {
+    /// Check that PATH can be written by us: its directory exists and is
+    /// writable, and PATH is not a directory. `path` must be absolute (the
+    /// daemon works from `/`).
+    pub fn check(path: &Path) -> io::Result<Self> {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        let (Some(dir), Some(_)) = (dir, path.file_name()) else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("--pid-file {} does not name a file", path.display()),
+            ));
+        };
+        nix::unistd::access(dir, nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK)
+            .map_err(|e| {
+                let why = if e == nix::errno::Errno::ENOENT {
+                    "does not exist"
+                } else {
+                    "is not writable by you"
+                };
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "cannot write the pid file {}: its directory {} {why} ({e}) (hint: choose a directory of your own, e.g. $XDG_RUNTIME_DIR)",
+                        path.display(),
+                        dir.display()
+                    ),
+                )
+            })?;
+        if path.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("--pid-file {} is a directory", path.display()),
+            ));
+        }
+        Ok(Self {
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn contents(pid: u32) -> String {
+        format!("{pid}\n")
+    }
+
+    /// Write our PID: into `.NAME.PID.tmp` beside PATH, then rename it over
+    /// PATH.
+    pub fn write(&self) -> io::Result<()> {
+        let pid = std::process::id();
+        let mut tmp_name = std::ffi::OsString::from(".");
+        tmp_name.push(self.path.file_name().unwrap_or_default());
+        tmp_name.push(format!(".{pid}.tmp"));
+        let tmp = self.path.with_file_name(tmp_name);
+        let written = File::options()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut file| file.write_all(Self::contents(pid).as_bytes()))
+            .and_then(|()| std::fs::rename(&tmp, &self.path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    /// Remove PATH if it still holds our PID. For the janitor, whose PID
+    /// differs: `pid` is the engine's.
+    pub fn remove_if_ours(&self, pid: u32) {
+        if std::fs::read_to_string(&self.path).is_ok_and(|text| text == Self::contents(pid)) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notifier_with_reader() -> (Notifier, File) {
+        let (read_end, write_end) = pipe2(OFlag::O_CLOEXEC).expect("pipe2");
+        let notifier = Notifier {
+            pipe: Some(File::from(write_end)),
+        };
+        (notifier, File::from(read_end))
+    }
+
+    /// While the foreground process listens, `ready` reaches it.
+    #[test]
+    fn ready_reaches_a_listening_foreground() {
+        let (mut notifier, mut reader) = notifier_with_reader();
+        assert!(!notifier.abandoned());
+        notifier.ready().expect("ready");
+        let mut answer = Vec::new();
+        reader.read_to_end(&mut answer).expect("read");
+        assert_eq!(answer, READY);
+    }
+
+    /// The foreground process killed before "ready": the start sees it
+    /// (`abandoned`) and `ready` fails with EPIPE, which the attach form
+    /// turns into a stop (`attach::serve`).
+    #[test]
+    fn a_vanished_foreground_is_seen_and_ready_fails() {
+        let (mut notifier, reader) = notifier_with_reader();
+        drop(reader);
+        assert!(notifier.abandoned());
+        let err = notifier.ready().unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe, "{err}");
+        assert!(
+            err.to_string()
+                .contains("ended before the tunnel was ready"),
+            "{err}"
+        );
+    }
+
+    /// Foreground mode has nobody to tell and is never abandoned.
+    #[test]
+    fn foreground_mode_is_never_abandoned() {
+        let mut notifier = Notifier::foreground();
+        assert!(!notifier.abandoned());
+        notifier.ready().expect("ready");
+    }
 }

@@ -104,6 +104,40 @@ fn take_fd(fd: RawFd, flag: &str) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// Refuse descriptor numbers that `--ready-fd`/`--exit-fd` cannot own, before
+/// anything is opened: stdio (0-2: in background mode they point at
+/// `/dev/null`, and in the foreground closing them would let the next file we
+/// open take the number of stderr), and one number given twice (one
+/// descriptor with two owners, closed twice). `fds` pairs each flag with its
+/// number, if given.
+pub fn check_handed_fds(fds: &[(&str, Option<RawFd>)]) -> io::Result<()> {
+    let given: Vec<(&str, RawFd)> = fds
+        .iter()
+        .filter_map(|&(flag, fd)| Some((flag, fd?)))
+        .collect();
+    for &(flag, fd) in &given {
+        if (0..=2).contains(&fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{flag} {fd} is a standard stream (0-2), which the engine does not own (hint: hand it a descriptor of its own, 3 or above, e.g. `{flag} 3 3>FILE`)"
+                ),
+            ));
+        }
+    }
+    for (i, &(flag, fd)) in given.iter().enumerate() {
+        if let Some(&(other, _)) = given[i + 1..].iter().find(|&&(_, o)| o == fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{flag} and {other} are both {fd}: one descriptor cannot serve both (hint: give each its own, e.g. `{flag} 3 {other} 4`)"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// `--ready-fd N`: written "1" once when the tunnel is up, then closed
 /// (slirp4netns' convention).
 #[derive(Debug)]
@@ -117,6 +151,11 @@ impl ReadyFd {
         Ok(Self {
             file: File::from(take_fd(fd, flag)?),
         })
+    }
+
+    /// Its number, for the daemon to keep it open (`daemon::daemonize`).
+    pub fn raw(&self) -> RawFd {
+        self.file.as_raw_fd()
     }
 
     /// Write "1" and close.
@@ -140,6 +179,11 @@ impl ExitFd {
         Ok(Self {
             fd: take_fd(fd, flag)?,
         })
+    }
+
+    /// Its number, for the daemon to keep it open (`daemon::daemonize`).
+    pub fn raw(&self) -> RawFd {
+        self.fd.as_raw_fd()
     }
 
     /// Wait until the descriptor is readable (data, end-of-file or error). We
@@ -342,6 +386,25 @@ impl SignalWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handed_fds_refuse_stdio_and_sharing() {
+        let err = |fds: &[(&str, Option<RawFd>)]| check_handed_fds(fds).unwrap_err().to_string();
+        for fd in 0..=2 {
+            let msg = err(&[("--ready-fd", Some(fd)), ("--exit-fd", None)]);
+            assert!(
+                msg.starts_with(&format!("--ready-fd {fd} is a standard stream")),
+                "{msg}"
+            );
+        }
+        let msg = err(&[("--ready-fd", Some(5)), ("--exit-fd", Some(5))]);
+        assert!(
+            msg.starts_with("--ready-fd and --exit-fd are both 5"),
+            "{msg}"
+        );
+        check_handed_fds(&[("--ready-fd", Some(3)), ("--exit-fd", Some(4))]).unwrap();
+        check_handed_fds(&[("--ready-fd", None), ("--exit-fd", None)]).unwrap();
+    }
 
     #[test]
     fn pidfd_of_a_missing_process_is_esrch() {

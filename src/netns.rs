@@ -31,6 +31,7 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{ForkResult, Pid, fork};
 
 use crate::fdpass;
+use crate::lifecycle::PidFd;
 
 /// Which namespaces to attach to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +63,10 @@ pub enum NetnsError {
     )]
     NotYours { pid: i32, owner: u32 },
     #[error(
+        "process {0} is yours but not dumpable (it called prctl(PR_SET_DUMPABLE, 0) or executed a setuid, setgid or file-capability program), so the kernel lets no one but root open its namespaces (hint: attach to another process in the same namespaces, e.g. the shell that started it, or bind-mount its network namespace before it gives up being dumpable and use --netns-type=path)"
+    )]
+    NotDumpable(i32),
+    #[error(
         "process {0} has not unshared a user namespace (it is in yours); start it with `unshare --user --map-root-user --net …` (unshare -Urn)"
     )]
     OwnUserNamespace(i32),
@@ -71,6 +76,12 @@ pub enum NetnsError {
     OwnNetNamespace(String),
     // The OS errors below are part of the messages, not `source()`s: the
     // binary prints the source chain too, and would say them twice.
+    #[error("cannot watch process {pid}: {error}")]
+    Watch { pid: i32, error: io::Error },
+    #[error(
+        "process {0} exited while its namespaces were being opened (hint: start the target again and pass its new PID)"
+    )]
+    ExitedWhileOpening(i32),
     #[error("cannot open {}: {error}", path.display())]
     Open { path: PathBuf, error: io::Error },
     #[error(
@@ -95,11 +106,21 @@ pub struct Namespaces {
     /// `None` when the target shares our user namespace (only possible as root).
     user: Option<OwnedFd>,
     net: OwnedFd,
+    /// For a PID target: the pidfd opened before the namespace files, which
+    /// proves they are that process's (see [`open`]).
+    pidfd: Option<PidFd>,
 }
 
 impl Namespaces {
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The pidfd of a PID target, to watch it: the very process whose
+    /// namespaces these are. Take it before [`create_tun_in`], which consumes
+    /// `self`.
+    pub fn take_pidfd(&mut self) -> Option<PidFd> {
+        self.pidfd.take()
     }
 }
 
@@ -125,11 +146,24 @@ fn same_ns(fd: &OwnedFd, ours: &str) -> Result<bool, NetnsError> {
 }
 
 /// Open and check the target's namespaces. Fails before anything is changed.
+///
+/// For a PID target the pidfd comes first and is checked again after the
+/// namespace files are open: a PID only names a process while it lives, and
+/// if the target died and its PID went to another process between the two,
+/// `/proc/PID/ns/*` would be that other process's while the pidfd watched a
+/// dead one (or, opened second, the other process). Opened first, the pidfd
+/// pins the process; still running after the opens, it vouches that the files
+/// were its own (a zombie's `ns/*` cannot be opened).
 pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
     let root = nix::unistd::geteuid().is_root();
+    let mut pidfd = None;
     let (user, net) = match target {
         Target::Pid(pid) => {
             let pid = *pid;
+            let watch = PidFd::open(pid).map_err(|error| match error.raw_os_error() {
+                Some(libc::ESRCH) => NetnsError::NoSuchProcess(pid),
+                _ => NetnsError::Watch { pid, error },
+            })?;
             let proc_dir = PathBuf::from(format!("/proc/{pid}"));
             let owner = match fs::metadata(&proc_dir) {
                 Ok(meta) => meta.uid(),
@@ -139,7 +173,7 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
                 NetnsError::Open { ref error, .. }
                     if matches!(error.raw_os_error(), Some(libc::EACCES | libc::EPERM)) =>
                 {
-                    NetnsError::NotYours { pid, owner }
+                    refusal(pid, &proc_dir, owner)
                 }
                 NetnsError::Open { ref error, .. }
                     if error.raw_os_error() == Some(libc::ENOENT) =>
@@ -150,6 +184,8 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
             };
             let user = open_ns(&proc_dir.join("ns/user")).map_err(deny)?;
             let net = open_ns(&proc_dir.join("ns/net")).map_err(deny)?;
+            still_running(&watch)?;
+            pidfd = Some(watch);
             if same_ns(&user, "/proc/self/ns/user")? {
                 if !root {
                     return Err(NetnsError::OwnUserNamespace(pid));
@@ -183,7 +219,43 @@ pub fn open(target: &Target) -> Result<Namespaces, NetnsError> {
         target: target.clone(),
         user,
         net,
+        pidfd,
     })
+}
+
+/// Why the kernel refused us a target's `ns/*` files. `ptrace_may_access`
+/// wants the target's real, effective and saved uids to be ours *and* the
+/// target to be dumpable, so a process of our own that is not (it called
+/// `prctl(PR_SET_DUMPABLE, 0)`, or executed a setuid, setgid or
+/// file-capability program) is refused just like another user's. Its
+/// `/proc/PID` then belongs to root, so the uids come from `status`, which
+/// anyone may read (translated into our user namespace); `owner`, the
+/// directory's, stands in if it cannot be read.
+fn refusal(pid: i32, proc_dir: &Path, owner: u32) -> NetnsError {
+    let uids = fs::read_to_string(proc_dir.join("status"))
+        .ok()
+        .and_then(|status| status_uids(&status));
+    let ours = nix::unistd::geteuid().as_raw();
+    match uids {
+        Some(uids) if uids.iter().all(|&uid| uid == ours) => NetnsError::NotDumpable(pid),
+        Some([real, ..]) => NetnsError::NotYours { pid, owner: real },
+        None => NetnsError::NotYours { pid, owner },
+    }
+}
+
+/// The real, effective and saved uids of a `/proc/PID/status` text.
+fn status_uids(status: &str) -> Option<[u32; 3]> {
+    let line = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    let mut ids = line.split_whitespace().map(|id| id.parse().ok());
+    Some([ids.next()??, ids.next()??, ids.next()??])
+}
+
+/// The process behind `pidfd` has not exited, so the PID still names it.
+fn still_running(pidfd: &PidFd) -> Result<(), NetnsError> {
+    if pidfd.has_exited() {
+        return Err(NetnsError::ExitedWhileOpening(pidfd.pid()));
+    }
+    Ok(())
 }
 
 /// `ioctl(NS_GET_USERNS)`: the user namespace that owns a namespace.
@@ -243,7 +315,7 @@ pub fn create_tun_in(ns: Namespaces, req: &TunRequest<'_>) -> Result<OwnedFd, Ne
 /// Fork the helper: it sheds what it inherited ([`isolate`]), joins `ns`, runs
 /// `work` there and sends back the descriptor `work` made, or why it failed.
 fn spawn_helper(
-    ns: Namespaces,
+    mut ns: Namespaces,
     work: impl FnOnce() -> Result<OwnedFd, String>,
 ) -> Result<OwnedFd, NetnsError> {
     if !crate::lifecycle::single_threaded() {
@@ -257,6 +329,9 @@ fn spawn_helper(
     match unsafe { fork() }.map_err(|e| NetnsError::Spawn(e.into()))? {
         ForkResult::Child => {
             drop(parent_end);
+            // Closed here, by its owner, rather than behind its back by
+            // `isolate` (after which dropping it could close a reused number).
+            drop(ns.take_pidfd());
             // If we are killed, the helper must not linger inside the namespace.
             let _ = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL);
             let sent = match isolate(&ns, &child_end)
@@ -327,7 +402,9 @@ fn isolate(ns: &Namespaces, channel: &fdpass::Channel) -> Result<(), String> {
 /// network namespace is only ours to join once we hold capabilities in the
 /// user namespace that owns it.
 fn join(ns: Namespaces) -> Result<(), String> {
-    let Namespaces { target, user, net } = ns;
+    let Namespaces {
+        target, user, net, ..
+    } = ns;
     if let Some(user) = user {
         setns(&user, CloneFlags::CLONE_NEWUSER).map_err(|e| {
             format!(
@@ -486,6 +563,63 @@ mod tests {
                 })
             },
         );
+    }
+
+    /// The check `open` makes after the namespace files: a target that died
+    /// (and whose PID is free for reuse) after its pidfd was opened is refused,
+    /// one still running passes.
+    #[test]
+    fn a_target_that_exits_while_being_opened_is_refused() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = i32::try_from(child.id()).expect("pid");
+        let pidfd = PidFd::open(pid).expect("pidfd_open");
+        let running = still_running(&pidfd);
+        child.kill().expect("kill sleep");
+        child.wait().expect("reap sleep");
+        running.expect("a running target passes");
+        let err = still_running(&pidfd).unwrap_err().to_string();
+        assert_eq!(
+            err,
+            format!(
+                "process {pid} exited while its namespaces were being opened (hint: start the target again and pass its new PID)"
+            )
+        );
+    }
+
+    /// `open` hands back the pidfd it took first, of the target's PID.
+    #[test]
+    fn open_keeps_the_pidfd_of_a_pid_target() {
+        in_namespace(
+            "open_keeps_the_pidfd_of_a_pid_target",
+            Isolation::OwnNetns,
+            || {
+                let (target, hold) = spawn_target()?;
+                let opened = open(&Target::Pid(target.as_raw()));
+                drop(hold);
+                let _ = waitpid(target, None);
+                let mut ns = opened.map_err(|e| e.to_string())?;
+                let pidfd = ns
+                    .take_pidfd()
+                    .ok_or_else(|| "no pidfd for a PID target".to_string())?;
+                ensure(pidfd.pid() == target.as_raw(), || {
+                    format!("pidfd of {} for target {target}", pidfd.pid())
+                })?;
+                ensure(pidfd.has_exited(), || {
+                    "the pidfd does not see the target's exit".to_string()
+                })
+            },
+        );
+    }
+
+    #[test]
+    fn status_uids_are_real_effective_saved() {
+        let status = "Name:\tsleep\nUid:\t1000\t1001\t1002\t1003\nGid:\t5\t5\t5\t5\n";
+        assert_eq!(status_uids(status), Some([1000, 1001, 1002]));
+        assert_eq!(status_uids("Name:\tx\n"), None);
+        assert_eq!(status_uids("Uid:\t1\tx\t3\t4\n"), None);
     }
 
     #[test]

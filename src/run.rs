@@ -110,6 +110,7 @@ struct ChildPlan<'a> {
 
 /// Run `wireguard4netns run` to the end; returns the command's exit status.
 pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
+    lifecycle::check_handed_fds(&[("--ready-fd", args.ready_fd)])?;
     let ifname = ifname(args)?;
     let config = Config::from_file(&args.config)?;
     for warning in &config.warnings {

@@ -449,6 +449,209 @@ fn exits_when_target_exits_background() {
     );
 }
 
+/// The daemon holds nothing of its caller's: its working directory is `/`
+/// (the caller's was the work dir), and a descriptor the caller left open
+/// without `FD_CLOEXEC` (fd 7 on a file) is held by none of our processes.
+/// `--pid-file`, given relative to the caller's directory, holds the engine's
+/// PID while it runs and is gone after SIGTERM; the tunnel works throughout.
+#[test]
+fn daemon_leaves_cwd_and_inherited_fds_and_keeps_a_pid_file() {
+    let Some(id) = require_root_env("daemon_leaves_cwd_and_inherited_fds_and_keeps_a_pid_file")
+    else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let inherited = s.dir.write("inherited", "held by the caller\n", 0o644);
+    let pid_file = s.dir.path().join("engine.pid");
+    let mut c = cmd("sh", ["-c", r#"exec 7<"$0" && exec "$@""#]);
+    c.arg(&inherited)
+        .arg("setpriv")
+        .args(AS_NOBODY)
+        .arg(binary())
+        .args(s.args(s.target.pid(), &["--configure", "--pid-file", "engine.pid"]))
+        .current_dir(s.dir.path());
+    let desc = describe(&c);
+    let out = run_timeout(&mut c, None, Duration::from_secs(20)).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{desc} failed ({})\n{}\n{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let engine = match engines(s.dir.path()).as_slice() {
+        [pid] => *pid,
+        other => panic!("not one engine: {other:?}"),
+    };
+    let written = std::fs::read_to_string(&pid_file)
+        .unwrap_or_else(|e| panic!("{}: {e}", pid_file.display()));
+    assert_eq!(written, format!("{engine}\n"), "the pid file");
+    let cwd = std::fs::read_link(format!("/proc/{engine}/cwd")).expect("the engine's cwd");
+    assert_eq!(
+        cwd,
+        std::path::Path::new("/"),
+        "the engine's working directory"
+    );
+    for pid in instances(s.dir.path()) {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).expect("list fds");
+        for fd in fds.flatten() {
+            let target = std::fs::read_link(fd.path()).unwrap_or_default();
+            assert_ne!(
+                target,
+                inherited,
+                "process {pid} (engine {engine}) holds the inherited fd as {}",
+                fd.file_name().to_string_lossy()
+            );
+        }
+    }
+    s.expect_ping(s.peer_v4(), 1);
+
+    let t = Instant::now();
+    signal(engine, Signal::SIGTERM);
+    let done = wait_for(EXIT_BUDGET + EXIT_SLACK, || {
+        !pid_file.exists() && instances(s.dir.path()).is_empty()
+    });
+    assert!(
+        done,
+        "{:?} after SIGTERM: pid file there: {}, still running: {:?}",
+        t.elapsed(),
+        pid_file.exists(),
+        instances(s.dir.path())
+    );
+    assert!(gone(&s.socket()), "socket left after SIGTERM");
+    eprintln!(
+        "daemon: cwd {cwd:?}, pid file {written:?}, gone {:?} after SIGTERM",
+        t.elapsed()
+    );
+}
+
+/// An engine killed with SIGKILL cannot remove its pid file: the janitor does,
+/// with the socket.
+#[test]
+fn pid_file_is_removed_when_the_engine_is_killed() {
+    let Some(id) = require_root_env("pid_file_is_removed_when_the_engine_is_killed") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let pid_file = s.dir.path().join("engine.pid");
+    let shown = pid_file.display().to_string();
+    s.attach(&["--pid-file", &shown]);
+    let engine = match engines(s.dir.path()).as_slice() {
+        [pid] => *pid,
+        other => panic!("not one engine: {other:?}"),
+    };
+    let written = std::fs::read_to_string(&pid_file).unwrap_or_else(|e| panic!("{shown}: {e}"));
+    assert_eq!(written, format!("{engine}\n"), "the pid file");
+    let t = Instant::now();
+    signal(engine, Signal::SIGKILL);
+    let done = wait_for(EXIT_BUDGET + EXIT_SLACK, || {
+        !pid_file.exists() && gone(&s.socket()) && instances(s.dir.path()).is_empty()
+    });
+    assert!(
+        done,
+        "{:?} after SIGKILL: pid file there: {}, socket gone: {}, running: {:?}",
+        t.elapsed(),
+        pid_file.exists(),
+        gone(&s.socket()),
+        instances(s.dir.path())
+    );
+    eprintln!("pid file removed {:?} after SIGKILL", t.elapsed());
+}
+
+/// Background mode, the foreground process SIGKILLed while its daemon is
+/// starting: the daemon sees it (the ready pipe has no reader: `POLLERR`
+/// between the steps, `EPIPE` on "ready") and stops, leaving no process, no
+/// socket and no TUN, and never reports ready on its `--ready-fd` (a file
+/// here). The kill is timed by watching the foreground's children: as soon
+/// as the daemon exists, before its socket does. That start takes
+/// milliseconds, so the kill lands in it in almost every try; a try where
+/// the daemon was quicker is legitimate (it wrote "1": the tunnel was up
+/// before its starter died) and is stopped with SIGTERM. At least one of the
+/// tries must land before the socket exists; every try must leave nothing
+/// behind unless the daemon reported ready.
+#[test]
+fn foreground_killed_before_ready_stops_the_start() {
+    let Some(id) = require_root_env("foreground_killed_before_ready_stops_the_start") else {
+        return;
+    };
+    const TRIES: u32 = 8;
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let mut early = 0;
+    for attempt in 0..TRIES {
+        let ready_file = s.dir.path().join(format!("ready-{attempt}"));
+        let mut c = cmd("sh", ["-c", r#"exec "$@" 3>"$0""#]);
+        c.arg(&ready_file)
+            .arg("setpriv")
+            .args(AS_NOBODY)
+            .arg(binary())
+            .args(s.args(s.target.pid(), &["--configure", "--ready-fd", "3"]))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut fg = Process::new(c.spawn().expect("spawn the foreground process"));
+        let children = format!("/proc/{0}/task/{0}/children", fg.pid);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let daemon = loop {
+            let listed = std::fs::read_to_string(&children).unwrap_or_default();
+            if let Some(pid) = listed.split_whitespace().next() {
+                break pid.parse::<u32>().expect("a child PID");
+            }
+            assert!(
+                fg.try_exit().is_none() && Instant::now() < deadline,
+                "try {attempt}: the foreground process forked no daemon ({:?})",
+                fg.try_exit()
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        };
+        let socket_existed = !gone(&s.socket());
+        fg.signal(Signal::SIGKILL);
+        fg.wait_exit(Duration::from_secs(5))
+            .expect("the foreground process survived SIGKILL");
+        let settled = wait_for(EXIT_BUDGET + EXIT_SLACK, || {
+            instances(s.dir.path()).is_empty()
+                || std::fs::read_to_string(&ready_file).is_ok_and(|r| r == "1")
+        });
+        let ready = std::fs::read_to_string(&ready_file).unwrap_or_default();
+        if ready == "1" {
+            eprintln!(
+                "try {attempt}: daemon {daemon} reported ready (its start outran the kill, or it ignored its starter's death)"
+            );
+            for pid in engines(s.dir.path()) {
+                signal(pid, Signal::SIGTERM);
+            }
+            assert!(
+                wait_for(EXIT_BUDGET + EXIT_SLACK, || instances(s.dir.path())
+                    .is_empty()),
+                "try {attempt}: still running after SIGTERM: {:?}",
+                instances(s.dir.path())
+            );
+            continue;
+        }
+        assert!(
+            settled,
+            "try {attempt}: daemon {daemon} neither stopped nor reported ready: {:?}",
+            instances(s.dir.path())
+        );
+        assert!(
+            wait_for(EXIT_SLACK, || gone(&s.socket())),
+            "try {attempt}: socket left"
+        );
+        assert_eq!(
+            link_mtu(&s.target.place(), &s.ifname),
+            None,
+            "try {attempt}: the TUN is left in the target"
+        );
+        if !socket_existed {
+            early += 1;
+        }
+    }
+    assert!(
+        early >= 1,
+        "no try killed the foreground before its daemon had a socket"
+    );
+    eprintln!("{early} of {TRIES} tries killed the foreground mid-start; each stopped clean");
+}
+
 /// A second instance on the same `--tmpdir` and IFNAME (another target) fails
 /// clearly, leaves no TUN in its target, and does not disturb the first.
 #[test]

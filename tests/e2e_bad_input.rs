@@ -496,6 +496,66 @@ fn pid_whose_network_namespace_is_not_ours() {
     }
 }
 
+/// A target of the user's own that made itself non-dumpable: python3 as uid
+/// 65534 in the initial user namespace makes a user+net namespace (its memory
+/// still belongs to the initial one, so owning the new user namespace gives no
+/// `CAP_SYS_PTRACE` over it), maps itself to root there, then calls
+/// `prctl(PR_SET_DUMPABLE, 0)`. The kernel says EACCES as for another user's
+/// process; we must say what it really is.
+#[test]
+fn pid_of_our_own_that_is_not_dumpable() {
+    use std::io::{BufRead, BufReader};
+    let Some(w) = World::for_test("pid_of_our_own_that_is_not_dumpable") else {
+        return;
+    };
+    let script = r#"
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, CLONE_NEWNET = 0x10000000, 0x40000000
+if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+    sys.exit("unshare: " + os.strerror(ctypes.get_errno()))
+for name, text in (("uid_map", "0 65534 1"), ("setgroups", "deny"), ("gid_map", "0 65534 1")):
+    with open("/proc/self/" + name, "w") as f:
+        f.write(text)
+PR_SET_DUMPABLE = 4
+if libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) != 0:
+    sys.exit("prctl: " + os.strerror(ctypes.get_errno()))
+print("ready", flush=True)
+time.sleep(300)
+"#;
+    let mut c = cmd("setpriv", AS_NOBODY);
+    c.args(["/usr/bin/python3", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let mut child = c.spawn().expect("spawn python3");
+    let stdout = child.stdout.take().expect("python3's stdout");
+    let target = Process::new(child);
+    // Bounded: python3 prints one line or exits (end of file).
+    let mut line = String::new();
+    let _ = BufReader::new(stdout).read_line(&mut line);
+    assert_eq!(
+        line.trim(),
+        "ready",
+        "the non-dumpable target did not start"
+    );
+    let pid = target.pid.to_string();
+    for mode in MODES {
+        refused(
+            &w,
+            &format!("non-dumpable target {mode:?}"),
+            w.attach(mode, &pid, &w.ifname),
+            Expect::fails(&[
+                &format!("process {pid} is yours but not dumpable"),
+                "PR_SET_DUMPABLE",
+                "--netns-type=path",
+            ]),
+        );
+        assert_no_link_in_root(&w);
+    }
+    drop(target);
+}
+
 // ---------------------------------------------------------------------------
 // The interface name
 // ---------------------------------------------------------------------------
@@ -1330,6 +1390,120 @@ fn run_command_not_executable() {
         "a directory",
         w.run(&config, &[], [&dir]),
         Expect::fails(&[&dir]).code(126),
+    );
+}
+
+// ---------------------------------------------------------------------------
+// --ready-fd / --exit-fd
+// ---------------------------------------------------------------------------
+
+/// `sh -c 'exec "$@" 3</dev/null 4</dev/null' sh setpriv … wireguard4netns
+/// ARGS…`: our binary as uid 65534 with descriptors 3 and 4 open, so a refusal
+/// of them is about their numbers, not about their being closed.
+fn with_fds_3_and_4(args: impl IntoIterator<Item = OsString>) -> Command {
+    let mut c = cmd(
+        "sh",
+        [
+            "-c",
+            r#"exec "$@" 3</dev/null 4</dev/null"#,
+            "sh",
+            "setpriv",
+        ],
+    );
+    c.args(AS_NOBODY).arg(binary()).args(args);
+    c
+}
+
+/// Descriptor numbers the engine cannot own: stdio (0-2; in background mode
+/// they are /dev/null) and one number for both flags. Refused with exit 1
+/// before the target is touched, in both modes and in `run`; with a valid
+/// target, so the refusal is the only thing that stops the start.
+#[test]
+fn ready_and_exit_fds_that_cannot_be_ours() {
+    let Some(w) = World::for_test("ready_and_exit_fds_that_cannot_be_ours") else {
+        return;
+    };
+    let target = Target::spawn();
+    let pid = target.pid().to_string();
+    let config = w.valid_config();
+    let cases: [(&[&str], &[&str]); 5] = [
+        (
+            &["--ready-fd", "0"],
+            &["--ready-fd 0", "standard stream", "3 or above"],
+        ),
+        (
+            &["--ready-fd", "1"],
+            &["--ready-fd 1", "standard stream", "3 or above"],
+        ),
+        (
+            &["--exit-fd", "2"],
+            &["--exit-fd 2", "standard stream", "3 or above"],
+        ),
+        (
+            &["--ready-fd", "3", "--exit-fd", "3"],
+            &["--ready-fd and --exit-fd are both 3", "each its own"],
+        ),
+        (
+            &["--exit-fd", "4", "--ready-fd", "4"],
+            &["--ready-fd and --exit-fd are both 4", "each its own"],
+        ),
+    ];
+    for mode in MODES {
+        for (flags, says) in cases {
+            let mut all = mode.to_vec();
+            all.extend_from_slice(flags);
+            refused(
+                &w,
+                &format!("{all:?}"),
+                with_fds_3_and_4(w.attach_args(&all, &w.sock_dir(), &pid, &w.ifname, &config)),
+                Expect::fails(says).inside(target.place()),
+            );
+        }
+    }
+    for fd in ["0", "1", "2"] {
+        refused(
+            &w,
+            &format!("run --ready-fd {fd}"),
+            w.run(&config, &["--ready-fd", fd], ["true"]),
+            Expect::fails(&[&format!("--ready-fd {fd}"), "standard stream"]),
+        );
+    }
+}
+
+/// `--pid-file` in a directory we cannot write (root's 0755) or that does not
+/// exist: refused before anything starts, naming the path, with a valid
+/// target.
+#[test]
+fn pid_file_in_a_directory_we_cannot_write() {
+    let Some(w) = World::for_test("pid_file_in_a_directory_we_cannot_write") else {
+        return;
+    };
+    let target = Target::spawn();
+    let pid = target.pid().to_string();
+    let root = root_dir(&w.id);
+    let unwritable = root.path().join("engine.pid").display().to_string();
+    let missing = w
+        .dir
+        .path()
+        .join("no-such-dir/engine.pid")
+        .display()
+        .to_string();
+    for mode in MODES {
+        for (path, why) in [(&unwritable, "not writable"), (&missing, "does not exist")] {
+            let mut flags = mode.to_vec();
+            flags.extend(["--pid-file", path.as_str()]);
+            refused(
+                &w,
+                &format!("--pid-file {path} {mode:?}"),
+                w.attach(&flags, &pid, &w.ifname),
+                Expect::fails(&[&format!("cannot write the pid file {path}"), why])
+                    .inside(target.place()),
+            );
+        }
+    }
+    assert!(
+        dir_entries(root.path()).is_empty(),
+        "files left in the unwritable directory"
     );
 }
 
