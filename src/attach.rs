@@ -20,7 +20,7 @@ use crate::cli::{AttachArgs, NetnsType};
 use crate::config::Config;
 use crate::daemon::{self, DaemonOutcome, Daemonized, Janitor, Notifier};
 use crate::engine::Engine;
-use crate::lifecycle::{self, ExitFd, PidFd, ReadyFd, StopReason};
+use crate::lifecycle::{self, ExitFd, NsPathWatch, PidFd, ReadyFd, StopReason};
 use crate::netns::{self, Configure, Target, TunRequest};
 use crate::sandbox::Sandbox;
 use crate::tun::{self, TunDevice};
@@ -154,11 +154,12 @@ pub fn exec(mut plan: Plan) -> anyhow::Result<()> {
 }
 
 /// What exists once the namespaces are done: the TUN descriptor, the claimed
-/// socket, and the watch on the target.
+/// socket, and the watch on the target (a pidfd, or its namespace path).
 struct Prepared {
     tun: OwnedFd,
     socket: UapiSocket,
     pidfd: Option<PidFd>,
+    path_watch: Option<NsPathWatch>,
     janitor: Janitor,
 }
 
@@ -170,6 +171,13 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
             _ => anyhow::Error::from(e).context(format!("cannot watch process {pid}")),
         })?),
         Target::Path { .. } => None,
+    };
+    let path_watch = match &plan.target {
+        Target::Path { net, .. } => Some(
+            NsPathWatch::new(net, ns.net())
+                .with_context(|| format!("cannot watch {}", net.display()))?,
+        ),
+        Target::Pid(_) => None,
     };
     let socket = UapiSocket::bind(&plan.socket_dir, &plan.ifname)?;
     // Forked before the TUN exists, so it never holds the interface open.
@@ -189,6 +197,7 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
         tun,
         socket,
         pidfd,
+        path_watch,
         janitor,
     })
 }
@@ -207,6 +216,7 @@ fn serve(
             tun,
             socket,
             pidfd,
+            path_watch,
             janitor,
         } = prepared;
         let mut signals = signals.watch().context("cannot watch signals")?;
@@ -248,8 +258,18 @@ fn serve(
                 None => std::future::pending().await,
             }
         };
+        let path_gone = async {
+            match &path_watch {
+                Some(watch) => {
+                    watch.gone().await;
+                    StopReason::NamespacePathGone(watch.path().to_owned())
+                }
+                None => std::future::pending().await,
+            }
+        };
         let reason = tokio::select! {
             reason = target_exit => reason,
+            reason = path_gone => reason,
             () = tun.gone() => StopReason::InterfaceDeleted,
             () = exit_requested => StopReason::ExitFd,
             received = signals.next() => StopReason::Signal(received?.signal.as_str()),

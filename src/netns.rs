@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -100,6 +100,11 @@ pub struct Namespaces {
 impl Namespaces {
     pub fn target(&self) -> &Target {
         &self.target
+    }
+
+    /// The network namespace's descriptor (its nsfs file identifies it).
+    pub fn net(&self) -> BorrowedFd<'_> {
+        self.net.as_fd()
     }
 }
 
