@@ -222,7 +222,7 @@ fn serve(
         let mut signals = signals.watch().context("cannot watch signals")?;
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
-        let engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
+        let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let _uapi = uapi::serve(&socket, client, peer_check)?;
         plan.sandbox.tunnel_up(socket.dir_fd())?;
@@ -267,20 +267,26 @@ fn serve(
                 None => std::future::pending().await,
             }
         };
-        let reason = tokio::select! {
-            reason = target_exit => reason,
-            reason = path_gone => reason,
-            () = tun.gone() => StopReason::InterfaceDeleted,
-            () = exit_requested => StopReason::ExitFd,
-            received = signals.next() => StopReason::Signal(received?.signal.as_str()),
+        let stopped = tokio::select! {
+            // A deleted TUN also ends gotatun's TUN tasks with an error, after
+            // `gone` is set: first things first.
+            biased;
+            () = tun.gone() => Ok(StopReason::InterfaceDeleted),
+            reason = target_exit => Ok(reason),
+            reason = path_gone => Ok(reason),
+            () = exit_requested => Ok(StopReason::ExitFd),
+            received = signals.next() => Ok(StopReason::Signal(received?.signal.as_str())),
+            failure = engine.failed() => Err(failure),
         };
-        tracing::info!("stopping: {reason}");
+        if let Ok(reason) = &stopped {
+            tracing::info!("stopping: {reason}");
+        }
         // WireGuard has no goodbye message, so there is nothing to flush: the
         // engine ends with the process (see `abandon_runtime`).
         std::mem::forget(engine);
         drop(socket);
         janitor.dismiss();
-        Ok(())
+        stopped.map(drop).map_err(Into::into)
     });
     lifecycle::abandon_runtime(runtime);
     result

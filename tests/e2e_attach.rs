@@ -328,6 +328,62 @@ fn wg_tool_reads_and_changes_running_tunnel() {
     s.expect_ping(s.peer_v6(), 2);
 }
 
+/// `wg set` of listen-port, private-key and fwmark (the last refused: the
+/// engine has no CAP_NET_ADMIN) replaces gotatun's connection each time, and
+/// the old connection's tasks end: that is no task failure, the engine runs on
+/// (it used to stop on the first one) and the tunnel works afterwards.
+#[test]
+fn reconfiguring_sets_do_not_stop_the_engine() {
+    let Some(id) = require_root_env("reconfiguring_sets_do_not_stop_the_engine") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.expect_ping(s.peer_v4(), 1);
+    let link = UapiLink::new(&s.id.link_name(), &s.socket());
+    let original = s.dir.write("original.key", &s.client_keys.private, 0o600);
+    let other = s
+        .dir
+        .write("other.key", &KeyPair::generate().private, 0o600);
+    let set = |args: &[&str]| {
+        let mut all = vec!["set", link.name.as_str()];
+        all.extend_from_slice(args);
+        run(&mut cmd("wg", &all))
+    };
+    for round in 0..3u16 {
+        let port = (s.id.port(1) + round).to_string();
+        for args in [
+            &["listen-port", port.as_str()][..],
+            &["private-key", &other.to_string_lossy()],
+            &["private-key", &original.to_string_lossy()],
+            &["fwmark", "4660"],
+            &["fwmark", "off"],
+        ] {
+            let out = set(args);
+            eprintln!("wg set {args:?}: {}", out.status);
+        }
+        assert!(
+            fg.try_exit().is_none(),
+            "the engine stopped in round {round}:\n{}",
+            fg.log()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        fg.try_exit().is_none(),
+        "the engine stopped after the sets:\n{}",
+        fg.log()
+    );
+    assert!(
+        !fg.log().contains("stopped working"),
+        "a replaced task was taken for a failure:\n{}",
+        fg.log()
+    );
+    s.expect_ping(s.peer_v4(), 2);
+}
+
 /// What ends a `--foreground` instance in [`stops_and_cleans_up`].
 enum Stop {
     TargetExits,
