@@ -40,6 +40,7 @@ use tokio::sync::RwLock;
 use tokio::sync::{Mutex, watch};
 use tracing::{Level, instrument};
 
+use crate::log_limit::{LOG_INTERVAL, LogLimit, log_limited};
 use crate::noise::errors::WireGuardError;
 use crate::noise::handshake::parse_handshake_anon;
 use crate::noise::rate_limiter::RateLimiter;
@@ -732,7 +733,11 @@ impl<T: DeviceTransports> DeviceState<T> {
                     }
                     Ok(None) => {}
                     Err(WireGuardError::ConnectionExpired) => {}
-                    Err(e) => tracing::error!("Timer error = {e:?}: {e:?}"),
+                    // wireguard4netns: rate-limited, it could repeat every 250 ms per peer.
+                    Err(e) => {
+                        static TIMER_ERROR: LogLimit = LogLimit::new(LOG_INTERVAL);
+                        log_limited!(error, TIMER_ERROR, "Timer error = {e:?}");
+                    }
                 }
             }
 
@@ -973,7 +978,15 @@ impl<T: DeviceTransports> DeviceState<T> {
                     // whitepaper: If [peer_addr] matches no peer, it is dropped, and the sender is
                     // informed by a standard ICMP “no route to host” packet, as well as returning
                     // -ENOKEY to user space.
-                    tracing::error!("No endpoint");
+                    // wireguard4netns: once per packet this flooded the log (and `run`'s
+                    // terminal); a peer that has not told us where it is yet is a normal
+                    // state for a server, so a warning, rate-limited.
+                    static NO_ENDPOINT: LogLimit = LogLimit::new(LOG_INTERVAL);
+                    log_limited!(
+                        warn,
+                        NO_ENDPOINT,
+                        "dropping packets to {dst_addr}: its peer has no endpoint (none configured, and no handshake from it yet)"
+                    );
                     continue;
                 };
 
