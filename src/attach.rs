@@ -20,7 +20,7 @@ use crate::cli::{AttachArgs, NetnsType};
 use crate::config::Config;
 use crate::daemon::{self, DaemonOutcome, Daemonized, Janitor, Notifier, PidFile};
 use crate::engine::Engine;
-use crate::lifecycle::{self, ExitFd, PidFd, ReadyFd, StopReason};
+use crate::lifecycle::{self, ExitFd, NsPathWatch, PidFd, ReadyFd, StopReason};
 use crate::netns::{self, Configure, Target, TunRequest};
 use crate::sandbox::Sandbox;
 use crate::tun::{self, TunDevice};
@@ -188,11 +188,12 @@ pub fn exec(mut plan: Plan) -> anyhow::Result<()> {
 }
 
 /// What exists once the namespaces are done: the TUN descriptor, the claimed
-/// socket, and the watch on the target.
+/// socket, and the watch on the target (a pidfd, or its namespace path).
 struct Prepared {
     tun: OwnedFd,
     socket: UapiSocket,
     pidfd: Option<PidFd>,
+    path_watch: Option<NsPathWatch>,
     janitor: Janitor,
 }
 
@@ -200,6 +201,13 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
     // For a PID target, the pidfd `open` took before the namespace files.
     let mut ns = netns::open(&plan.target)?;
     let pidfd = ns.take_pidfd();
+    let path_watch = match &plan.target {
+        Target::Path { net, .. } => Some(
+            NsPathWatch::new(net, ns.net())
+                .with_context(|| format!("cannot watch {}", net.display()))?,
+        ),
+        Target::Pid(_) => None,
+    };
     let socket = UapiSocket::bind(&plan.socket_dir, &plan.ifname)?;
     // Forked before the TUN exists, so it never holds the interface open.
     let engine_pid = std::process::id();
@@ -235,6 +243,7 @@ fn prepare(plan: &Plan) -> anyhow::Result<Prepared> {
         tun,
         socket,
         pidfd,
+        path_watch,
         janitor,
     })
 }
@@ -258,12 +267,13 @@ fn serve(
             tun,
             socket,
             pidfd,
+            path_watch,
             janitor,
         } = prepared;
         let mut signals = signals.watch().context("cannot watch signals")?;
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
-        let engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
+        let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let _uapi = uapi::serve(&socket, client, peer_check)?;
         plan.sandbox.tunnel_up(socket.dir_fd())?;
@@ -301,19 +311,35 @@ fn serve(
                 None => std::future::pending().await,
             }
         };
-        let reason = tokio::select! {
-            reason = target_exit => reason,
-            () = tun.gone() => StopReason::InterfaceDeleted,
-            () = exit_requested => StopReason::ExitFd,
-            received = signals.next() => StopReason::Signal(received?.signal.as_str()),
+        let path_gone = async {
+            match &path_watch {
+                Some(watch) => {
+                    watch.gone().await;
+                    StopReason::NamespacePathGone(watch.path().to_owned())
+                }
+                None => std::future::pending().await,
+            }
         };
-        tracing::info!("stopping: {reason}");
+        let stopped = tokio::select! {
+            // A deleted TUN also ends gotatun's TUN tasks with an error, after
+            // `gone` is set: first things first.
+            biased;
+            () = tun.gone() => Ok(StopReason::InterfaceDeleted),
+            reason = target_exit => Ok(reason),
+            reason = path_gone => Ok(reason),
+            () = exit_requested => Ok(StopReason::ExitFd),
+            received = signals.next() => Ok(StopReason::Signal(received?.signal.as_str())),
+            failure = engine.failed() => Err(failure),
+        };
+        if let Ok(reason) = &stopped {
+            tracing::info!("stopping: {reason}");
+        }
         // WireGuard has no goodbye message, so there is nothing to flush: the
         // engine ends with the process (see `abandon_runtime`).
         std::mem::forget(engine);
         drop(socket);
         janitor.dismiss();
-        Ok(())
+        stopped.map(drop).map_err(Into::into)
     });
     lifecycle::abandon_runtime(runtime);
     result

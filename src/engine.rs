@@ -2,6 +2,14 @@
 //! UDP socket in the caller's network namespace, and the parsed config as its
 //! initial state. The UAPI server half is plugged in here; its socket transport
 //! lives in `uapi`.
+//!
+//! gotatun runs a connection as tasks (UDP receive and decrypt, TUN read and
+//! encrypt, timers) that end for good on an I/O error: one `recvmmsg` error and
+//! no packet flows again, while the UAPI still answers. [`Engine::failed`]
+//! reports such a death so the process can stop instead of serving a dead
+//! tunnel. A reconfiguration (`set listen_port`, `private_key`, `fwmark`)
+//! replaces the connection and its tasks end too; the vendored gotatun tells
+//! those apart (`// wireguard4netns:` in `device/mod.rs`), so they are no failure.
 
 #![forbid(unsafe_code)]
 
@@ -37,12 +45,16 @@ pub enum EngineError {
         #[source]
         source: device::Error,
     },
+    #[error(
+        "the WireGuard engine stopped working: {0} (hint: this is a bug or a fault of the host; restart the tunnel)"
+    )]
+    TaskDied(String),
 }
 
 /// A running WireGuard device.
 pub struct Engine {
     /// Runs as long as it is held (its tasks stop when it is dropped).
-    _device: Device<Transports>,
+    device: Device<Transports>,
 }
 
 /// The peers of `config` as gotatun wants them, with endpoints already resolved
@@ -87,7 +99,12 @@ impl Engine {
             .build()
             .await
             .map_err(|source| EngineError::Start { port, source })?;
-        Ok(Self { _device: device })
+        Ok(Self { device })
+    }
+
+    /// Resolves when one of the engine's tasks has died, saying which and why.
+    pub async fn failed(&mut self) -> EngineError {
+        EngineError::TaskDied(self.device.wait_failure().await)
     }
 }
 

@@ -10,10 +10,21 @@
 //! The target is watched with a pidfd (Linux 5.3+): it becomes readable the
 //! moment the process exits, even before its parent reaps it, and unlike a PID it
 //! cannot be recycled under us.
+//!
+//! A `--netns-type=path` target has no process to watch, and the TUN descriptor
+//! keeps its namespace alive after the path is gone, so [`NsPathWatch`] polls
+//! the path: `stat` every 500 ms, compared with the (device, inode) of the nsfs
+//! file opened at start. inotify cannot do it: an unmount (what `ip netns del`
+//! and `umount` do) is no event on the mount point, and the sandbox allows no
+//! new descriptor after setup anyway. `stat` is not governed by Landlock and is
+//! on the seccomp list; one call every 500 ms costs nothing measurable.
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -253,6 +264,53 @@ impl PidFd {
     }
 }
 
+/// The watch on a namespace path: resolves once the path no longer names the
+/// namespace it named at start (removed, unmounted, or another one mounted there).
+#[derive(Debug)]
+pub struct NsPathWatch {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+impl NsPathWatch {
+    /// How often the path is looked at: a stop within 2 s with room to spare.
+    pub const INTERVAL: Duration = Duration::from_millis(500);
+
+    /// Watch `path`, which `ns` (the namespace descriptor opened from it) names now.
+    pub fn new(path: &Path, ns: BorrowedFd<'_>) -> io::Result<Self> {
+        let meta = File::from(ns.try_clone_to_owned()?).metadata()?;
+        Ok(Self {
+            path: path.to_owned(),
+            dev: meta.dev(),
+            ino: meta.ino(),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Does the path still name the namespace? A path we can no longer `stat`
+    /// counts as gone, like a pidfd we cannot poll: better to stop than to serve
+    /// a namespace nobody can reach by its name.
+    pub fn still_there(&self) -> bool {
+        std::fs::metadata(&self.path).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+    }
+
+    /// Wait until the path is gone. Needs a tokio runtime (with timers).
+    pub async fn gone(&self) {
+        let mut tick = tokio::time::interval(Self::INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !self.still_there() {
+                return;
+            }
+        }
+    }
+}
+
 /// The engine's tokio runtime: two worker threads (encryption and decryption
 /// run side by side; more threads only add wakeups on a machine this tunnel
 /// shares with its applications). Call it before any other thread exists.
@@ -297,6 +355,7 @@ pub fn abandon_runtime(runtime: tokio::runtime::Runtime) {
 pub enum StopReason {
     TargetExited(i32),
     InterfaceDeleted,
+    NamespacePathGone(PathBuf),
     ExitFd,
     Signal(&'static str),
 }
@@ -306,6 +365,11 @@ impl std::fmt::Display for StopReason {
         match self {
             StopReason::TargetExited(pid) => write!(f, "target process {pid} exited"),
             StopReason::InterfaceDeleted => write!(f, "the TUN interface was deleted"),
+            StopReason::NamespacePathGone(path) => write!(
+                f,
+                "the network namespace path {} was removed or unmounted",
+                path.display()
+            ),
             StopReason::ExitFd => write!(f, "the exit fd was closed or written"),
             StopReason::Signal(name) => write!(f, "received {name}"),
         }

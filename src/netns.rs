@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -121,6 +121,11 @@ impl Namespaces {
     /// `self`.
     pub fn take_pidfd(&mut self) -> Option<PidFd> {
         self.pidfd.take()
+    }
+
+    /// The network namespace's descriptor (its nsfs file identifies it).
+    pub fn net(&self) -> BorrowedFd<'_> {
+        self.net.as_fd()
     }
 }
 

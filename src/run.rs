@@ -52,6 +52,8 @@ use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
 
 const GO: &[u8] = b"go";
+/// How long the command gets to exit after SIGTERM when the engine failed.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 const REPLY_OK: &[u8] = b"ok";
 const REPLY_ERR: &[u8] = b"err:";
 
@@ -268,13 +270,13 @@ fn parent_main(
     let engine = runtime.block_on(async {
         let tun = TunDevice::new(tun_fd, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
-        let engine = Engine::start(tun, plan.config, endpoints, server).await?;
+        let engine = Engine::start(tun.clone(), plan.config, endpoints, server).await?;
         tokio::spawn(crate::engine::log_peer_events(client.clone()));
         let serving = uapi::serve(socket, client, peer_check)?;
         sandbox.tunnel_up(socket.dir_fd())?;
-        anyhow::Ok((engine, serving))
+        anyhow::Ok((engine, serving, tun))
     });
-    let (engine, serving) = match engine {
+    let (mut engine, serving, tun) = match engine {
         Ok(running) => running,
         Err(e) => {
             // The child waits for "go"; closing the channel makes it exit.
@@ -294,7 +296,7 @@ fn parent_main(
         plan.command
     );
 
-    runtime.block_on(async {
+    let failure = runtime.block_on(async {
         let exited = pidfd.exited();
         tokio::pin!(exited);
         // The signals stay blocked: if we cannot read them, nothing could stop
@@ -310,6 +312,7 @@ fn parent_main(
                 None
             }
         };
+        let mut watch_engine = true;
         loop {
             let next = async {
                 match signals.as_mut() {
@@ -318,7 +321,22 @@ fn parent_main(
                 }
             };
             tokio::select! {
-                _ = &mut exited => break,
+                _ = &mut exited => break None,
+                // The command would be left without a network: stop it, then
+                // exit non-zero naming the failure (it has PR_SET_PDEATHSIG if
+                // it ignores SIGTERM).
+                failure = engine.failed(), if watch_engine => {
+                    // Deleted from inside (`--map-root`): the command's choice,
+                    // and its own business, as before.
+                    if tun.is_gone() {
+                        tracing::warn!("{} was deleted; the command runs on without it", plan.ifname);
+                        watch_engine = false;
+                        continue;
+                    }
+                    let _ = kill(child, Signal::SIGTERM);
+                    let _ = tokio::time::timeout(EXIT_GRACE, &mut exited).await;
+                    break Some(failure);
+                }
                 received = next => match received {
                     Ok(received) => forward(child, received),
                     Err(e) => {
@@ -333,6 +351,9 @@ fn parent_main(
     // The engine ends with the process (see `abandon_runtime`).
     std::mem::forget(engine);
     lifecycle::abandon_runtime(runtime);
+    if let Some(failure) = failure {
+        return Err(failure.into());
+    }
     Ok(exit_code(wait_status(child)))
 }
 

@@ -360,6 +360,11 @@ impl TunDevice {
         })
     }
 
+    /// Has the interface been deleted (seen by a failed read or write)?
+    pub fn is_gone(&self) -> bool {
+        *self.inner.gone.borrow()
+    }
+
     /// Resolves once the interface has been deleted (reads fail with `EBADFD`).
     pub async fn gone(&self) {
         let mut rx = self.inner.gone.subscribe();

@@ -328,6 +328,62 @@ fn wg_tool_reads_and_changes_running_tunnel() {
     s.expect_ping(s.peer_v6(), 2);
 }
 
+/// `wg set` of listen-port, private-key and fwmark (the last refused: the
+/// engine has no CAP_NET_ADMIN) replaces gotatun's connection each time, and
+/// the old connection's tasks end: that is no task failure, the engine runs on
+/// (it used to stop on the first one) and the tunnel works afterwards.
+#[test]
+fn reconfiguring_sets_do_not_stop_the_engine() {
+    let Some(id) = require_root_env("reconfiguring_sets_do_not_stop_the_engine") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let mut fg = s.spawn_foreground(s.target.pid(), &["--configure"]);
+    fg.wait_socket(&s.socket(), Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}"));
+    s.expect_ping(s.peer_v4(), 1);
+    let link = UapiLink::new(&s.id.link_name(), &s.socket());
+    let original = s.dir.write("original.key", &s.client_keys.private, 0o600);
+    let other = s
+        .dir
+        .write("other.key", &KeyPair::generate().private, 0o600);
+    let set = |args: &[&str]| {
+        let mut all = vec!["set", link.name.as_str()];
+        all.extend_from_slice(args);
+        run(&mut cmd("wg", &all))
+    };
+    for round in 0..3u16 {
+        let port = (s.id.port(1) + round).to_string();
+        for args in [
+            &["listen-port", port.as_str()][..],
+            &["private-key", &other.to_string_lossy()],
+            &["private-key", &original.to_string_lossy()],
+            &["fwmark", "4660"],
+            &["fwmark", "off"],
+        ] {
+            let out = set(args);
+            eprintln!("wg set {args:?}: {}", out.status);
+        }
+        assert!(
+            fg.try_exit().is_none(),
+            "the engine stopped in round {round}:\n{}",
+            fg.log()
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        fg.try_exit().is_none(),
+        "the engine stopped after the sets:\n{}",
+        fg.log()
+    );
+    assert!(
+        !fg.log().contains("stopped working"),
+        "a replaced task was taken for a failure:\n{}",
+        fg.log()
+    );
+    s.expect_ping(s.peer_v4(), 2);
+}
+
 /// What ends a `--foreground` instance in [`stops_and_cleans_up`].
 enum Stop {
     TargetExits,
@@ -915,6 +971,117 @@ fn attach_by_namespace_path() {
         }
         assert!(gone(&s.socket()), "socket left behind with {flags:?}");
     }
+}
+
+/// How a namespace path goes away under a running `--netns-type=path` engine.
+#[derive(Debug, Clone, Copy)]
+enum PathGoes {
+    /// `umount` of a bind mount: the mount point file stays, another inode.
+    Unmounted,
+    /// `ip netns del` of an `ip netns attach`: the file is gone too.
+    NetnsDeleted,
+}
+
+/// `ip netns attach NAME PID`, deleted on drop if the test did not.
+struct IpNetns(String);
+
+impl Drop for IpNetns {
+    fn drop(&mut self) {
+        if !gone(&std::path::Path::new("/run/netns").join(&self.0)) {
+            let _ = run(&mut cmd("ip", ["netns", "del", &self.0]));
+        }
+    }
+}
+
+/// A `--netns-type=path` engine whose namespace path disappears stops within
+/// 2 s, exits 0 naming the reason, removes its socket and TUN; the namespace's
+/// process lives on.
+fn path_target_stops_when_path_goes(test: &str, how: PathGoes) {
+    let Some(id) = require_root_env(test) else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let pid = s.target.pid();
+    // Undo on drop whatever the test did not (also when it fails).
+    let (mut _bind, mut netns) = (None, None);
+    let path = match how {
+        PathGoes::Unmounted => {
+            let b = NsBind::new(format!("/proc/{pid}/ns/net"), s.dir.path().join("netns"));
+            let path = b.0.clone();
+            _bind = Some(b);
+            path
+        }
+        PathGoes::NetnsDeleted => {
+            let name = s.id.name("ns");
+            run_ok(&mut cmd("ip", ["netns", "attach", &name, &pid.to_string()]));
+            netns = Some(IpNetns(name.clone()));
+            std::path::Path::new("/run/netns").join(name)
+        }
+    };
+    let mut args: Vec<std::ffi::OsString> = s.args(0, &["--configure", "--netns-type=path"]);
+    let target = args.len() - 3;
+    args[target] = path.clone().into();
+    args.insert(0, "--foreground".into());
+    let log = s.dir.path().join("path-gone.log");
+    let mut child = as_user(binary(), &args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("spawn our binary");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    if !wait_for(Duration::from_secs(10), || !gone(&s.socket())) {
+        kill_child(&mut child);
+        panic!("no socket: {}", read_log());
+    }
+    s.expect_ping(s.peer_v4(), 1);
+
+    let t = Instant::now();
+    match how {
+        PathGoes::Unmounted => {
+            run_ok(&mut cmd("umount", [&path]));
+        }
+        PathGoes::NetnsDeleted => {
+            let name = netns.as_ref().map(|n: &IpNetns| n.0.clone());
+            run_ok(&mut cmd("ip", ["netns", "del", &name.unwrap_or_default()]));
+        }
+    }
+    let status = wait_until(&mut child, Instant::now() + EXIT_BUDGET + EXIT_SLACK);
+    let took = t.elapsed();
+    let Some(status) = status else {
+        kill_child(&mut child);
+        panic!("still running {took:?} after {how:?}:\n{}", read_log());
+    };
+    let output = read_log();
+    assert!(status.success(), "exit {status} after {how:?}:\n{output}");
+    assert!(
+        output.contains("stopping: the network namespace path")
+            && output.contains("removed or unmounted"),
+        "no stop reason logged after {how:?}:\n{output}"
+    );
+    assert!(gone(&s.socket()), "socket left behind after {how:?}");
+    assert!(
+        !run(&mut s.target.cmd("ip", ["link", "show", "dev", &s.ifname]))
+            .status
+            .success(),
+        "{} left in the namespace after {how:?}",
+        s.ifname
+    );
+    assert!(process_running(pid), "the namespace's process died");
+    eprintln!("{test}: exited ({status}) {took:?} after {how:?}");
+}
+
+#[test]
+fn path_target_stops_when_unmounted() {
+    path_target_stops_when_path_goes("path_target_stops_when_unmounted", PathGoes::Unmounted);
+}
+
+#[test]
+fn path_target_stops_when_netns_deleted() {
+    path_target_stops_when_path_goes(
+        "path_target_stops_when_netns_deleted",
+        PathGoes::NetnsDeleted,
+    );
 }
 
 /// The attach target's root (the owner's uid, seen from outside) and a

@@ -937,3 +937,57 @@ kill -TERM "$child" && wait "$child"; echo "own child: $?"
         w.assert_nothing_left(&format!("signals {flags:?}"));
     }
 }
+
+/// A peer without Endpoint: every packet to it is dropped, and gotatun used to
+/// log `ERROR No endpoint` for each, flooding `run`'s terminal. 50 pings in
+/// half a second now give one warning (the next would come 10 s later, with
+/// the count of those left out), and our stderr stays a few lines long.
+#[test]
+fn run_peer_without_endpoint_complains_a_bounded_number_of_times() {
+    let Some(id) =
+        require_root_env("run_peer_without_endpoint_complains_a_bounded_number_of_times")
+    else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    let text: String = w
+        .config
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with("Endpoint"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = w.dir.write("noendpoint.conf", &text, 0o600);
+    let peer_addr = w.id.tunnel_v4(1).to_string();
+    // Root inside (--map-root): iputils refuses intervals under 200 ms otherwise.
+    let mut c = run_form(
+        &config,
+        &w.sock_dir(),
+        &["--map-root"],
+        [
+            "ping", "-n", "-c", "50", "-i", "0.01", "-W", "1", &peer_addr,
+        ],
+    );
+    let out = run_timeout(&mut c, None, RUN_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (code, stdout, stderr) = code_of("ping", &out);
+    let complaints = stderr
+        .lines()
+        .filter(|l| l.to_lowercase().contains("no endpoint"))
+        .count();
+    let context = format!("exit {code}\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}");
+    assert!(stdout.contains("50 packets transmitted"), "{context}");
+    assert!(
+        (1..=2).contains(&complaints),
+        "{complaints} complaints about the missing endpoint:\n{context}"
+    );
+    assert!(
+        stderr.lines().count() <= 10,
+        "stderr is {} lines long:\n{context}",
+        stderr.lines().count()
+    );
+    eprintln!(
+        "{complaints} complaint(s), {} stderr lines",
+        stderr.lines().count()
+    );
+    w.assert_nothing_left("ping without endpoint");
+}

@@ -28,6 +28,9 @@ pub mod tun;
 pub mod udp;
 
 mod task;
+// wireguard4netns: rate limits for per-packet complaints.
+#[cfg(feature = "device")]
+mod log_limit;
 
 #[cfg(not(feature = "mock_instant"))]
 pub(crate) mod sleepyinstant;

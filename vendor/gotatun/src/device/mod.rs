@@ -27,11 +27,12 @@ pub mod uapi;
 
 use crate::noise::index_table::IndexTable;
 use builder::Nul;
-use futures::{FutureExt, TryFutureExt};
+use futures::FutureExt;
 use std::collections::HashMap;
 use std::io::{self};
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::ops::BitOrAssign;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::join;
@@ -39,6 +40,7 @@ use tokio::sync::RwLock;
 use tokio::sync::{Mutex, watch};
 use tracing::{Level, instrument};
 
+use crate::log_limit::{LOG_INTERVAL, LogLimit, log_limited};
 use crate::noise::errors::WireGuardError;
 use crate::noise::handshake::parse_handshake_anon;
 use crate::noise::rate_limiter::RateLimiter;
@@ -113,6 +115,17 @@ pub enum Error {
     /// The device has no active connection, e.g. because it is suspended
     #[error("The device has no active connection")]
     NotConnected,
+
+    // wireguard4netns: which task died and why, for [`Device::wait_failure`] (the
+    // task's own error is not `Clone`, so it is kept as text).
+    /// A task of the current connection ended with an error: no traffic flows.
+    #[error("task {task} failed: {reason}")]
+    TaskFailed {
+        /// The task's name (`handle_incoming`, `handle_outgoing`).
+        task: &'static str,
+        /// Its error.
+        reason: String,
+    },
 }
 
 /// A reference-counted handle to a WireGuard device.
@@ -173,6 +186,10 @@ pub(crate) struct DeviceState<T: DeviceTransports> {
 
 pub(crate) struct Connection<T: DeviceTransports> {
     udp: <T::UdpTransportFactory as UdpTransportFactory>::Send,
+
+    // wireguard4netns: set first thing in `stop`, so the errors its tasks hit while
+    // they are torn down (closed channels) are not taken for fatal ones.
+    retired: Arc<AtomicBool>,
 
     /// The task that reads IPv4 traffic from the UDP socket.
     incoming: Task,
@@ -240,27 +257,30 @@ impl<T: DeviceTransports> Connection<T> {
             .await?;
         }
 
-        let fatal_error = device.fatal_error.clone();
-        let register_fatal_error = move |e| {
-            fatal_error.send_if_modified(|option| {
-                let has_error = option.is_some();
-                if !has_error {
-                    *option = Some(e);
-                }
-                !has_error
-            })
+        // wireguard4netns: a task's error is fatal only while its connection is the
+        // current one. A reconfiguration (listen-port, private-key, fwmark) stops the old
+        // connection, and its tasks then fail on their closed channels; upstream recorded
+        // that as the device's fatal error, so it could not be told from a real death
+        // (one `recvmmsg` error ends the UDP receive task for good). The error keeps the
+        // task's name.
+        let retired = Arc::new(AtomicBool::new(false));
+        let watched = |task: &'static str, fut: _| {
+            watch_task(task, fut, Arc::clone(&retired), device.fatal_error.clone())
         };
 
         // Start device tasks
         let outgoing = Task::spawn(
             "handle_outgoing",
-            DeviceState::handle_outgoing(
-                Arc::downgrade(&device_arc),
-                buffered_ip_rx,
-                buffered_udp_tx.clone(),
-                pool.clone(),
-            )
-            .map_err(register_fatal_error.clone()),
+            watched(
+                "handle_outgoing",
+                DeviceState::handle_outgoing(
+                    Arc::downgrade(&device_arc),
+                    buffered_ip_rx,
+                    buffered_udp_tx.clone(),
+                    pool.clone(),
+                )
+                .boxed(),
+            ),
         );
         let timers = Task::spawn(
             "handle_timers",
@@ -268,19 +288,23 @@ impl<T: DeviceTransports> Connection<T> {
         );
         let incoming = Task::spawn(
             "handle_incoming",
-            DeviceState::handle_incoming(
-                Arc::downgrade(&device_arc),
-                buffered_ip_tx.clone(),
-                buffered_udp_tx,
-                buffered_udp_rx,
-                pool.clone(),
-            )
-            .map_err(register_fatal_error.clone()),
+            watched(
+                "handle_incoming",
+                DeviceState::handle_incoming(
+                    Arc::downgrade(&device_arc),
+                    buffered_ip_tx.clone(),
+                    buffered_udp_tx,
+                    buffered_udp_rx,
+                    pool.clone(),
+                )
+                .boxed(),
+            ),
         );
 
         debug_assert!(device.connection.is_none());
         device.connection = Some(Connection {
             udp: udp_tx,
+            retired,
             incoming,
             timers,
             outgoing,
@@ -418,6 +442,45 @@ impl<T: DeviceTransports> Device<T> {
             .await
             .expect("Sender will not be dropped while Self exists");
     }
+
+    // wireguard4netns: `wait`, and what it waited for.
+    /// Wait until an unrecoverable error occurs, and describe it.
+    pub async fn wait_failure(&mut self) -> String {
+        match self.fatal_error.wait_for(|err| err.is_some()).await {
+            Ok(err) => err.as_ref().map(ToString::to_string).unwrap_or_default(),
+            Err(_) => "the device is gone".to_owned(),
+        }
+    }
+}
+
+// wireguard4netns: runs a connection's task and records its error as the device's
+// fatal error (the first one only), unless the connection was retired by then: a
+// task stopped on purpose is not a task that died. The error is still returned, for
+// the task's own log line.
+async fn watch_task(
+    task: &'static str,
+    fut: futures::future::BoxFuture<'static, Result<(), Error>>,
+    retired: Arc<AtomicBool>,
+    fatal_error: watch::Sender<Option<Error>>,
+) -> Result<(), Error> {
+    let result = fut.await;
+    if let Err(e) = &result {
+        if retired.load(Ordering::Acquire) {
+            tracing::debug!("task {task:?} of a replaced connection ended: {e}");
+            return Ok(());
+        }
+        fatal_error.send_if_modified(|option| {
+            let first = option.is_none();
+            if first {
+                *option = Some(Error::TaskFailed {
+                    task,
+                    reason: e.to_string(),
+                });
+            }
+            first
+        });
+    }
+    result
 }
 
 impl<T: DeviceTransports> Drop for Device<T> {
@@ -670,7 +733,11 @@ impl<T: DeviceTransports> DeviceState<T> {
                     }
                     Ok(None) => {}
                     Err(WireGuardError::ConnectionExpired) => {}
-                    Err(e) => tracing::error!("Timer error = {e:?}: {e:?}"),
+                    // wireguard4netns: rate-limited, it could repeat every 250 ms per peer.
+                    Err(e) => {
+                        static TIMER_ERROR: LogLimit = LogLimit::new(LOG_INTERVAL);
+                        log_limited!(error, TIMER_ERROR, "Timer error = {e:?}");
+                    }
                 }
             }
 
@@ -875,7 +942,10 @@ impl<T: DeviceTransports> DeviceState<T> {
             let packets = match tun_rx.recv(&mut packet_pool).await {
                 Ok(packets) => packets,
                 Err(e) => {
-                    tracing::error!("Unexpected error on tun interface: {e:?}");
+                    // wireguard4netns: debug, not error: a replaced connection's task ends
+                    // here on every reconfiguration; a real failure is logged by `Task`
+                    // and reported by `watch_task`.
+                    tracing::debug!("Unexpected error on tun interface: {e:?}");
                     return Err(Error::IoError(e));
                 }
             };
@@ -908,7 +978,15 @@ impl<T: DeviceTransports> DeviceState<T> {
                     // whitepaper: If [peer_addr] matches no peer, it is dropped, and the sender is
                     // informed by a standard ICMP “no route to host” packet, as well as returning
                     // -ENOKEY to user space.
-                    tracing::error!("No endpoint");
+                    // wireguard4netns: once per packet this flooded the log (and `run`'s
+                    // terminal); a peer that has not told us where it is yet is a normal
+                    // state for a server, so a warning, rate-limited.
+                    static NO_ENDPOINT: LogLimit = LogLimit::new(LOG_INTERVAL);
+                    log_limited!(
+                        warn,
+                        NO_ENDPOINT,
+                        "dropping packets to {dst_addr}: its peer has no endpoint (none configured, and no handshake from it yet)"
+                    );
                     continue;
                 };
 
@@ -971,10 +1049,13 @@ impl<T: DeviceTransports> Connection<T> {
     async fn stop(self) {
         let Self {
             udp,
+            retired,
             incoming,
             timers,
             outgoing,
         } = self;
+        // wireguard4netns: before anything is torn down (see `retired`).
+        retired.store(true, Ordering::Release);
         drop(udp);
 
         join!(incoming.stop(), timers.stop(), outgoing.stop(),);

@@ -25,6 +25,8 @@ use crate::noise::index_table::IndexTable;
 use crate::packet::{Ip, Packet};
 
 pub mod mock;
+// wireguard4netns: tests of a dead task told from a replaced one.
+mod task_failure;
 
 /// Assert that the expected number of packets is sent.
 /// We expect there to be [`packet_count`] data packets, one handshake init,

@@ -13,6 +13,9 @@
 
 use std::{io, sync::Arc, time::Duration};
 
+// wireguard4netns: rate limits for per-packet complaints.
+use crate::log_limit::{LOG_INTERVAL, LogLimit, log_limited};
+
 use crate::{
     packet::{Ip, Packet, PacketBufPool},
     task::Task,
@@ -83,7 +86,9 @@ impl BufferedIpSend {
                         tracing::error!("TUN device was deleted: {e}");
                         break;
                     }
-                    tracing::error!("Error sending IP packet: {e}");
+                    // wireguard4netns: rate-limited, it can come once per packet.
+                    static SEND_ERROR: LogLimit = LogLimit::new(LOG_INTERVAL);
+                    log_limited!(error, SEND_ERROR, "Error sending IP packet: {e}");
                 }
             }
 
@@ -163,7 +168,9 @@ impl<I: IpRecv> BufferedIpRecv<I> {
                             tracing::error!("TUN device was deleted: {e}");
                             break;
                         }
-                        tracing::error!("Error receiving IP packet: {e}");
+                        // wireguard4netns: rate-limited, it can come once per packet.
+                        static RECV_ERROR: LogLimit = LogLimit::new(LOG_INTERVAL);
+                        log_limited!(error, RECV_ERROR, "Error receiving IP packet: {e}");
                     }
                 }
             }
