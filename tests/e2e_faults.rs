@@ -1,0 +1,158 @@
+//! End-to-end fault tests: what a real network does to a running tunnel. Our
+//! binary runs as uid 65534 attached to a target namespace; the peer is
+//! Debian's wireguard-go in a namespace of the test's own. Each test breaks
+//! something (the peer restarts, a side changes address or port) while a
+//! `ping -D` runs inside the target, and measures the gap in the replies
+//! from ping's own timestamps. See `common/mod.rs` for the harness. They need
+//! root; without it they skip (or fail when `CI=true`).
+
+#![forbid(unsafe_code)]
+
+mod common;
+
+use std::net::IpAddr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+/// Seconds since the epoch, as `ping -D` prints them.
+fn now_s() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The peer spec [`Peer::server`] used for this scenario, with the peer's
+/// own keys and `listen_port`: what a restarted peer is configured with.
+fn server_spec(s: &Scenario, listen_port: u16) -> PeerSpec {
+    PeerSpec {
+        keys: s.peer.keys.clone(),
+        slot: 0,
+        uplink: None,
+        tunnel_host: 1,
+        listen_port: Some(listen_port),
+        peers: vec![WgPeerSpec {
+            public_key: s.client_keys.public.clone(),
+            allowed_ips: vec![
+                format!("{}/32", s.id.tunnel_v4(2)),
+                format!("{}/128", s.id.tunnel_v6(2)),
+            ],
+            ..WgPeerSpec::default()
+        }],
+    }
+}
+
+/// `ping -D` from `place` to `addr`, 0.2 s apart, for at most `secs`.
+struct Pinger {
+    ping: Spawned,
+    addr: IpAddr,
+}
+
+impl Pinger {
+    fn start(place: &Place, addr: IpAddr, secs: u32) -> Self {
+        let args = [
+            "-n".to_owned(),
+            "-D".to_owned(),
+            "-i".to_owned(),
+            "0.2".to_owned(),
+            "-W".to_owned(),
+            "1".to_owned(),
+            "-w".to_owned(),
+            secs.to_string(),
+            addr.to_string(),
+        ];
+        Self {
+            ping: Spawned::start(place.cmd("ping", args)),
+            addr,
+        }
+    }
+
+    /// Timestamps (`ping -D`) of the replies so far.
+    fn replies(&self) -> Vec<f64> {
+        let from = format!("bytes from {}", self.addr);
+        self.ping
+            .stdout()
+            .lines()
+            .filter(|l| l.contains(&from))
+            .filter_map(|l| {
+                let stamp = l.strip_prefix('[')?.split(']').next()?;
+                stamp.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Wait up to `timeout` for `n` replies stamped after `after`.
+    fn wait_replies_after(&self, after: f64, n: usize, timeout: Duration) -> bool {
+        wait_for(timeout, || {
+            self.replies().iter().filter(|&&t| t > after).count() >= n
+        })
+    }
+
+    /// Stop it (SIGINT by PID, so it prints its summary) and wait for it.
+    fn stop(&mut self) {
+        self.ping.signal(nix::sys::signal::Signal::SIGINT);
+        self.ping.wait_exit(Duration::from_secs(3));
+    }
+
+    fn report(&self) -> String {
+        self.ping.report()
+    }
+}
+
+/// The first reply stamped after `t`, and the last one at or before it.
+fn around(replies: &[f64], t: f64) -> (Option<f64>, Option<f64>) {
+    let before = replies.iter().copied().rfind(|&r| r <= t);
+    let after = replies.iter().copied().find(|&r| r > t);
+    (before, after)
+}
+
+/// A scenario with our binary attached (`--configure`) and the tunnel up.
+fn tunnel(test: &str, listen_port: Option<u16>) -> Option<Scenario> {
+    let id = require_root_env(test)?;
+    let mut s = Scenario::new(id, ScenarioOpts::default());
+    s.config.listen_port = listen_port;
+    s.attach(&["--configure"]);
+    s.expect_ping(s.peer_v4(), 2);
+    Some(s)
+}
+
+/// wireguard-go restarted on the same port with the same key has no session:
+/// our side keeps sending on the old one until, with no reply for
+/// keepalive-timeout + rekey-timeout (10 s + 5 s), it shakes hands again.
+/// wireguard-go in our place takes 15.3 s; we must be back within 16 s.
+#[test]
+fn peer_restart_on_the_same_port_is_back_within_16_s() {
+    let Some(mut s) = tunnel("peer_restart_on_the_same_port_is_back_within_16_s", None) else {
+        return;
+    };
+    let mut ping = Pinger::start(&s.target.place(), s.peer_v4(), 30);
+    assert!(
+        ping.wait_replies_after(0.0, 3, Duration::from_secs(5)),
+        "no replies before the restart\n{}",
+        ping.report()
+    );
+    let spec = server_spec(&s, s.id.port(0));
+    let restart = now_s();
+    s.peer.restart(&spec);
+    let back = ping.wait_replies_after(restart, 3, Duration::from_secs(20));
+    ping.stop();
+    let (before, after) = around(&ping.replies(), restart);
+    assert!(
+        back,
+        "no replies within 20 s of the peer's restart\n{}\n{}",
+        ping.report(),
+        s.diagnostics()
+    );
+    let before = before.expect("replies before the restart");
+    let after = after.expect("replies after the restart");
+    let gap = after - before;
+    eprintln!(
+        "peer restart, same port: reply gap {gap:.2} s, first reply {:.2} s after the restart began",
+        after - restart
+    );
+    assert!(
+        gap < 16.0,
+        "reply gap {gap:.2} s after the peer's restart (limit 16 s)\n{}",
+        ping.report()
+    );
+}
