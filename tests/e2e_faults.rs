@@ -10,10 +10,29 @@
 
 mod common;
 
+use std::ffi::OsString;
 use std::net::IpAddr;
+use std::process::Output;
+use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
+
+/// Our binary as uid 65534: `SUBCOMMAND --tmpdir DIR ARGS…`, which must
+/// succeed; its stdout.
+fn ours_ok(s: &Scenario, subcommand: &str, args: &[&str]) -> String {
+    let mut all: Vec<OsString> = vec![subcommand.into(), "--tmpdir".into(), s.dir.path().into()];
+    all.extend(args.iter().map(OsString::from));
+    let out: Output = run(&mut as_user(binary(), all));
+    assert!(
+        out.status.success(),
+        "wireguard4netns {subcommand} {args:?} failed ({})\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
 
 /// Seconds since the epoch, as `ping -D` prints them.
 fn now_s() -> f64 {
@@ -153,6 +172,69 @@ fn peer_restart_on_the_same_port_is_back_within_16_s() {
     assert!(
         gap < 16.0,
         "reply gap {gap:.2} s after the peer's restart (limit 16 s)\n{}",
+        ping.report()
+    );
+}
+
+/// wireguard-go restarted on another port, then `set wg0 peer KEY endpoint
+/// NEW` through our tool: the tunnel is back within 1 s of the `set`.
+#[test]
+fn peer_restart_on_a_new_port_is_back_within_1_s_of_set_endpoint() {
+    let Some(mut s) = tunnel(
+        "peer_restart_on_a_new_port_is_back_within_1_s_of_set_endpoint",
+        None,
+    ) else {
+        return;
+    };
+    let mut ping = Pinger::start(&s.target.place(), s.peer_v4(), 20);
+    assert!(
+        ping.wait_replies_after(0.0, 3, Duration::from_secs(5)),
+        "no replies before the restart\n{}",
+        ping.report()
+    );
+    let restart = now_s();
+    s.peer.restart(&server_spec(&s, s.id.port(1)));
+    thread::sleep(Duration::from_secs(2));
+    let set = now_s();
+    ours_ok(
+        &s,
+        "set",
+        &[
+            &s.ifname,
+            "peer",
+            &s.peer.keys.public,
+            "endpoint",
+            &s.peer.endpoint(),
+        ],
+    );
+    let back = ping.wait_replies_after(set, 3, Duration::from_secs(10));
+    ping.stop();
+    let replies = ping.replies();
+    assert!(
+        back,
+        "no replies within 10 s of `set … endpoint {}`\n{}\n{}",
+        s.peer.endpoint(),
+        ping.report(),
+        s.diagnostics()
+    );
+    let stale: Vec<f64> = replies
+        .iter()
+        .copied()
+        .filter(|&t| t > restart + 1.0 && t <= set)
+        .collect();
+    assert!(
+        stale.is_empty(),
+        "replies while our side still had the old port: {stale:?}"
+    );
+    let after = around(&replies, set).1.expect("a reply after the set");
+    eprintln!(
+        "peer restart, new port: first reply {:.2} s after `set … endpoint` began",
+        after - set
+    );
+    assert!(
+        after - set < 1.0,
+        "first reply {:.2} s after `set … endpoint` (limit 1 s)\n{}",
+        after - set,
         ping.report()
     );
 }
