@@ -238,3 +238,61 @@ fn peer_restart_on_a_new_port_is_back_within_1_s_of_set_endpoint() {
         ping.report()
     );
 }
+
+/// The first reply stamped after `t`, in seconds after `t`, or panic with the
+/// pinger's output.
+fn first_reply_after(ping: &Pinger, t: f64, what: &str) -> f64 {
+    around(&ping.replies(), t)
+        .1
+        .map(|r| r - t)
+        .unwrap_or_else(|| panic!("no reply after {what}\n{}", ping.report()))
+}
+
+/// Roaming on our side: `set wg0 listen-port NEW` moves our UDP socket; the
+/// tunnel is back within 1 s and the peer follows us to the new port.
+#[test]
+fn our_listen_port_change_is_followed_within_1_s() {
+    let Some(s) = tunnel("our_listen_port_change_is_followed_within_1_s", None) else {
+        return;
+    };
+    let mut ping = Pinger::start(&s.target.place(), s.peer_v4(), 12);
+    assert!(
+        ping.wait_replies_after(0.0, 3, Duration::from_secs(5)),
+        "no replies before the port change\n{}",
+        ping.report()
+    );
+    let port = s.id.port(1);
+    let set = now_s();
+    ours_ok(&s, "set", &[&s.ifname, "listen-port", &port.to_string()]);
+    let back = ping.wait_replies_after(set, 3, Duration::from_secs(5));
+    let ours = format!("{}:{port}", s.peer.netns.outer_addr);
+    let mut seen = String::new();
+    let followed = wait_for(Duration::from_secs(2), || {
+        seen = s
+            .peer
+            .dump()
+            .peer(&s.client_keys.public)
+            .map(|p| p.endpoint.clone())
+            .unwrap_or_default();
+        seen == ours
+    });
+    ping.stop();
+    assert!(
+        back,
+        "no replies within 5 s of `set listen-port {port}`\n{}\n{}",
+        ping.report(),
+        s.diagnostics()
+    );
+    let gap = first_reply_after(&ping, set, "the port change");
+    eprintln!("our listen port changed: first reply {gap:.2} s after `set listen-port` began");
+    assert!(
+        gap < 1.0,
+        "first reply {gap:.2} s after `set listen-port` (limit 1 s)\n{}",
+        ping.report()
+    );
+    assert!(
+        followed,
+        "the peer has our endpoint as {seen}, not {ours}\n{}",
+        s.peer.diagnostics()
+    );
+}
