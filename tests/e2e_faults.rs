@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::net::IpAddr;
 use std::process::Output;
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
 
@@ -294,5 +294,96 @@ fn our_listen_port_change_is_followed_within_1_s() {
         followed,
         "the peer has our endpoint as {seen}, not {ours}\n{}",
         s.peer.diagnostics()
+    );
+}
+
+/// Roaming on the peer's side: its address moves to the test's other /30
+/// (on the same link) and its listen port changes while it pings into our
+/// namespace (it has our endpoint, so it sends first). We follow its new
+/// endpoint within 1 s, and traffic works both ways.
+///
+/// The port changes too because wireguard-go (Debian's 0.0.20220316) keeps a
+/// peer's source address sticky: after an address move alone it goes on
+/// sending from the address it no longer has ("network is unreachable") until
+/// its socket is rebound.
+#[test]
+fn peer_address_change_is_followed_within_1_s() {
+    let Some(s) = tunnel("peer_address_change_is_followed_within_1_s", None) else {
+        return;
+    };
+    let net = &s.peer.netns;
+    let (new_outer, new_inner) = s.id.veth_addrs(1);
+    let port = s.id.port(1);
+    let mut ping = Pinger::start(&s.peer.place(), s.client_v4().into(), 12);
+    assert!(
+        ping.wait_replies_after(0.0, 3, Duration::from_secs(5)),
+        "the peer gets no replies before the move\n{}",
+        ping.report()
+    );
+    Place::Root.ip_ok([
+        "addr",
+        "add",
+        &format!("{new_outer}/30"),
+        "dev",
+        &net.outer_if,
+    ]);
+    let moved = now_s();
+    let inner = s.peer.place();
+    inner.ip_ok([
+        "addr",
+        "del",
+        &format!("{}/30", net.inner_addr),
+        "dev",
+        &net.inner_if,
+    ]);
+    inner.ip_ok([
+        "addr",
+        "add",
+        &format!("{new_inner}/30"),
+        "dev",
+        &net.inner_if,
+    ]);
+    // Our endpoint (the old /30's outer end) stays reachable on the link.
+    inner.ip_ok([
+        "route",
+        "add",
+        &format!("{}/32", net.outer_addr),
+        "dev",
+        &net.inner_if,
+        "src",
+        &new_inner.to_string(),
+    ]);
+    run_ok(&mut cmd(
+        "wg",
+        ["set", &s.peer.ifname, "listen-port", &port.to_string()],
+    ));
+    let back = ping.wait_replies_after(moved, 3, Duration::from_secs(5));
+    let theirs = format!("{new_inner}:{port}");
+    let mut seen = String::new();
+    let followed = wait_for(Duration::from_secs(2), || {
+        seen = ours_ok(&s, "show", &[&s.ifname, "endpoints"]);
+        seen.contains(&theirs)
+    });
+    ping.stop();
+    assert!(
+        back,
+        "the peer gets no replies within 5 s of its move to {new_inner}\n{}\n{}",
+        ping.report(),
+        s.diagnostics()
+    );
+    let gap = first_reply_after(&ping, moved, "the move");
+    eprintln!("peer address changed: first reply {gap:.2} s after the move began");
+    assert!(
+        gap < 1.0,
+        "first reply {gap:.2} s after the peer's move (limit 1 s)\n{}",
+        ping.report()
+    );
+    assert!(followed, "`show wg0 endpoints` says {seen:?}, not {theirs}");
+    let started = Instant::now();
+    ping_ok(s.target.pid(), s.peer_v4(), 3, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.diagnostics()));
+    eprintln!(
+        "peer address changed: our side reached it in {:.2} s",
+        started.elapsed().as_secs_f64()
     );
 }
