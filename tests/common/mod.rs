@@ -1399,7 +1399,6 @@ impl Peer {
             .expect("peer temp dir");
         let ifname = id.name(&format!("w{}", spec.slot));
         let log_path = files.path().join("wireguard-go.log");
-        let log = fs::File::create(&log_path).expect("peer log file");
         let mut peer = Self {
             child: None,
             ifname,
@@ -1411,6 +1410,33 @@ impl Peer {
             files,
             netns,
         };
+        peer.launch(&spec);
+        peer
+    }
+
+    /// Stop wireguard-go (SIGTERM by PID, SIGKILL after 2 s; its TUN goes with
+    /// it) and start a fresh one on the same interface name from `spec` (its
+    /// `slot`/`uplink`/`tunnel_host` are ignored: the namespace stays): a peer
+    /// that has forgotten every session, as after a reboot.
+    pub fn restart(&mut self, spec: &PeerSpec) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child);
+        }
+        let _ = fs::remove_file(self.socket());
+        self.keys = spec.keys.clone();
+        self.listen_port = spec.listen_port;
+        self.launch(spec);
+    }
+
+    /// Spawn wireguard-go in the namespace (log appended), `wg set` it from
+    /// `spec`, add the tunnel addresses and bring it up.
+    fn launch(&mut self, spec: &PeerSpec) {
+        let peer = self;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&peer.log_path)
+            .expect("peer log file");
         let socket = peer.socket();
         assert!(
             fs::symlink_metadata(&socket).is_err(),
@@ -1482,7 +1508,6 @@ impl Peer {
             "nodad",
         ]);
         place.ip_ok(["link", "set", &peer.ifname, "up"]);
-        peer
     }
 
     fn write_file(&self, name: &str, contents: &str) -> PathBuf {
