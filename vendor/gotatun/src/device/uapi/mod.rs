@@ -732,6 +732,22 @@ mod tests {
 
         assert_eq!(validate_set(&set), Err(EINVAL));
     }
+
+    // wireguard4netns: errors go on the wire negated, as wireguard-go's.
+    #[test]
+    fn errno_is_negated_on_the_wire() {
+        use super::{GetResponse, SetResponse};
+        assert_eq!(SetResponse { errno: EINVAL }.to_string(), "errno=-22\n");
+        assert_eq!(SetResponse { errno: 0 }.to_string(), "errno=0\n");
+        let get = GetResponse {
+            private_key: None,
+            listen_port: None,
+            fwmark: None,
+            peers: vec![],
+            errno: EINVAL,
+        };
+        assert_eq!(get.to_string(), "errno=-22\n");
+    }
 }
 
 #[cfg(windows)]
