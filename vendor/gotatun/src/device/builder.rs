@@ -290,6 +290,7 @@ impl<Udp: UdpTransportFactory, TunTx: IpSend, TunRx: IpRecv> DeviceBuilder<Udp, 
             rate_limiter: None,
             port: self.port,
             connection: None,
+            prebound: None,
             suspended: self.suspended,
             fatal_error: watch::Sender::new(None),
         };
