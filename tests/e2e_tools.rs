@@ -585,6 +585,54 @@ fn set_private_key_keeps_the_port_and_the_tunnel() {
     assert!(!log.contains("Address already in use"), "{log}");
 }
 
+/// A prefix given to another peer (`wg set IF peer NEW allowed-ips P`) leaves
+/// the old peer's list, and stays gone after an unrelated `set` on the old
+/// peer: `wg show IF allowed-ips` for the two reads the same on ours as on
+/// wireguard-go, each step.
+#[test]
+fn moved_prefix_leaves_the_old_peer_as_with_wireguard_go() {
+    let Some((s, link, _idle)) =
+        running_tunnel("moved_prefix_leaves_the_old_peer_as_with_wireguard_go")
+    else {
+        return;
+    };
+    let (old, new) = (KeyPair::generate(), KeyPair::generate());
+    let lines_of = |ifname: &str| {
+        let all = wg(&["show", ifname, "allowed-ips"]);
+        [&old.public, &new.public]
+            .map(|key| {
+                all.lines()
+                    .find(|line| line.starts_with(key.as_str()))
+                    .unwrap_or("(missing)")
+                    .to_owned()
+            })
+            .join("\n")
+    };
+    let steps: [&[&str]; 3] = [
+        &[
+            "peer",
+            &old.public,
+            "allowed-ips",
+            "10.0.8.0/24,10.0.9.0/24",
+        ],
+        &["peer", &new.public, "allowed-ips", "10.0.8.0/24"],
+        &["peer", &old.public, "persistent-keepalive", "25"],
+    ];
+    for (step, args) in steps.iter().enumerate() {
+        for ifname in [&link.name, &s.peer.ifname] {
+            let mut all = vec!["set", ifname.as_str()];
+            all.extend_from_slice(args);
+            wg(&all);
+        }
+        let (ours, go) = (lines_of(&link.name), lines_of(&s.peer.ifname));
+        assert_eq!(ours, go, "after step {step}: {args:?}");
+    }
+    assert_eq!(
+        lines_of(&link.name),
+        format!("{}\t10.0.9.0/24\n{}\t10.0.8.0/24", old.public, new.public)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Keys: no tunnel needed, only `wg`.
 // ---------------------------------------------------------------------------

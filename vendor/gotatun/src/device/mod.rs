@@ -147,6 +147,35 @@ type UdpPair<T> = (
     <<T as DeviceTransports>::UdpTransportFactory as UdpTransportFactory>::Recv,
 );
 
+/// wireguard4netns: prefixes a new peer took over in the routing table (`peers_by_ip`)
+/// from the peers that had them. Their own lists (shown by `get`, carried over when a
+/// `set` updates them) must drop them too, as in wireguard-go: otherwise the old peer
+/// keeps listing the prefix, and an unrelated `set` on it re-inserts it into the table
+/// and routes the prefix back to it. The lists sit behind the peers' async locks, hence
+/// a separate step.
+#[derive(Default)]
+#[must_use]
+struct Displaced(Vec<(Arc<Mutex<PeerState>>, ipnetwork::IpNetwork)>);
+
+impl Displaced {
+    async fn disown(self) {
+        for (peer, network) in self.0 {
+            peer.lock().await.allowed_ips.remove_network(network);
+        }
+    }
+
+    /// For the synchronous configuration API: a peer whose lock a task holds right now
+    /// keeps listing the prefix (the table, which routes, is right regardless).
+    fn disown_now(self) {
+        for (peer, network) in self.0 {
+            match peer.try_lock() {
+                Ok(mut peer) => peer.allowed_ips.remove_network(network),
+                Err(_) => tracing::debug!("peer busy; {network} stays in its list"),
+            }
+        }
+    }
+}
+
 pub(crate) struct DeviceState<T: DeviceTransports> {
     key_pair: Option<(x25519::StaticSecret, x25519::PublicKey)>,
     fwmark: Option<u32>,
@@ -549,7 +578,8 @@ impl<T: DeviceTransports> DeviceState<T> {
         }
     }
 
-    fn add_peer(&mut self, peer_builder: Peer) {
+    // wireguard4netns: returns the prefixes taken from other peers (see `Displaced`).
+    fn add_peer(&mut self, peer_builder: Peer) -> Displaced {
         let pub_key = peer_builder.public_key;
         let allowed_ips = peer_builder.allowed_ips.clone();
         let peer = self.create_peer(peer_builder);
@@ -557,13 +587,19 @@ impl<T: DeviceTransports> DeviceState<T> {
 
         self.peers.insert(pub_key, Arc::clone(&peer));
 
+        let mut displaced = Displaced::default();
         for allowed_ip in allowed_ips {
             let addr = allowed_ip.network();
             let cidr = allowed_ip.prefix();
-            self.peers_by_ip.insert(addr, cidr, Arc::clone(&peer));
+            if let Some(previous) = self.peers_by_ip.insert(addr, cidr, Arc::clone(&peer))
+                && !Arc::ptr_eq(&previous, &peer)
+            {
+                displaced.0.push((previous, allowed_ip));
+            }
         }
 
         tracing::info!("Peer added");
+        displaced
     }
 
     fn create_peer(&mut self, peer_builder: Peer) -> PeerState {

@@ -1,5 +1,6 @@
-// wireguard4netns: tests of our change making a UAPI `set` all-or-nothing (see
-// `DeviceState::prepare_udp` in `device/mod.rs`). Not part of upstream gotatun.
+// wireguard4netns: tests of our changes to UAPI `set`: all-or-nothing (see
+// `DeviceState::prepare_udp` in `device/mod.rs`), and a prefix moved to another peer
+// leaving the old peer's list (`Displaced`). Not part of upstream gotatun.
 
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -11,7 +12,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use super::mock::mock_tun;
 use crate::device::uapi::UapiServer;
-use crate::device::uapi::command::{Get, GetResponse, Response, Set, SetUnset};
+use crate::device::uapi::command::{Get, GetResponse, Response, Set, SetPeer, SetUnset};
 use crate::device::{DeviceBuilder, Peer};
 use crate::packet::{Packet, PacketBufPool};
 use crate::serialization::KeyBytes;
@@ -155,4 +156,59 @@ async fn failed_set_changes_nothing() {
     assert_eq!(set_errno(client.send(rekeyed).await.unwrap()), 0);
     assert_eq!(state().await.listen_port, Some(51821));
     assert_eq!(udp.binds.load(Ordering::SeqCst), 3, "one bind per change");
+}
+
+/// A prefix given to another peer leaves the old one's list, also after an
+/// unrelated `set` on the old peer (which used to put it back in the table).
+#[tokio::test]
+async fn moved_prefix_leaves_the_old_peer() {
+    let (tun, _app_tx, _app_rx) = mock_tun();
+    let (client, server) = UapiServer::new();
+    let _device = DeviceBuilder::new()
+        .with_private_key(StaticSecret::random())
+        .with_ip(tun)
+        .with_udp(StrictUdp::default())
+        .with_listen_port(51820)
+        .with_uapi(server)
+        .build()
+        .await
+        .expect("device");
+    let old = PublicKey::from(&StaticSecret::random());
+    let new = PublicKey::from(&StaticSecret::random());
+    let prefix: ipnetwork::IpNetwork = "10.0.8.0/24".parse().unwrap();
+    let kept: ipnetwork::IpNetwork = "10.0.9.0/24".parse().unwrap();
+    let with_ips = |key: &PublicKey, ips: Vec<ipnetwork::IpNetwork>| {
+        let mut peer = SetPeer::new(*key.as_bytes());
+        peer.peer.allowed_ip = ips;
+        Set {
+            peers: vec![peer],
+            ..Set::default()
+        }
+    };
+    let lists = || async {
+        let got = get(client.send(Get).await.expect("get"));
+        let of = |key: &PublicKey| {
+            got.peers
+                .iter()
+                .find(|p| p.peer.public_key.0 == *key.as_bytes())
+                .map(|p| p.peer.allowed_ip.clone())
+                .unwrap_or_default()
+        };
+        (of(&old), of(&new))
+    };
+
+    let set = with_ips(&old, vec![prefix, kept]);
+    assert_eq!(set_errno(client.send(set).await.unwrap()), 0);
+    let set = with_ips(&new, vec![prefix]);
+    assert_eq!(set_errno(client.send(set).await.unwrap()), 0);
+    assert_eq!(lists().await, (vec![kept], vec![prefix]));
+
+    let mut unrelated = SetPeer::new(*old.as_bytes());
+    unrelated.peer.persistent_keepalive_interval = Some(25);
+    let set = Set {
+        peers: vec![unrelated],
+        ..Set::default()
+    };
+    assert_eq!(set_errno(client.send(set).await.unwrap()), 0);
+    assert_eq!(lists().await, (vec![kept], vec![prefix]));
 }

@@ -726,7 +726,8 @@ async fn on_api_set(
 
         new_peer.allowed_ips.extend(allowed_ip);
 
-        device.add_peer(new_peer);
+        // wireguard4netns: prefixes taken from other peers leave their lists.
+        device.add_peer(new_peer).disown().await;
     }
 
     // If there is no key pair, we cannot reconfigure the connection
