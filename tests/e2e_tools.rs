@@ -433,6 +433,206 @@ fn set_and_show_errors() {
     assert!(out.stdout.is_empty() && out.stderr.is_empty());
 }
 
+/// `wg ARGS…` as root, which may fail: its output.
+fn wg_raw(args: &[&str]) -> Output {
+    run(&mut cmd("wg", args))
+}
+
+/// python3 at `place` holding a dual-stack UDP socket on a free port until
+/// dropped (its stdin closed); the port.
+struct PortHolder {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PortHolder {
+    fn new(place: &Place) -> Self {
+        let script = "import socket,sys\n\
+            s=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n\
+            s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,0)\n\
+            s.bind(('::',0))\n\
+            print(s.getsockname()[1],flush=True)\n\
+            sys.stdin.read(1)\n";
+        let mut child = place
+            .cmd("python3", ["-c", script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn python3");
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        std::io::BufRead::read_line(&mut out, &mut line).expect("read python3");
+        let port = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("python3 could not hold a UDP port: {line:?}")
+        });
+        Self { child, port }
+    }
+}
+
+impl Drop for PortHolder {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `set` the device refuses reads in the stock `wg` as it does against
+/// wireguard-go: a listen port another socket holds gives "Unable to modify
+/// interface: Address already in use" and exit status 1 from both (our
+/// answer is the negated errno, as wireguard-go's). Ours changes nothing: same
+/// port, the tunnel still pings. (wireguard-go is asked last: it closes its
+/// socket before the bind that fails.)
+#[test]
+fn refused_set_reads_as_with_wireguard_go_and_changes_nothing() {
+    let Some((s, link, _idle)) =
+        running_tunnel("refused_set_reads_as_with_wireguard_go_and_changes_nothing")
+    else {
+        return;
+    };
+    let before = link.dump().listen_port;
+    let ours = {
+        let held = PortHolder::new(&Place::Root);
+        wg_raw(&["set", &link.name, "listen-port", &held.port.to_string()])
+    };
+    assert_eq!(link.dump().listen_port, before);
+    s.expect_ping(s.peer_v4(), 1);
+
+    let go = {
+        let held = PortHolder::new(&s.peer.place());
+        wg_raw(&["set", &s.peer.ifname, "listen-port", &held.port.to_string()])
+    };
+    assert_eq!(ours.status.code(), go.status.code(), "exit status");
+    assert_eq!(text(&ours.stderr), text(&go.stderr));
+    assert_eq!(
+        text(&go.stderr).trim(),
+        "Unable to modify interface: Address already in use"
+    );
+    assert!(ours.stdout.is_empty() && go.stdout.is_empty());
+}
+
+/// An fwmark the engine (uid 65534, no CAP_NET_ADMIN) may not set is refused
+/// and changes nothing: `wg show IF fwmark` still says off and the tunnel
+/// keeps its socket (it used to lose it and report the new fwmark).
+#[test]
+fn refused_fwmark_changes_nothing() {
+    let Some((s, link, _idle)) = running_tunnel("refused_fwmark_changes_nothing") else {
+        return;
+    };
+    let out = wg_raw(&["set", &link.name, "fwmark", "4660"]);
+    assert!(!out.status.success(), "fwmark was accepted");
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "Unable to modify interface: Operation not permitted"
+    );
+    assert_eq!(wg(&["show", &link.name, "fwmark"]), "off\n");
+    s.expect_ping(s.peer_v4(), 1);
+}
+
+/// A new private key keeps the listen port and the tunnel, five times in a
+/// row (the same-port rebind used to meet our own old socket: "Address
+/// already in use", no UDP until the next `set`). The peer is told each new
+/// public key.
+#[test]
+fn set_private_key_keeps_the_port_and_the_tunnel() {
+    let Some(id) = require_root_env("set_private_key_keeps_the_port_and_the_tunnel") else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let fg = s.configured_foreground();
+    s.expect_ping(s.peer_v4(), 1);
+    let link = UapiLink::new(&s.id.link_name(), &s.socket());
+    let port = link.dump().listen_port;
+    let mut current = s.client_keys.public.clone();
+    for round in 0..5 {
+        let keys = KeyPair::generate();
+        let allowed = s
+            .peer
+            .dump()
+            .peer(&current)
+            .expect("we are the peer's peer")
+            .allowed_ips
+            .join(",");
+        wg(&[
+            "set",
+            &s.peer.ifname,
+            "peer",
+            &current,
+            "remove",
+            "peer",
+            &keys.public,
+            "allowed-ips",
+            &allowed,
+        ]);
+        let file = s.dir.write(
+            &format!("key{round}"),
+            &format!("{}\n", keys.private),
+            0o600,
+        );
+        wg(&[
+            "set",
+            &link.name,
+            "private-key",
+            &file.display().to_string(),
+        ]);
+        assert_eq!(link.dump().listen_port, port, "round {round}");
+        s.expect_ping(s.peer_v4(), 1);
+        current = keys.public;
+    }
+    let log = fg.log();
+    assert!(!log.contains("Address already in use"), "{log}");
+}
+
+/// A prefix given to another peer (`wg set IF peer NEW allowed-ips P`) leaves
+/// the old peer's list, and stays gone after an unrelated `set` on the old
+/// peer: `wg show IF allowed-ips` for the two reads the same on ours as on
+/// wireguard-go, each step.
+#[test]
+fn moved_prefix_leaves_the_old_peer_as_with_wireguard_go() {
+    let Some((s, link, _idle)) =
+        running_tunnel("moved_prefix_leaves_the_old_peer_as_with_wireguard_go")
+    else {
+        return;
+    };
+    let (old, new) = (KeyPair::generate(), KeyPair::generate());
+    let lines_of = |ifname: &str| {
+        let all = wg(&["show", ifname, "allowed-ips"]);
+        [&old.public, &new.public]
+            .map(|key| {
+                all.lines()
+                    .find(|line| line.starts_with(key.as_str()))
+                    .unwrap_or("(missing)")
+                    .to_owned()
+            })
+            .join("\n")
+    };
+    let steps: [&[&str]; 3] = [
+        &[
+            "peer",
+            &old.public,
+            "allowed-ips",
+            "10.0.8.0/24,10.0.9.0/24",
+        ],
+        &["peer", &new.public, "allowed-ips", "10.0.8.0/24"],
+        &["peer", &old.public, "persistent-keepalive", "25"],
+    ];
+    for (step, args) in steps.iter().enumerate() {
+        for ifname in [&link.name, &s.peer.ifname] {
+            let mut all = vec!["set", ifname.as_str()];
+            all.extend_from_slice(args);
+            wg(&all);
+        }
+        let (ours, go) = (lines_of(&link.name), lines_of(&s.peer.ifname));
+        assert_eq!(ours, go, "after step {step}: {args:?}");
+    }
+    assert_eq!(
+        lines_of(&link.name),
+        format!("{}\t10.0.9.0/24\n{}\t10.0.8.0/24", old.public, new.public)
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Keys: no tunnel needed, only `wg`.
 // ---------------------------------------------------------------------------

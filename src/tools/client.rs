@@ -188,7 +188,7 @@ pub fn set(dir: &Path, ifname: &str, request: &SetRequest) -> Result<(), ClientE
         return Err(ClientError::Refused {
             path,
             request: "set",
-            errno: errno.saturating_abs(),
+            errno,
         });
     }
     Ok(())
@@ -598,7 +598,7 @@ mod tests {
     fn set_sends_the_request_and_reports_errno() {
         let dir = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(dir.path().join("wg0.sock")).unwrap();
-        let server = serve_once(listener, b"errno=22\n\n");
+        let server = serve_once(listener, b"errno=-22\n\n");
         let request = SetRequest {
             listen_port: Some(1),
             ..SetRequest::default()

@@ -14,6 +14,8 @@
 //!   `protocol_version`, or keys a newer server adds) is skipped;
 //! * an all-zero `preshared_key` means "none" (wireguard-go always sends one);
 //! * the answer must carry `errno=N`; without it, it is a protocol error.
+//!   `N` may be negative (wireguard-go's and our servers' way); it is read
+//!   as the positive errno.
 //!
 //! The writer follows `userspace_set_device`: the same keys in the same order.
 //!
@@ -52,7 +54,7 @@ pub struct Device {
     pub fwmark: Option<u32>,
     /// In the order the server listed them.
     pub peers: Vec<Peer>,
-    /// The server's `errno=N` (0 on success).
+    /// The server's `errno=N` as a positive errno (0 on success).
     pub errno: i32,
 }
 
@@ -301,14 +303,12 @@ pub fn parse_get_response(text: &str) -> Result<Device, ProtoError> {
             ("protocol_version", Some(peer)) => {
                 peer.protocol_version = Some(number_in(value).ok_or_else(bad)?);
             }
-            ("errno", _) => errno = Some(number_up_to(value, i32::MAX as u64).ok_or_else(bad)?),
+            ("errno", _) => errno = Some(signed_errno(value).ok_or_else(bad)?),
             _ => {}
         }
         Ok(())
     })?;
-    device.errno = errno
-        .and_then(|n| i32::try_from(n).ok())
-        .ok_or(ProtoError::NoErrno)?;
+    device.errno = errno.ok_or(ProtoError::NoErrno)?;
     Ok(device)
 }
 
@@ -321,16 +321,25 @@ pub fn parse_set_response(text: &str) -> Result<i32, ProtoError> {
     let mut errno = None;
     for_each_pair(text, |number, key, value| {
         if key == "errno" {
-            // `wg set` takes a sign here (its `get` does not).
-            let digits = value.strip_prefix('-').unwrap_or(value);
-            let parsed = (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| value.parse::<i32>().ok())
-                .flatten();
-            errno = Some(parsed.ok_or_else(|| bad_value(number, key, value))?);
+            errno = Some(signed_errno(value).ok_or_else(|| bad_value(number, key, value))?);
         }
         Ok(())
     })?;
     errno.ok_or(ProtoError::NoErrno)
+}
+
+/// An `errno=` value: decimal with an optional `-`, in `i32`. wireguard-go
+/// (and now we) send the errno negated, as `wg set` reads it (`errno =
+/// -ret`); a positive one is what older servers sent. Either way the result
+/// is the positive errno, so `Errno::from_raw` names it. (`wg`'s own `get`
+/// takes no sign; we are laxer there, since a server that fails a `get`
+/// says why with the same negative number.)
+fn signed_errno(value: &str) -> Option<i32> {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse::<i32>().ok().map(i32::saturating_abs)
 }
 
 /// Calls `each` with the line number, key and value of every `key=value` line
@@ -664,6 +673,7 @@ mod tests {
     #[test]
     fn non_zero_errno_is_reported_not_failed() {
         assert_eq!(parse_get_response("errno=22\n\n").unwrap().errno, 22);
+        assert_eq!(parse_get_response("errno=-22\n\n").unwrap().errno, 22);
     }
 
     #[test]
@@ -706,7 +716,8 @@ mod tests {
             "listen_port=",
             "fwmark=-1",
             "fwmark=4294967296",
-            "errno=-1",
+            "errno=+1",
+            "errno=-",
             "errno=2147483648",
         ] {
             let err = parse_get_response(&format!("{bad}\nerrno=0\n\n")).unwrap_err();
@@ -777,7 +788,7 @@ mod tests {
     #[test]
     fn set_response() {
         assert_eq!(parse_set_response("errno=0\n\n"), Ok(0));
-        assert_eq!(parse_set_response("errno=-22\n\n"), Ok(-22));
+        assert_eq!(parse_set_response("errno=-22\n\n"), Ok(22));
         assert_eq!(parse_set_response("errno=22\n\n"), Ok(22));
         assert_eq!(parse_set_response("errno=0\n"), Err(ProtoError::Truncated));
         assert_eq!(parse_set_response("\n"), Err(ProtoError::NoErrno));

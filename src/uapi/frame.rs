@@ -137,14 +137,15 @@ pub async fn read_request<R: AsyncBufRead + Unpin>(
         .map_err(|_| FrameError::NotAscii)
 }
 
-/// The answer to a request that failed before reaching the device.
+/// The answer to a request that failed before reaching the device: the
+/// negated `errno` (`errno=-22`), as wireguard-go writes it and `wg` reads it.
 pub fn error_response(errno: i32) -> String {
-    format!("errno={errno}\n\n")
+    format!("errno=-{}\n\n", errno.unsigned_abs())
 }
 
 /// Parses a framed request with gotatun's parser, never unwinding: the
 /// framing already rejects the input known to make it panic, and a panic on
-/// anything else must cost one `errno=22`, not the connection.
+/// anything else must cost one `errno=-22`, not the connection.
 pub(super) fn parse_request(text: &str) -> Result<Request, String> {
     // gotatun's "unknown command" error quotes the whole request, which may
     // hold keys: don't let it reach the log.
@@ -326,7 +327,7 @@ mod tests {
 
     #[test]
     fn error_response_format() {
-        assert_eq!(error_response(22), "errno=22\n\n");
+        assert_eq!(error_response(22), "errno=-22\n\n");
     }
 
     #[test]

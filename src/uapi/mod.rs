@@ -94,11 +94,14 @@
 //! another user could connect, then `chmod` fixes up whatever the umask took
 //! away (`connect` needs write permission).
 //!
-//! # Why `errno=22`
+//! # Why `errno=-22`
 //!
-//! A request that cannot be parsed is answered with `errno=22\n\n` (EINVAL),
-//! what wireguard-go's `device/uapi.go` answers for invalid keys and values
-//! (`ipcErrorInvalid`), so `wg` reports "Invalid argument" instead of hanging.
+//! A request that cannot be parsed is answered with `errno=-22\n\n` (EINVAL,
+//! negated), what wireguard-go's `device/uapi.go` answers for invalid keys and
+//! values (`ipcErrorInvalid = -EINVAL`), so `wg` reports "Invalid argument"
+//! instead of hanging: `wg set` takes the number as `-errno` (a positive 22
+//! became "Unknown error -22"). gotatun's own answers are negated the same way
+//! (see `vendor/gotatun/WIREGUARD4NETNS.md`).
 //! The connection stays open when the framing is intact (the whole request up
 //! to its empty line was read) and is closed when it is not (a line or request
 //! over the size limit, or the peer closed mid-request).

@@ -619,24 +619,24 @@ mod tests {
         assert!(got.contains("allowed_ip=10.9.0.0/24\n"), "{got}");
 
         // Garbage gets EINVAL, and the connection goes on.
-        assert_eq!(ask(&mut conn, b"hello\n\n").await, "errno=22\n");
+        assert_eq!(ask(&mut conn, b"hello\n\n").await, "errno=-22\n");
         assert_eq!(
             ask(&mut conn, b"set=1\nbogus_key=1\n\n").await,
-            "errno=22\n"
+            "errno=-22\n"
         );
-        assert_eq!(ask(&mut conn, b"get=1\nextra=1\n\n").await, "errno=22\n");
+        assert_eq!(ask(&mut conn, b"get=1\nextra=1\n\n").await, "errno=-22\n");
         let panicky = format!("set=1\nprivate_key={}\u{e9}a\n\n", "a".repeat(61));
-        assert_eq!(ask(&mut conn, panicky.as_bytes()).await, "errno=22\n");
+        assert_eq!(ask(&mut conn, panicky.as_bytes()).await, "errno=-22\n");
         assert_eq!(
             ask(&mut conn, b"set=1\nlisten_port=\xff\n\n").await,
-            "errno=22\n"
+            "errno=-22\n"
         );
         // gotatun's own validation travels back as its errno.
         let dup = format!(
             "set=1\npublic_key={k}\npublic_key={k}\n\n",
             k = public_hex(NEW_PEER_KEY)
         );
-        assert_eq!(ask(&mut conn, dup.as_bytes()).await, "errno=22\n");
+        assert_eq!(ask(&mut conn, dup.as_bytes()).await, "errno=-22\n");
         assert!(ask(&mut conn, b"get=1\n\n").await.ends_with("errno=0\n"));
 
         // Two connections at once.
@@ -650,7 +650,7 @@ mod tests {
 
         // A line over the limit: EINVAL, then the connection is closed.
         let long = format!("set=1\n{}\n\n", "x".repeat(70 * 1024));
-        assert_eq!(ask(&mut conn, long.as_bytes()).await, "errno=22\n");
+        assert_eq!(ask(&mut conn, long.as_bytes()).await, "errno=-22\n");
         expect_closed(&mut conn).await;
 
         // Half a request, then EOF: not applied, answered, closed.
@@ -662,7 +662,7 @@ mod tests {
         other.get_mut().shutdown().await.unwrap();
         let mut rest = String::new();
         other.read_to_string(&mut rest).await.unwrap();
-        assert_eq!(rest, "errno=22\n\n");
+        assert_eq!(rest, "errno=-22\n\n");
         let mut conn = connect(sock.path()).await;
         let got = ask(&mut conn, b"get=1\n\n").await;
         assert!(

@@ -290,6 +290,7 @@ impl<Udp: UdpTransportFactory, TunTx: IpSend, TunRx: IpRecv> DeviceBuilder<Udp, 
             rate_limiter: None,
             port: self.port,
             connection: None,
+            prebound: None,
             suspended: self.suspended,
             fatal_error: watch::Sender::new(None),
         };
@@ -302,7 +303,8 @@ impl<Udp: UdpTransportFactory, TunTx: IpSend, TunRx: IpRecv> DeviceBuilder<Udp, 
 
         let has_peers = !self.peers.is_empty();
         for peer in self.peers {
-            state.add_peer(peer);
+            // wireguard4netns: a prefix listed twice stays with the later peer only.
+            state.add_peer(peer).disown().await;
         }
 
         let inner = Arc::new(RwLock::new(state));

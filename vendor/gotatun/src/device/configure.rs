@@ -230,7 +230,8 @@ impl<T: DeviceTransports> DeviceWrite<'_, T> {
         if self.device.peers.contains_key(&peer.public_key) {
             return false;
         }
-        self.device.add_peer(peer);
+        // wireguard4netns: see `Displaced`.
+        self.device.add_peer(peer).disown_now();
         true
     }
 
@@ -250,7 +251,8 @@ impl<T: DeviceTransports> DeviceWrite<'_, T> {
         }
 
         for peer in peers {
-            self.device.add_peer(peer);
+            // wireguard4netns: see `Displaced`.
+            self.device.add_peer(peer).disown_now();
         }
         true
     }

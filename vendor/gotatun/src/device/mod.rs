@@ -141,6 +141,41 @@ pub const fn build() -> DeviceBuilder<Nul, Nul, Nul> {
     DeviceBuilder::new()
 }
 
+// wireguard4netns: a bound socket's two halves (see `DeviceState::prebound`).
+type UdpPair<T> = (
+    <<T as DeviceTransports>::UdpTransportFactory as UdpTransportFactory>::Send,
+    <<T as DeviceTransports>::UdpTransportFactory as UdpTransportFactory>::Recv,
+);
+
+/// wireguard4netns: prefixes a new peer took over in the routing table (`peers_by_ip`)
+/// from the peers that had them. Their own lists (shown by `get`, carried over when a
+/// `set` updates them) must drop them too, as in wireguard-go: otherwise the old peer
+/// keeps listing the prefix, and an unrelated `set` on it re-inserts it into the table
+/// and routes the prefix back to it. The lists sit behind the peers' async locks, hence
+/// a separate step.
+#[derive(Default)]
+#[must_use]
+struct Displaced(Vec<(Arc<Mutex<PeerState>>, ipnetwork::IpNetwork)>);
+
+impl Displaced {
+    async fn disown(self) {
+        for (peer, network) in self.0 {
+            peer.lock().await.allowed_ips.remove_network(network);
+        }
+    }
+
+    /// For the synchronous configuration API: a peer whose lock a task holds right now
+    /// keeps listing the prefix (the table, which routes, is right regardless).
+    fn disown_now(self) {
+        for (peer, network) in self.0 {
+            match peer.try_lock() {
+                Ok(mut peer) => peer.allowed_ips.remove_network(network),
+                Err(_) => tracing::debug!("peer busy; {network} stays in its list"),
+            }
+        }
+    }
+}
+
 pub(crate) struct DeviceState<T: DeviceTransports> {
     key_pair: Option<(x25519::StaticSecret, x25519::PublicKey)>,
     fwmark: Option<u32>,
@@ -169,6 +204,10 @@ pub(crate) struct DeviceState<T: DeviceTransports> {
     port: u16,
     udp_factory: T::UdpTransportFactory,
     connection: Option<Connection<T>>,
+
+    // wireguard4netns: the socket a UAPI `set` bound for a new listen port before it
+    // changed anything; the next `Connection::set_up` takes it instead of binding.
+    prebound: Option<UdpPair<T>>,
 
     /// Whether the device has been suspended via [`Device::suspend`].
     ///
@@ -222,11 +261,19 @@ impl<T: DeviceTransports> Connection<T> {
         let pool = PacketBufPool::new_lazy(4 * MAX_PACKET_BUFS);
 
         // clean up existing connection
-        if let Some(conn) = device.connection.take() {
+        let replaced = device.connection.take();
+        let rebinding = replaced.is_some();
+        if let Some(conn) = replaced {
             conn.stop().await;
         }
 
-        let (udp_tx, udp_rx) = device.open_listen_socket().await?;
+        // wireguard4netns: a socket bound ahead by a UAPI `set` (new port) is used as is;
+        // otherwise the old connection's port is bound again (see `rebind_own_port`).
+        let (udp_tx, udp_rx) = match device.prebound.take() {
+            Some(bound) => bound,
+            None if rebinding => device.rebind_own_port().await?,
+            None => device.open_listen_socket().await?,
+        };
 
         // Remember the bound port in case it was 0
         if let Some(addr) = udp_tx.local_addr()? {
@@ -531,7 +578,8 @@ impl<T: DeviceTransports> DeviceState<T> {
         }
     }
 
-    fn add_peer(&mut self, peer_builder: Peer) {
+    // wireguard4netns: returns the prefixes taken from other peers (see `Displaced`).
+    fn add_peer(&mut self, peer_builder: Peer) -> Displaced {
         let pub_key = peer_builder.public_key;
         let allowed_ips = peer_builder.allowed_ips.clone();
         let peer = self.create_peer(peer_builder);
@@ -539,13 +587,19 @@ impl<T: DeviceTransports> DeviceState<T> {
 
         self.peers.insert(pub_key, Arc::clone(&peer));
 
+        let mut displaced = Displaced::default();
         for allowed_ip in allowed_ips {
             let addr = allowed_ip.network();
             let cidr = allowed_ip.prefix();
-            self.peers_by_ip.insert(addr, cidr, Arc::clone(&peer));
+            if let Some(previous) = self.peers_by_ip.insert(addr, cidr, Arc::clone(&peer))
+                && !Arc::ptr_eq(&previous, &peer)
+            {
+                displaced.0.push((previous, allowed_ip));
+            }
         }
 
         tracing::info!("Peer added");
+        displaced
     }
 
     fn create_peer(&mut self, peer_builder: Peer) -> PeerState {
@@ -612,6 +666,68 @@ impl<T: DeviceTransports> DeviceState<T> {
             .await
             .map_err(|e| Error::Bind(e, params))?;
         Ok((udp_tx, udp_rx))
+    }
+
+    /// wireguard4netns: binds the port the connection just stopped held. Its socket is
+    /// owned by the buffered UDP tasks, which `Task`'s drop aborts but the runtime drops
+    /// a moment later, so the first bind can meet our own socket (`EADDRINUSE`, which
+    /// left the tunnel without UDP until the next `set`). While we hold the port nobody
+    /// else can bind it, so the error is ours and short-lived: retry for up to 1 s.
+    /// (`SO_REUSEPORT` would let both sockets live, with the kernel sharing datagrams
+    /// between them, some to the one about to close, and other sockets of our uid could
+    /// join the port.)
+    async fn rebind_own_port(&mut self) -> Result<UdpPair<T>, Error> {
+        let mut tries = 100;
+        loop {
+            match self.open_listen_socket().await {
+                Err(Error::Bind(e, _)) if e.kind() == io::ErrorKind::AddrInUse && tries > 0 => {
+                    tries -= 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// wireguard4netns: the fallible part of a UAPI `set`, done before anything changes
+    /// so that a failed `set` changes nothing. A new listen port is bound now (with the
+    /// new fwmark) and kept in `prebound` for `Connection::set_up`; a new fwmark on the
+    /// same port is set on the live socket (it needs `CAP_NET_ADMIN`), so the tunnel
+    /// keeps its socket either way. Without a connection (no key yet, suspended) there
+    /// is nothing to bind yet. Returns the errno to answer.
+    async fn prepare_udp(
+        &mut self,
+        port: Option<u16>,
+        fwmark: Option<Option<u32>>,
+    ) -> Result<(), i32> {
+        let new_port = port.unwrap_or(self.port);
+        let new_fwmark = fwmark.unwrap_or(self.fwmark);
+        let Some(connection) = &self.connection else {
+            return Ok(());
+        };
+        if new_port != self.port {
+            let params = UdpTransportFactoryParams {
+                addr: None,
+                port: new_port,
+                #[cfg(target_os = "linux")]
+                fwmark: new_fwmark,
+            };
+            let bound = self.udp_factory.bind(&params).await.map_err(|e| {
+                tracing::warn!("cannot bind UDP port {new_port}: {e}");
+                e.raw_os_error().unwrap_or(libc::EINVAL)
+            })?;
+            self.prebound = Some(bound);
+        } else if new_fwmark != self.fwmark {
+            #[cfg(target_os = "linux")]
+            connection
+                .udp
+                .set_fwmark(new_fwmark.unwrap_or(0))
+                .map_err(|e| {
+                    tracing::warn!("cannot set fwmark: {e}");
+                    e.raw_os_error().unwrap_or(libc::EINVAL)
+                })?;
+        }
+        Ok(())
     }
 
     async fn set_key(&mut self, private_key: x25519::StaticSecret) -> Reconfigure {

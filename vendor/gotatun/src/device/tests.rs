@@ -27,6 +27,8 @@ use crate::packet::{Ip, Packet};
 pub mod mock;
 // wireguard4netns: tests of a dead task told from a replaced one.
 mod task_failure;
+// wireguard4netns: tests of a failed UAPI `set` changing nothing.
+mod set_rollback;
 
 /// Assert that the expected number of packets is sent.
 /// We expect there to be [`packet_count`] data packets, one handshake init,

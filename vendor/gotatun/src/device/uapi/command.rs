@@ -373,7 +373,10 @@ impl Display for GetResponse {
             write!(f, "{peer}")?;
         }
 
-        writeln!(f, "errno={errno}")?;
+        // wireguard4netns: on the wire an error is the negated errno, as
+        // wireguard-go writes it (`ipcErrorInvalid = -EINVAL`) and `wg`
+        // reads it (`errno = -ret` → "Invalid argument").
+        writeln!(f, "errno={}", -errno)?;
 
         Ok(())
     }
@@ -480,7 +483,8 @@ impl Display for GetPeer {
 
 impl Display for SetResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "errno={}", self.errno)
+        // wireguard4netns: negated on the wire, as in `GetResponse`.
+        writeln!(f, "errno={}", -self.errno)
     }
 }
 

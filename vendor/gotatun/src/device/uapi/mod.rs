@@ -428,17 +428,37 @@ impl<T: DeviceTransports> DeviceState<T> {
                 }
                 Request::Set(set) => {
                     let mut device_guard = device.write().await;
+                    // wireguard4netns: validate and bind before changing anything, so a
+                    // failed `set` (a port in use, an fwmark without CAP_NET_ADMIN)
+                    // changes nothing and the tunnel keeps its socket.
+                    let prepared = match validate_set(&set) {
+                        Err(errno) => Err(errno),
+                        Ok(()) => {
+                            device_guard
+                                .prepare_udp(set.listen_port, requested_fwmark(&set))
+                                .await
+                        }
+                    };
+                    if let Err(errno) = prepared {
+                        drop(device_guard);
+                        let _ = respond.send(Response::Set(SetResponse { errno }));
+                        continue;
+                    }
                     let (response, reconfigure) = on_api_set(set, &mut device_guard).await;
+                    if reconfigure == Reconfigure::No {
+                        device_guard.prebound = None;
+                    }
                     drop(device_guard);
 
                     if reconfigure == Reconfigure::Yes {
                         match Connection::set_up(device.clone()).await {
                             Ok(()) => Response::Set(response),
                             Err(err) => {
-                                // TODO: error message
-                                tracing::error!("Failed to set up stuff: {err}");
-                                // TODO: response code
-                                Response::Set(SetResponse { errno: EINVAL })
+                                tracing::error!("Failed to set up the connection: {err}");
+                                // wireguard4netns: the cause's errno, not always EINVAL.
+                                Response::Set(SetResponse {
+                                    errno: setup_errno(&err),
+                                })
                             }
                         }
                     } else {
@@ -543,6 +563,24 @@ async fn on_api_get(_: Get, d: &DeviceState<impl DeviceTransports>) -> GetRespon
     }
 }
 
+/// wireguard4netns: the fwmark a `set` asks for: `None` to leave it, `Some(None)` to
+/// clear it.
+fn requested_fwmark(set: &Set) -> Option<Option<u32>> {
+    set.fwmark.as_ref().map(|fwmark| match fwmark {
+        command::SetUnset::Set(value) => Some(u32::from(*value)),
+        command::SetUnset::Unset => None,
+    })
+}
+
+/// wireguard4netns: the errno of a failed `Connection::set_up`, as wireguard-go
+/// answers it (e.g. EADDRINUSE for a port in use).
+fn setup_errno(err: &super::Error) -> i32 {
+    match err {
+        super::Error::Bind(e, _) | super::Error::IoError(e) => e.raw_os_error().unwrap_or(EINVAL),
+        _ => EINVAL,
+    }
+}
+
 /// Handle a [Set] request.
 async fn on_api_set(
     set: Set,
@@ -586,7 +624,10 @@ async fn on_api_set(
             };
             if new_fwmark != device.fwmark {
                 device.fwmark = new_fwmark;
-                reconfigure = Reconfigure::Yes;
+                // wireguard4netns: a live socket already has it (`prepare_udp`).
+                if device.connection.is_none() {
+                    reconfigure = Reconfigure::Yes;
+                }
             }
         }
 
@@ -685,7 +726,8 @@ async fn on_api_set(
 
         new_peer.allowed_ips.extend(allowed_ip);
 
-        device.add_peer(new_peer);
+        // wireguard4netns: prefixes taken from other peers leave their lists.
+        device.add_peer(new_peer).disown().await;
     }
 
     // If there is no key pair, we cannot reconfigure the connection
@@ -731,6 +773,22 @@ mod tests {
         };
 
         assert_eq!(validate_set(&set), Err(EINVAL));
+    }
+
+    // wireguard4netns: errors go on the wire negated, as wireguard-go's.
+    #[test]
+    fn errno_is_negated_on_the_wire() {
+        use super::{GetResponse, SetResponse};
+        assert_eq!(SetResponse { errno: EINVAL }.to_string(), "errno=-22\n");
+        assert_eq!(SetResponse { errno: 0 }.to_string(), "errno=0\n");
+        let get = GetResponse {
+            private_key: None,
+            listen_port: None,
+            fwmark: None,
+            peers: vec![],
+            errno: EINVAL,
+        };
+        assert_eq!(get.to_string(), "errno=-22\n");
     }
 }
 
