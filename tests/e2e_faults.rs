@@ -10,29 +10,11 @@
 
 mod common;
 
-use std::ffi::OsString;
 use std::net::IpAddr;
-use std::process::Output;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::*;
-
-/// Our binary as uid 65534: `SUBCOMMAND --tmpdir DIR ARGS…`, which must
-/// succeed; its stdout.
-fn ours_ok(s: &Scenario, subcommand: &str, args: &[&str]) -> String {
-    let mut all: Vec<OsString> = vec![subcommand.into(), "--tmpdir".into(), s.dir.path().into()];
-    all.extend(args.iter().map(OsString::from));
-    let out: Output = run(&mut as_user(binary(), all));
-    assert!(
-        out.status.success(),
-        "wireguard4netns {subcommand} {args:?} failed ({})\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
 
 /// Seconds since the epoch, as `ping -D` prints them.
 fn now_s() -> f64 {

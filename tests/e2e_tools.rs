@@ -18,26 +18,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// Our binary as uid 65534: `SUBCOMMAND --tmpdir DIR ARGS…`.
-fn ours(s: &Scenario, subcommand: &str, args: &[&str]) -> Output {
-    let mut all: Vec<OsString> = vec![subcommand.into(), "--tmpdir".into(), s.dir.path().into()];
-    all.extend(args.iter().map(OsString::from));
-    run(&mut as_user(binary(), all))
-}
-
-/// [`ours`], which must succeed; its stdout.
-fn ours_ok(s: &Scenario, subcommand: &str, args: &[&str]) -> String {
-    let out = ours(s, subcommand, args);
-    assert!(
-        out.status.success(),
-        "wireguard4netns {subcommand} {args:?} failed ({})\n{}{}",
-        out.status,
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-    text(&out.stdout)
-}
-
 /// `wg ARGS…` as root, which must succeed; its stdout.
 fn wg(args: &[&str]) -> String {
     text(&run_ok(&mut cmd("wg", args)).stdout)

@@ -1734,6 +1734,27 @@ pub struct Scenario {
     pub dir: WorkDir,
 }
 
+/// Our binary as uid 65534: `SUBCOMMAND --tmpdir DIR ARGS…` against the
+/// scenario's socket directory.
+pub fn ours(s: &Scenario, subcommand: &str, args: &[&str]) -> Output {
+    let mut all: Vec<OsString> = vec![subcommand.into(), "--tmpdir".into(), s.dir.path().into()];
+    all.extend(args.iter().map(OsString::from));
+    run(&mut as_user(binary(), all))
+}
+
+/// [`ours`], which must succeed; its stdout.
+pub fn ours_ok(s: &Scenario, subcommand: &str, args: &[&str]) -> String {
+    let out = ours(s, subcommand, args);
+    assert!(
+        out.status.success(),
+        "wireguard4netns {subcommand} {args:?} failed ({})\n{}{}",
+        out.status,
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+}
+
 impl Scenario {
     pub fn new(id: TestId, opts: ScenarioOpts) -> Self {
         let client_keys = KeyPair::generate();
