@@ -44,8 +44,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::sys::signal::Signal;
-use nix::unistd::{ForkResult, Pid, getppid};
+use nix::unistd::{ForkResult, Pid};
 use tokio::io::unix::AsyncFd;
 
 use crate::fdpass::{self, Channel};
@@ -206,10 +205,7 @@ impl Inspector {
 /// The inspector: answer questions until the engine goes away. Never returns.
 fn inspector_main(channel: &Channel, parent: Pid) -> ! {
     // Die with the engine, and do not start if it is already gone.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if getppid() != parent {
-        lifecycle::exit_now(1);
-    }
+    lifecycle::die_with(parent);
     // SAFETY: this forked child never returns into code that owns
     // descriptors (it ends in `exit_now`) and uses no descriptor after this
     // but `channel`, which is kept.
@@ -314,6 +310,7 @@ fn decode(data: &[u8]) -> Option<(u32, Result<Peer, PeerError>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nix::sys::signal::Signal;
     use std::os::unix::net::UnixStream;
 
     /// A current-thread runtime (the tests fork, so no other thread may exist).

@@ -83,6 +83,16 @@ pub fn fork_before_threads() -> io::Result<ForkResult> {
     Ok(unsafe { fork() }?)
 }
 
+/// In a forked child: be killed (SIGKILL) when `parent` dies, and end at once
+/// (status 1) if it already has. A credential change clears the parent-death
+/// signal: call it again after one.
+pub fn die_with(parent: nix::unistd::Pid) {
+    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+    if nix::unistd::getppid() != parent {
+        exit_now(1);
+    }
+}
+
 /// End a forked child at once, without running destructors or atexit handlers
 /// that belong to the parent's objects.
 pub fn exit_now(code: i32) -> ! {

@@ -36,7 +36,7 @@ use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, kill};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{
-    ForkResult, Gid, Pid, Uid, execv, getgid, getpgid, getpgrp, getpid, getppid, getsid, getuid,
+    ForkResult, Gid, Pid, Uid, execv, getgid, getpgid, getpgrp, getpid, getsid, getuid,
 };
 
 use crate::attach::{resolve_endpoints, routes};
@@ -407,10 +407,7 @@ fn exit_code(status: WaitStatus) -> u8 {
 /// what the close-on-exec flag already does.
 fn child_main(plan: &ChildPlan<'_>, channel: &Channel, parent: Pid) -> ! {
     // Die with the engine, and don't start if it is already gone.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if getppid() != parent {
-        lifecycle::exit_now(1);
-    }
+    lifecycle::die_with(parent);
     match setup_namespaces(plan) {
         Ok(fd) => {
             if channel.send(REPLY_OK, Some(fd.as_fd())).is_err() {
@@ -437,10 +434,7 @@ fn child_main(plan: &ChildPlan<'_>, channel: &Channel, parent: Pid) -> ! {
         lifecycle::exit_now(1);
     }
     // Credential changes clear the parent-death signal: set it again.
-    let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
-    if getppid() != parent {
-        lifecycle::exit_now(1);
-    }
+    lifecycle::die_with(parent);
     let (code, why) = exec_command(&plan.command);
     eprintln!(
         "wireguard4netns: {}: {why}",
