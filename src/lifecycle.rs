@@ -21,7 +21,7 @@
 
 use std::fs::File;
 use std::io::{self, Write};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -232,6 +232,12 @@ pub struct PidFd {
     fd: OwnedFd,
 }
 
+impl AsFd for PidFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 impl PidFd {
     /// `pidfd_open(pid, 0)`. `ESRCH` means there is no such process.
     pub fn open(pid: i32) -> io::Result<Self> {
@@ -247,20 +253,30 @@ impl PidFd {
         Ok(Self { pid, fd })
     }
 
+    /// A pidfd the kernel handed us some other way (`SO_PEERPIDFD`), of the
+    /// process `pid` names in our PID namespace (0 when it has none there).
+    pub fn from_owned(pid: i32, fd: OwnedFd) -> Self {
+        Self { pid, fd }
+    }
+
     pub fn pid(&self) -> i32 {
         self.pid
     }
 
-    /// Has the process exited (without waiting)?
+    /// Has the process exited (without waiting)? A failed poll reads as "no".
     pub fn has_exited(&self) -> bool {
-        let mut pfd = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: `pfd` is one valid pollfd that lives across the call; timeout 0.
-        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-        n > 0 && pfd.revents & libc::POLLIN != 0
+        self.poll_exited().unwrap_or(false)
+    }
+
+    /// Has the process exited (without waiting), or why the poll failed.
+    pub fn poll_exited(&self) -> nix::Result<bool> {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+        let n = poll(&mut fds, PollTimeout::ZERO)?;
+        Ok(n > 0
+            && fds[0]
+                .revents()
+                .is_some_and(|r| r.contains(PollFlags::POLLIN)))
     }
 
     /// Wait until the process exits. Needs a tokio runtime.

@@ -77,10 +77,11 @@ use std::os::unix::fs::MetadataExt;
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open};
-use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{getsockopt, sockopt};
 use nix::sys::stat::{Mode, fstat};
 use nix::time::{ClockId, clock_gettime};
+
+use crate::lifecycle::PidFd;
 
 /// `SO_PEERPIDFD` (Linux 6.5, `include/uapi/asm-generic/socket.h`).
 const SO_PEERPIDFD: libc::c_int = 77;
@@ -227,12 +228,12 @@ fn inspect_with(sock: BorrowedFd<'_>, ours: UserNs, kernel: Kernel) -> Result<Pe
     let cred = getsockopt(&sock, sockopt::PeerCredentials).map_err(inspect_err("SO_PEERCRED"))?;
     let (pid, uid) = (cred.pid(), cred.uid());
     let relation = match peer_pidfd(sock, pid, kernel)? {
-        PidFd::Exact(pidfd) => user_ns(&pidfd, pid, kernel)?,
-        PidFd::Checked { pidfd, since } => match started_after(pid, since)? {
+        PeerPidFd::Exact(pidfd) => user_ns(&pidfd, pid, kernel)?,
+        PeerPidFd::Checked { pidfd, since } => match started_after(pid, since)? {
             Some(true) | None => Located::Known(Relation::Gone),
             Some(false) => user_ns(&pidfd, pid, kernel)?,
         },
-        PidFd::Missing(relation) => relation,
+        PeerPidFd::Missing(relation) => relation,
     };
     let relation = match relation {
         Located::Ns(ns) => walk(ns, ours)?,
@@ -242,12 +243,12 @@ fn inspect_with(sock: BorrowedFd<'_>, ours: UserNs, kernel: Kernel) -> Result<Pe
 }
 
 /// A pidfd of the peer, and how much it can be trusted to be the peer.
-enum PidFd {
+enum PeerPidFd {
     /// From `SO_PEERPIDFD`: the connecting process itself.
-    Exact(OwnedFd),
+    Exact(PidFd),
     /// From `pidfd_open(pid)`: the process that had the PID at `since`
     /// (clock ticks of `CLOCK_BOOTTIME`, as in `/proc/PID/stat`).
-    Checked { pidfd: OwnedFd, since: u64 },
+    Checked { pidfd: PidFd, since: u64 },
     /// No pidfd: the answer is already known.
     Missing(Located),
 }
@@ -258,17 +259,17 @@ enum Located {
     Known(Relation),
 }
 
-fn peer_pidfd(sock: BorrowedFd<'_>, pid: i32, kernel: Kernel) -> Result<PidFd, PeerError> {
+fn peer_pidfd(sock: BorrowedFd<'_>, pid: i32, kernel: Kernel) -> Result<PeerPidFd, PeerError> {
     let pidfd = if kernel.peerpidfd {
         so_peerpidfd(sock)
     } else {
         Err(Errno::ENOPROTOOPT)
     };
     match pidfd {
-        Ok(pidfd) => return Ok(PidFd::Exact(pidfd)),
+        Ok(pidfd) => return Ok(PeerPidFd::Exact(PidFd::from_owned(pid, pidfd))),
         // Gone already (the kernel cannot make a pidfd of a reaped task).
         Err(Errno::EINVAL | Errno::ESRCH) => {
-            return Ok(PidFd::Missing(Located::Known(Relation::Gone)));
+            return Ok(PeerPidFd::Missing(Located::Known(Relation::Gone)));
         }
         Err(Errno::ENOPROTOOPT) => {}
         Err(errno) => {
@@ -281,21 +282,23 @@ fn peer_pidfd(sock: BorrowedFd<'_>, pid: i32, kernel: Kernel) -> Result<PidFd, P
     // Older kernel. A PID of 0: the peer has no PID in our PID namespace (it
     // lives above it), so there is nothing to open.
     if pid <= 0 {
-        return Ok(PidFd::Missing(Located::Known(Relation::Uninspectable)));
+        return Ok(PeerPidFd::Missing(Located::Known(Relation::Uninspectable)));
     }
     let since = boottime_ticks()?;
-    match pidfd_open(pid) {
-        Ok(pidfd) => Ok(PidFd::Checked { pidfd, since }),
-        Err(Errno::ESRCH) => Ok(PidFd::Missing(Located::Known(Relation::Gone))),
-        Err(errno) => Err(PeerError::Inspect {
+    match PidFd::open(pid) {
+        Ok(pidfd) => Ok(PeerPidFd::Checked { pidfd, since }),
+        Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+            Ok(PeerPidFd::Missing(Located::Known(Relation::Gone)))
+        }
+        Err(e) => Err(PeerError::Inspect {
             call: "pidfd_open",
-            errno,
+            errno: Errno::from_raw(e.raw_os_error().unwrap_or(0)),
         }),
     }
 }
 
 /// The peer's user namespace through its pidfd.
-fn user_ns(pidfd: &OwnedFd, pid: i32, kernel: Kernel) -> Result<Located, PeerError> {
+fn user_ns(pidfd: &PidFd, pid: i32, kernel: Kernel) -> Result<Located, PeerError> {
     let ns = if kernel.pidfd_user_ns {
         pidfd_user_ns(pidfd)
     } else {
@@ -334,7 +337,10 @@ fn user_ns(pidfd: &OwnedFd, pid: i32, kernel: Kernel) -> Result<Located, PeerErr
         }
     };
     // Alive after the open: the PID was still its, so the file was its.
-    if exited(pidfd)? {
+    if pidfd
+        .poll_exited()
+        .map_err(inspect_err("poll of a pidfd"))?
+    {
         return Ok(Located::Known(Relation::Gone));
     }
     Ok(Located::Ns(ns))
@@ -411,14 +417,6 @@ fn boottime_ticks() -> Result<u64, PeerError> {
     Ok(secs.saturating_mul(hz) + nanos.saturating_mul(hz) / 1_000_000_000)
 }
 
-/// Whether the process behind `pidfd` has exited (a pidfd polls readable
-/// then).
-fn exited(pidfd: &OwnedFd) -> Result<bool, PeerError> {
-    let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
-    let n = poll(&mut fds, PollTimeout::ZERO).map_err(inspect_err("poll of a pidfd"))?;
-    Ok(n > 0)
-}
-
 // ---- the raw calls ---------------------------------------------------------
 
 /// `getsockopt(SO_PEERPIDFD)`, which nix does not offer.
@@ -440,19 +438,10 @@ fn so_peerpidfd(sock: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
     owned(fd)
 }
 
-/// `pidfd_open(pid, 0)` (Linux 5.3), which has no libc wrapper we can rely on.
-fn pidfd_open(pid: i32) -> Result<OwnedFd, Errno> {
-    // SAFETY: plain system call with integer arguments; it returns a new
-    // descriptor or -1.
-    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    let fd = libc::c_int::try_from(Errno::result(rc)?).map_err(|_| Errno::EOVERFLOW)?;
-    owned(fd)
-}
-
-fn pidfd_user_ns(pidfd: &OwnedFd) -> Result<OwnedFd, Errno> {
+fn pidfd_user_ns(pidfd: &PidFd) -> Result<OwnedFd, Errno> {
     // SAFETY: `_IO` ioctl without an argument on a descriptor we own; it
     // returns a new descriptor or -1.
-    let rc = unsafe { libc::ioctl(pidfd.as_raw_fd(), PIDFD_GET_USER_NAMESPACE as _, 0) };
+    let rc = unsafe { libc::ioctl(pidfd.as_fd().as_raw_fd(), PIDFD_GET_USER_NAMESPACE as _, 0) };
     owned(Errno::result(rc)?)
 }
 
@@ -518,7 +507,7 @@ mod tests {
     #[test]
     fn pidfd_ioctl_finds_our_namespace() {
         // The ioctl number is right if it names our own namespace (6.11+).
-        let me = pidfd_open(std::process::id() as i32).unwrap();
+        let me = PidFd::open(std::process::id() as i32).unwrap();
         match pidfd_user_ns(&me) {
             Ok(ns) => assert_eq!(UserNs::of(&ns).unwrap(), UserNs::current().unwrap()),
             Err(e) => eprintln!("PIDFD_GET_USER_NAMESPACE unavailable here: {e}"),
@@ -527,13 +516,13 @@ mod tests {
 
     #[test]
     fn the_proc_fallback_agrees() {
-        let me = pidfd_open(std::process::id() as i32).unwrap();
+        let me = PidFd::open(std::process::id() as i32).unwrap();
         let since = boottime_ticks().unwrap();
         assert_eq!(
             started_after(std::process::id() as i32, since).unwrap(),
             Some(false)
         );
-        assert!(!exited(&me).unwrap());
+        assert!(!me.poll_exited().unwrap());
         let ns = open(
             "/proc/self/ns/user",
             OFlag::O_RDONLY | OFlag::O_CLOEXEC,
