@@ -145,25 +145,23 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
     let dir = args.tmpdir.clone().unwrap_or_else(uapi::default_dir);
     refuse_cwd_in(&dir)?;
     let socket = UapiSocket::bind(&dir, &ifname)?;
+    let resolv_name = format!("{ifname}.resolv.conf");
     let resolv_path = match resolv_conf(&config) {
-        Some(text) => Some(write_private_file(
-            &dir.join(format!("{ifname}.resolv.conf")),
-            &text,
-        )?),
+        Some(text) => Some(write_private_file(&dir.join(&resolv_name), &text)?),
         None => None,
     };
+    // Removed through the socket directory's descriptor, by us or (should we
+    // be killed) by the janitor, which keeps that descriptor.
     let resolv_guard = RemoveOnDrop {
         socket: &socket,
-        name: resolv_path
-            .as_ref()
-            .map(|_| format!("{ifname}.resolv.conf")),
+        name: resolv_path.as_ref().map(|_| resolv_name.clone()),
     };
     let janitor = {
-        let (socket, resolv) = (&socket, resolv_path.clone());
+        let (socket, resolv) = (&socket, resolv_guard.name.clone());
         Janitor::spawn(&socket.raw_fds(), move || {
             socket.remove_files();
-            if let Some(path) = &resolv {
-                let _ = fs::remove_file(path);
+            if let Some(name) = &resolv {
+                socket.remove_in_dir(name);
             }
         })
         .context("cannot start the cleanup process")?
