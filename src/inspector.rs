@@ -11,16 +11,15 @@
 //! (see [`crate::sandbox`]), every client, the owner's `show` included, would
 //! be uninspectable and refused. Leaving one thread of the engine outside
 //! the domain would not be a boundary (threads share memory), so the check
-//! runs in a process forked right before the engine confines itself:
+//! runs in a [`crate::sidecar`] forked right before the engine confines
+//! itself:
 //!
-//! * it holds nothing but its end of a `SOCK_SEQPACKET` pair (every other
-//!   descriptor is closed, stdio points at `/dev/null`), is non-dumpable
-//!   like the engine it was forked from, has `no_new_privs` and no
-//!   capability but `CAP_SYS_PTRACE` (a root engine's; an unprivileged one
-//!   has none), and dies with the engine (parent-death signal, and
-//!   end-of-file on the pair);
-//! * per connection the engine sends it the accepted socket (`SCM_RIGHTS`)
-//!   with a sequence number, and it answers with what [`peer::inspect`]
+//! * it holds nothing but its end of the pair, is non-dumpable like the
+//!   engine it was forked from, has `no_new_privs` and no capability but
+//!   `CAP_SYS_PTRACE` (a root engine's; an unprivileged one has none), and
+//!   dies with the engine;
+//! * per connection the engine sends it the accepted socket (`SCM_RIGHTS`),
+//!   and it answers with what [`peer::inspect`]
 //!   found on that socket: `SO_PEERPIDFD`/`SO_PEERCRED` work on a socket
 //!   passed to another process, since they describe the socket's peer, not
 //!   its holder;
@@ -30,8 +29,7 @@
 //!
 //! The engine waits for the answer without blocking a runtime thread, at
 //! most [`ANSWER_TIMEOUT`]: the check is a handful of system calls, and a
-//! stopped inspector must not hold the accept loop for long. A late answer
-//! is recognised by its sequence number and skipped. If the inspector is
+//! stopped inspector must not hold the accept loop for long. If the inspector is
 //! gone, every client is refused (fail closed) and the error says why.
 //!
 //! An engine started with `--no-sandbox` inspects its clients itself
@@ -40,16 +38,12 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::Duration;
 
-use nix::fcntl::{FcntlArg, OFlag, fcntl};
-use nix::unistd::{ForkResult, Pid};
-use tokio::io::unix::AsyncFd;
-
-use crate::fdpass::{self, Channel};
-use crate::lifecycle;
+use crate::fdpass::Channel;
 use crate::peer::{self, Peer, PeerError, Relation, UserNs};
+use crate::sidecar::{self, Sidecar};
 
 /// How long the engine waits for the inspector's answer about one client.
 pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
@@ -123,130 +117,48 @@ impl PeerCheck {
 
 /// The engine's side of the inspector process.
 #[derive(Debug)]
-pub struct Inspector {
-    /// The channel, non-blocking; registered with the runtime at the first
-    /// question (the inspector is forked before the runtime exists).
-    channel: Option<Channel>,
-    registered: Option<AsyncFd<Channel>>,
-    pid: Pid,
-    seq: u32,
-}
+pub struct Inspector(Sidecar);
 
 impl Inspector {
     fn spawn() -> io::Result<Self> {
-        let (ours, theirs) = fdpass::channel_pair()?;
-        let parent = nix::unistd::getpid();
-        match lifecycle::fork_before_threads()? {
-            ForkResult::Child => {
-                drop(ours);
-                inspector_main(&theirs, parent)
-            }
-            ForkResult::Parent { child } => {
-                drop(theirs);
-                fcntl(&ours, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-                Ok(Self {
-                    channel: Some(ours),
-                    registered: None,
-                    pid: child,
-                    seq: 0,
-                })
-            }
-        }
+        // It never executes anything, and needs no privilege but reading
+        // other processes' namespaces (`CAP_SYS_PTRACE`, which only a root
+        // engine holds in the first place).
+        let keep = crate::sandbox::caps::Keep {
+            sys_ptrace: true,
+            ..Default::default()
+        };
+        Ok(Self(Sidecar::spawn(keep, inspector_main)?))
     }
 
     /// Send `sock` to the inspector and wait for its answer.
     async fn ask(&mut self, sock: BorrowedFd<'_>) -> Result<Peer, PeerError> {
-        self.seq = self.seq.wrapping_add(1);
-        let (pid, seq) = (self.pid, self.seq);
+        let pid = self.0.pid();
         let gone = move |e: io::Error| {
             PeerError::Delegated(format!(
                 "the peer-check process {pid} does not answer: {e} (was it stopped or killed?)"
             ))
         };
-        if let Some(channel) = self.channel.take() {
-            // SAFETY: the channel owns its descriptor, which stays open and
-            // keeps its number for as long as the `AsyncFd` owns the channel.
-            let registered = unsafe { AsyncFd::register(channel) };
-            self.registered = Some(registered.map_err(|e| gone(e.into()))?);
-        }
-        let Some(fd) = &self.registered else {
-            return Err(gone(io::ErrorKind::NotConnected.into()));
-        };
-        // Non-blocking: a stopped inspector whose queue is full is an error
-        // at once.
-        fd.get_ref()
-            .send(&seq.to_le_bytes(), Some(sock))
+        let answer = self
+            .0
+            .ask(&[], Some(sock), ANSWER_TIMEOUT)
+            .await
             .map_err(gone)?;
-        let answer = async {
-            loop {
-                let mut guard = fd.readable().await?;
-                let msg = match guard.try_io(|fd| fd.get_ref().recv()) {
-                    Ok(Ok(Some(msg))) => msg,
-                    Ok(Ok(None)) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                    Ok(Err(e)) => return Err(e),
-                    Err(_would_block) => continue,
-                };
-                match decode(&msg.data) {
-                    Some((answered, answer)) if answered == seq => return Ok(answer),
-                    // A late answer to an earlier question that timed out.
-                    Some(_) => continue,
-                    None => return Err(io::Error::other("garbled answer")),
-                }
-            }
-        };
-        match tokio::time::timeout(ANSWER_TIMEOUT, answer).await {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => Err(gone(e)),
-            Err(_) => Err(gone(io::ErrorKind::TimedOut.into())),
-        }
+        decode(&answer).unwrap_or_else(|| Err(gone(io::ErrorKind::InvalidData.into())))
     }
 }
 
 /// The inspector: answer questions until the engine goes away. Never returns.
-fn inspector_main(channel: &Channel, parent: Pid) -> ! {
-    // Die with the engine, and do not start if it is already gone.
-    lifecycle::die_with(parent);
-    // SAFETY: this forked child never returns into code that owns
-    // descriptors (it ends in `exit_now`) and uses no descriptor after this
-    // but `channel`, which is kept.
-    if unsafe { crate::daemon::keep_only(&[channel.as_fd().as_raw_fd()]) }.is_err() {
-        lifecycle::exit_now(1);
-    }
-    // It never executes anything, and needs no privilege but reading other
-    // processes' namespaces (`CAP_SYS_PTRACE`, which only a root engine
-    // holds in the first place).
-    let keep = crate::sandbox::caps::Keep {
-        sys_ptrace: true,
-        ..Default::default()
-    };
-    if crate::sandbox::set_no_new_privs().is_err()
-        || crate::sandbox::caps::drop_all_but(keep).is_err()
-    {
-        lifecycle::exit_now(1);
-    }
+fn inspector_main(channel: Channel) {
     let ours = UserNs::current();
-    loop {
-        let msg = match channel.recv() {
-            Ok(Some(msg)) => msg,
-            // The engine is gone (or the channel broke): nothing left to do.
-            Ok(None) | Err(_) => lifecycle::exit_now(0),
-        };
-        let Some(seq) = msg.data.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
-            continue;
-        };
-        let answer = match (&ours, &msg.fd) {
+    sidecar::serve(&channel, |_, sock| {
+        let answer = match (&ours, &sock) {
             (Ok(ours), Some(sock)) => peer::inspect(sock.as_fd(), *ours),
             (Err(e), _) => Err(PeerError::Delegated(e.to_string())),
             (_, None) => Err(PeerError::Delegated("no socket in the question".to_owned())),
         };
-        drop(msg);
-        if channel
-            .send(&encode(u32::from_le_bytes(seq), &answer), None)
-            .is_err()
-        {
-            lifecycle::exit_now(0);
-        }
-    }
+        encode(&answer)
+    })
 }
 
 fn relation_code(relation: Relation) -> u8 {
@@ -270,9 +182,9 @@ fn relation_of(code: u8) -> Option<Relation> {
     })
 }
 
-/// `seq`, then `P` pid uid relation, or `E` and the error's text.
-fn encode(seq: u32, answer: &Result<Peer, PeerError>) -> Vec<u8> {
-    let mut out = seq.to_le_bytes().to_vec();
+/// `P` pid uid relation, or `E` and the error's text.
+fn encode(answer: &Result<Peer, PeerError>) -> Vec<u8> {
+    let mut out = Vec::new();
     match answer {
         Ok(peer) => {
             out.push(ANSWER_PEER);
@@ -283,17 +195,16 @@ fn encode(seq: u32, answer: &Result<Peer, PeerError>) -> Vec<u8> {
         Err(e) => {
             out.push(ANSWER_ERROR);
             let text = e.to_string();
-            let room = fdpass::MAX_MESSAGE - out.len();
-            out.extend(text.bytes().take(room));
+            // Well inside a message.
+            out.extend(text.bytes().take(1024));
         }
     }
     out
 }
 
-fn decode(data: &[u8]) -> Option<(u32, Result<Peer, PeerError>)> {
-    let seq = u32::from_le_bytes(data.get(..4)?.try_into().ok()?);
-    let rest = data.get(5..)?;
-    let answer = match *data.get(4)? {
+fn decode(data: &[u8]) -> Option<Result<Peer, PeerError>> {
+    let (&tag, rest) = data.split_first()?;
+    Some(match tag {
         ANSWER_PEER if rest.len() == 9 => Ok(Peer {
             pid: i32::from_le_bytes(rest[..4].try_into().ok()?),
             uid: u32::from_le_bytes(rest[4..8].try_into().ok()?),
@@ -303,14 +214,14 @@ fn decode(data: &[u8]) -> Option<(u32, Result<Peer, PeerError>)> {
             String::from_utf8_lossy(rest).into_owned(),
         )),
         _ => return None,
-    };
-    Some((seq, answer))
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use nix::sys::signal::Signal;
+    use crate::lifecycle;
+    use nix::unistd::ForkResult;
     use std::os::unix::net::UnixStream;
 
     /// A current-thread runtime (the tests fork, so no other thread may exist).
@@ -336,16 +247,14 @@ mod tests {
                 uid: 65534,
                 relation,
             };
-            let (seq, back) = decode(&encode(7, &Ok(peer))).unwrap();
-            assert_eq!(seq, 7);
-            assert_eq!(back.unwrap(), peer);
+            assert_eq!(decode(&encode(&Ok(peer))).unwrap().unwrap(), peer);
         }
         let err = PeerError::Delegated("nope".to_owned());
-        let (_, back) = decode(&encode(1, &Err(err))).unwrap();
+        let back = decode(&encode(&Err(err))).unwrap();
         assert!(back.unwrap_err().to_string().contains("nope"));
         assert!(decode(b"").is_none());
-        assert!(decode(b"\x01\0\0\0P\x01").is_none());
-        assert!(decode(b"\x01\0\0\0P\0\0\0\0\0\0\0\0\x09").is_none());
+        assert!(decode(b"P\x01").is_none());
+        assert!(decode(b"P\0\0\0\0\0\0\0\0\x09").is_none());
     }
 
     /// The inspector is a forked process, so this test forks it from a
@@ -384,7 +293,7 @@ mod tests {
             let How::Delegated(inspector) = &check.how else {
                 return 2;
             };
-            let path = format!("/proc/{}/status", inspector.pid);
+            let path = format!("/proc/{}/status", inspector.0.pid());
             // It confines itself right after the fork: give it a moment.
             for _ in 0..100 {
                 let status = std::fs::read_to_string(&path).unwrap_or_default();
@@ -408,52 +317,6 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
             1
-        });
-        assert!(
-            matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),
-            "{status:?}"
-        );
-    }
-
-    /// A stopped inspector costs one client a refusal after
-    /// [`ANSWER_TIMEOUT`], not a hang; once it runs again its late answer is
-    /// skipped and the next question gets its own.
-    #[test]
-    fn a_stopped_inspector_refuses_then_recovers() {
-        let status = crate::sandbox::testing::in_child(|| {
-            let mut check = PeerCheck::spawn_inspector().unwrap();
-            let How::Delegated(inspector) = &check.how else {
-                return 2;
-            };
-            let pid = inspector.pid;
-            let (a, _b) = UnixStream::pair().unwrap();
-            nix::sys::signal::kill(pid, Signal::SIGSTOP).unwrap();
-            // One runtime for both questions, as in the engine: the channel
-            // is registered with it at the first.
-            let (stopped, waited, resumed) = block_on(async {
-                let started = std::time::Instant::now();
-                let stopped = check.inspect(a.as_fd()).await;
-                let waited = started.elapsed();
-                nix::sys::signal::kill(pid, Signal::SIGCONT).unwrap();
-                (stopped, waited, check.inspect(a.as_fd()).await)
-            });
-            match (stopped, resumed) {
-                (Err(e), Ok(peer))
-                    if e.to_string().contains("does not answer")
-                        && waited >= ANSWER_TIMEOUT
-                        && waited < ANSWER_TIMEOUT * 2
-                        && peer.relation == Relation::Same =>
-                {
-                    0
-                }
-                other => {
-                    let _ = std::io::Write::write_all(
-                        &mut std::io::stderr(),
-                        format!("{other:?} after {waited:?}\n").as_bytes(),
-                    );
-                    1
-                }
-            }
         });
         assert!(
             matches!(status, nix::sys::wait::WaitStatus::Exited(_, 0)),

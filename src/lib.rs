@@ -24,6 +24,7 @@ pub mod offload;
 pub mod peer;
 pub mod run;
 pub mod sandbox;
+pub mod sidecar;
 #[cfg(test)]
 mod testns;
 pub mod tools;
