@@ -259,7 +259,7 @@ fn serve(
     if notifier.abandoned() {
         bail!("the process that started us ended before the tunnel was ready; stopping");
     }
-    let peer_check = plan.sandbox.before_threads()?;
+    let sidecars = plan.sandbox.before_threads()?;
     let (runtime, signals) =
         lifecycle::engine_runtime().context("cannot start the async runtime")?;
     let result = runtime.block_on(async move {
@@ -274,8 +274,8 @@ fn serve(
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
-        tokio::spawn(crate::engine::log_peer_events(client.clone()));
-        let _uapi = uapi::serve(&socket, client, peer_check)?;
+        crate::engine::spawn_watchers(&client, &plan.config, sidecars.resolver);
+        let _uapi = uapi::serve(&socket, client, sidecars.peer_check)?;
         plan.sandbox.tunnel_up(socket.dir_fd())?;
         tracing::info!(
             "{} is up in {}; UAPI socket {}",

@@ -25,6 +25,7 @@ use gotatun::x25519::{PublicKey, StaticSecret};
 
 use crate::config::Config;
 use crate::keys::Key;
+use crate::resolver::{self, Resolver};
 use crate::tun::TunDevice;
 use crate::udp::UdpFactory;
 
@@ -108,10 +109,21 @@ impl Engine {
     }
 }
 
+/// The engine's own watchers, for as long as the device runs: handshakes and
+/// peers logged, endpoint names followed (when `resolver` is given; see
+/// [`crate::resolver`]).
+pub fn spawn_watchers(client: &UapiClient, config: &Config, resolver: Option<Resolver>) {
+    tokio::spawn(log_peer_events(client.clone()));
+    if let Some(resolver) = resolver {
+        let peers = resolver::named_peers(config);
+        tokio::spawn(resolver::follow_names(client.clone(), resolver, peers));
+    }
+}
+
 /// Log handshakes and peers coming and going at info level, with the peer's key
 /// and endpoint (gotatun logs handshakes at debug, without saying with whom).
 /// Asks the device once a second through its UAPI channel; ends with the device.
-pub async fn log_peer_events(client: UapiClient) {
+async fn log_peer_events(client: UapiClient) {
     let mut seen: HashMap<[u8; 32], Option<u64>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

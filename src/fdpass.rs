@@ -7,7 +7,7 @@
 //! Received descriptors are marked close-on-exec atomically (`MSG_CMSG_CLOEXEC`).
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::cmsg_space;
 use nix::sys::socket::{
@@ -125,6 +125,41 @@ impl Channel {
         }
         buf.truncate(len);
         Ok(Some(Received { data: buf, fd }))
+    }
+}
+
+impl Channel {
+    /// Let this channel's descriptor survive `execve`, for a process that
+    /// replaces itself with a fresh program and keeps talking (the endpoint
+    /// resolver, see [`crate::resolver`]).
+    pub fn keep_across_exec(&self) -> io::Result<()> {
+        nix::fcntl::fcntl(&self.fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+        Ok(())
+    }
+
+    /// The channel a process was started with as descriptor `fd` (see
+    /// [`Channel::keep_across_exec`]), made close-on-exec again. Checked to be
+    /// a `SOCK_SEQPACKET` socket, so a wrong number is an error here rather
+    /// than odd reads later.
+    ///
+    /// # Safety
+    /// Nothing else in this process may own or close `fd`: it is taken over.
+    pub unsafe fn inherited(fd: RawFd) -> io::Result<Self> {
+        // SAFETY: the caller promises nobody else owns `fd`; if it is not
+        // open, `fcntl` fails before anything takes ownership.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        let kind = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType)?;
+        if kind != SockType::SeqPacket {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("descriptor {fd} is not a SOCK_SEQPACKET socket"),
+            ));
+        }
+        // SAFETY: open (checked above) and ours alone (the caller's promise).
+        Ok(Self {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
     }
 }
 

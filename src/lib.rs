@@ -22,6 +22,7 @@ pub mod netlink;
 pub mod netns;
 pub mod offload;
 pub mod peer;
+pub mod resolver;
 pub mod run;
 pub mod sandbox;
 pub mod sidecar;

@@ -15,6 +15,11 @@ use wireguard4netns::cli::{Cli, Command};
 use wireguard4netns::keys::{self, Key};
 
 fn main() -> ExitCode {
+    // Before anything else: the engine's endpoint resolver is this binary
+    // started again by the engine (see the module).
+    if let Some(code) = wireguard4netns::resolver::main_if_asked() {
+        return ExitCode::from(code);
+    }
     let cli = Cli::parse();
     // The engine forms, before they read any key, so that no key is ever in a
     // process that our namespaces' inhabitants may inspect (see the

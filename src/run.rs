@@ -255,7 +255,7 @@ fn parent_main(
     // Watch the child from now on; a pidfd cannot be fooled by PID reuse.
     let pidfd = PidFd::open(child.as_raw()).context("cannot watch the command")?;
 
-    let peer_check = match sandbox.before_threads() {
+    let sidecars = match sandbox.before_threads() {
         Ok(check) => check,
         Err(e) => {
             let _ = kill(child, Signal::SIGKILL);
@@ -269,8 +269,8 @@ fn parent_main(
         let tun = TunDevice::new(tun_fd, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
         let engine = Engine::start(tun.clone(), plan.config, endpoints, server).await?;
-        tokio::spawn(crate::engine::log_peer_events(client.clone()));
-        let serving = uapi::serve(socket, client, peer_check)?;
+        crate::engine::spawn_watchers(&client, plan.config, sidecars.resolver);
+        let serving = uapi::serve(socket, client, sidecars.peer_check)?;
         sandbox.tunnel_up(socket.dir_fd())?;
         anyhow::Ok((engine, serving, tun))
     });

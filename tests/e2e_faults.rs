@@ -10,6 +10,7 @@
 
 mod common;
 
+use std::fs;
 use std::net::IpAddr;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -293,8 +294,7 @@ fn peer_address_change_is_followed_within_1_s() {
     let Some(s) = tunnel("peer_address_change_is_followed_within_1_s", None) else {
         return;
     };
-    let net = &s.peer.netns;
-    let (new_outer, new_inner) = s.id.veth_addrs(1);
+    let (_, new_inner) = s.id.veth_addrs(1);
     let port = s.id.port(1);
     let mut ping = Pinger::start(&s.peer.place(), s.client_v4().into(), 12);
     assert!(
@@ -302,39 +302,8 @@ fn peer_address_change_is_followed_within_1_s() {
         "the peer gets no replies before the move\n{}",
         ping.report()
     );
-    Place::Root.ip_ok([
-        "addr",
-        "add",
-        &format!("{new_outer}/30"),
-        "dev",
-        &net.outer_if,
-    ]);
+    move_peer_address(&s);
     let moved = now_s();
-    let inner = s.peer.place();
-    inner.ip_ok([
-        "addr",
-        "del",
-        &format!("{}/30", net.inner_addr),
-        "dev",
-        &net.inner_if,
-    ]);
-    inner.ip_ok([
-        "addr",
-        "add",
-        &format!("{new_inner}/30"),
-        "dev",
-        &net.inner_if,
-    ]);
-    // Our endpoint (the old /30's outer end) stays reachable on the link.
-    inner.ip_ok([
-        "route",
-        "add",
-        &format!("{}/32", net.outer_addr),
-        "dev",
-        &net.inner_if,
-        "src",
-        &new_inner.to_string(),
-    ]);
     run_ok(&mut cmd(
         "wg",
         ["set", &s.peer.ifname, "listen-port", &port.to_string()],
@@ -368,6 +337,46 @@ fn peer_address_change_is_followed_within_1_s() {
         "peer address changed: our side reached it in {:.2} s",
         started.elapsed().as_secs_f64()
     );
+}
+
+/// Move the peer's veth address to the test's second /30 (the root side gets
+/// that subnet's outer address too); our side's old address stays reachable
+/// from the peer.
+fn move_peer_address(s: &Scenario) {
+    let net = &s.peer.netns;
+    let (new_outer, new_inner) = s.id.veth_addrs(1);
+    Place::Root.ip_ok([
+        "addr",
+        "add",
+        &format!("{new_outer}/30"),
+        "dev",
+        &net.outer_if,
+    ]);
+    let inner = s.peer.place();
+    inner.ip_ok([
+        "addr",
+        "del",
+        &format!("{}/30", net.inner_addr),
+        "dev",
+        &net.inner_if,
+    ]);
+    inner.ip_ok([
+        "addr",
+        "add",
+        &format!("{new_inner}/30"),
+        "dev",
+        &net.inner_if,
+    ]);
+    // Our endpoint (the old /30's outer end) stays reachable on the link.
+    inner.ip_ok([
+        "route",
+        "add",
+        &format!("{}/32", net.outer_addr),
+        "dev",
+        &net.inner_if,
+        "src",
+        &new_inner.to_string(),
+    ]);
 }
 
 /// A UDP relay: datagrams to `HOST:PORT` go to `127.0.0.1:WG_PORT` and the
@@ -588,4 +597,133 @@ fn lossy_delayed_path_carries_data_sha256_exact() {
         "5 % loss + 20 ms each way: {mib} MiB each way sha256-exact in {took:.1} s ({:.2} MiB/s each way); relay dropped {dropped}, passed {passed}",
         mib / took
     );
+}
+
+/// A peer whose Endpoint is a name (dynamic DNS) moves to a new address, and
+/// the name with it: once the peer has been silent for
+/// [`STALE_AFTER_S`] we look the name up again (every [`CHECK_EVERY_S`], as
+/// wireguard-tools' `reresolve-dns.sh`), follow it, log the change, and the
+/// tunnel is back. The name exists only in a private `/etc/hosts` bind-mounted
+/// in the engine's mount namespace, so the lookups (at start and again) are
+/// the engine's own. The peer never sends first, so roaming cannot be what
+/// finds it.
+#[test]
+fn hostname_endpoint_is_looked_up_again_when_the_peer_moves() {
+    const STALE_AFTER_S: f64 = 135.0;
+    const CHECK_EVERY_S: f64 = 30.0;
+    let test = "hostname_endpoint_is_looked_up_again_when_the_peer_moves";
+    let Some(id) = require_root_env(test) else {
+        return;
+    };
+    let mut s = Scenario::new(id, ScenarioOpts::default());
+    let host = format!("{}.example", s.id.name("p"));
+    let (_, new_inner) = s.id.veth_addrs(1);
+    let old_inner = s.peer.netns.inner_addr;
+    let port = s
+        .config
+        .endpoint
+        .rsplit_once(':')
+        .map(|(_, p)| p.to_owned())
+        .expect("endpoint has a port");
+    s.config.endpoint = format!("{host}:{port}");
+    let hosts = s.dir.write("hosts", &format!("{old_inner} {host}\n"), 0o644);
+    // The engine in a mount namespace of its own where `hosts` is /etc/hosts;
+    // `unshare` without --fork and `exec` keep one PID for it throughout.
+    let mut c = cmd(
+        "unshare",
+        [
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            r#"mount --bind "$1" /etc/hosts && shift && exec "$@""#,
+            "sh",
+        ],
+    );
+    c.arg(&hosts).arg("setpriv").args(AS_NOBODY).arg(binary());
+    c.args(s.args(s.target.pid(), &["--foreground", "--configure"]));
+    let mut engine = s.spawn_logged(c, "engine");
+    engine
+        .wait_socket(&s.socket(), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let handshake = now_s();
+    s.expect_ping(s.peer_v4(), 2);
+    // Quiet first: a peer that has just sent data and hears nothing back
+    // shakes hands again after 15 s, from its new address, and we would
+    // follow that (roaming) instead of the name. Our keepalive 10 s after
+    // the last reply tells it the data arrived.
+    thread::sleep(Duration::from_secs(12));
+    move_peer_address(&s);
+    fs::write(&hosts, format!("{new_inner} {host}\n")).expect("rewrite hosts");
+    let moved = now_s();
+    let secs = (STALE_AFTER_S + CHECK_EVERY_S + 30.0) as u32;
+    let mut ping = Pinger::start(&s.target.place(), s.peer_v4(), secs);
+    let limit = STALE_AFTER_S + CHECK_EVERY_S + 10.0;
+    let back = ping.wait_replies_after(
+        moved + 1.0,
+        3,
+        Duration::from_secs_f64(limit - (moved - handshake) + 5.0),
+    );
+    ping.stop();
+    let log = engine.log();
+    assert!(
+        back,
+        "no replies within {limit} s of the last handshake\n{}\n--- engine ---\n{log}\n{}",
+        ping.report(),
+        s.diagnostics()
+    );
+    let first_after = first_reply_after(&ping, moved + 1.0, "the move") + moved + 1.0;
+    eprintln!(
+        "hostname endpoint: back {:.2} s after the last handshake ({:.2} s after the move)",
+        first_after - handshake,
+        first_after - moved,
+    );
+    assert!(
+        first_after - handshake < limit,
+        "back {:.1} s after the last handshake (limit {limit} s)\n{log}",
+        first_after - handshake
+    );
+    let said = format!("{host}:{port} now resolves to {new_inner}:{port} (was {old_inner}:{port})");
+    assert!(log.contains(&said), "the engine's log lacks {said:?}\n{log}");
+    assert_resolver_holds_nothing(&s, engine.pid);
+    let endpoints = ours_ok(&s, "show", &[&s.ifname, "endpoints"]);
+    assert!(
+        endpoints.contains(&format!("{new_inner}:{port}")),
+        "`show endpoints` says {endpoints:?}"
+    );
+}
+
+/// The resolver process (the engine's child that looks names up, outside the
+/// sandbox, parsing DNS answers) is a fresh image: the private key is not in
+/// its memory, in either form, while it is in the engine's (so the check can
+/// see it); it has no capability,
+/// `no_new_privs`, and no descriptor but stdio and its channel.
+fn assert_resolver_holds_nothing(s: &Scenario, engine: u32) {
+    use base64::Engine as _;
+    let base64_key = s.client_keys.private.as_bytes();
+    let raw_key = base64::engine::general_purpose::STANDARD
+        .decode(base64_key)
+        .expect("the test's key is base64");
+    let resolvers = children_running(engine, &["wireguard4netns", "__resolve-endpoints"]);
+    let [resolver] = resolvers[..] else {
+        panic!("expected one resolver process under the engine {engine}, found {resolvers:?}");
+    };
+    assert!(
+        memory_contains(engine, &raw_key),
+        "the memory check cannot find the key even in the engine"
+    );
+    for (form, key) in [("raw", &raw_key[..]), ("base64", base64_key)] {
+        assert!(
+            !memory_contains(resolver, key),
+            "the resolver {resolver} holds the private key ({form})"
+        );
+    }
+    let field = |name| status_field(resolver, name).unwrap_or_default();
+    assert_eq!(field("NoNewPrivs"), "1", "resolver {resolver}");
+    assert_eq!(field("CapEff"), "0000000000000000", "resolver {resolver}");
+    assert_eq!(field("CapPrm"), "0000000000000000", "resolver {resolver}");
+    let fds = fs::read_dir(format!("/proc/{resolver}/fd")).map_or(0, Iterator::count);
+    assert_eq!(fds, 4, "the resolver {resolver} holds more than stdio and its channel");
 }

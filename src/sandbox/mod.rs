@@ -76,6 +76,7 @@ use std::path::{Path, PathBuf};
 
 use crate::config::Config;
 use crate::inspector::PeerCheck;
+use crate::resolver::Resolver;
 
 /// Errors confining the engine.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +104,8 @@ pub enum SandboxError {
     },
     #[error("cannot start the UAPI peer check: {0}")]
     PeerCheck(#[source] io::Error),
+    #[error("cannot start the endpoint resolver: {0}")]
+    Resolver(#[source] io::Error),
     #[error("cannot build the seccomp filter: {0}")]
     SeccompBuild(#[source] seccompiler::BackendError),
     #[error(
@@ -120,6 +123,17 @@ pub struct Sandbox {
     keep: caps::Keep,
     /// The one process the running engine may signal: `run`'s command.
     signal_target: Option<u32>,
+    /// Some peer's Endpoint is a name, to be looked up again while it runs.
+    names: bool,
+}
+
+/// The processes that do for the confined engine what it may not do itself.
+#[derive(Debug)]
+pub struct Sidecars {
+    /// Places UAPI clients.
+    pub peer_check: PeerCheck,
+    /// Looks endpoint names up again; only when some peer has one.
+    pub resolver: Option<Resolver>,
 }
 
 impl Sandbox {
@@ -136,6 +150,7 @@ impl Sandbox {
                 sys_ptrace: false,
             },
             signal_target: None,
+            names: !crate::resolver::named_peers(config).is_empty(),
         }
     }
 
@@ -147,23 +162,34 @@ impl Sandbox {
     }
 
     /// Step 1: `no_new_privs`, capabilities, Landlock. Call while the process
-    /// is single-threaded, right before the runtime is built. Returns how the
-    /// UAPI server is to place its clients: a confined engine may not inspect
-    /// processes outside its Landlock domain, so it forks the inspector
-    /// process first (see [`crate::inspector`]).
-    pub fn before_threads(&self) -> Result<PeerCheck, SandboxError> {
+    /// is single-threaded, right before the runtime is built. Returns the
+    /// sidecars for what the confined engine may no longer do: placing UAPI
+    /// clients outside its Landlock domain ([`crate::inspector`]) and looking
+    /// endpoint names up ([`crate::resolver`]), forked first. Without the
+    /// sandbox the engine does both itself.
+    pub fn before_threads(&self) -> Result<Sidecars, SandboxError> {
         if !self.enabled {
             tracing::warn!(
                 "--no-sandbox: the engine runs unconfined (no seccomp filter, no Landlock, no capability drop)"
             );
-            return PeerCheck::in_process()
-                .map_err(|e| SandboxError::PeerCheck(io::Error::other(e)));
+            return Ok(Sidecars {
+                peer_check: PeerCheck::in_process()
+                    .map_err(|e| SandboxError::PeerCheck(io::Error::other(e)))?,
+                resolver: self.names.then_some(Resolver::InProcess),
+            });
         }
-        let check = PeerCheck::spawn_inspector().map_err(SandboxError::PeerCheck)?;
+        let sidecars = Sidecars {
+            peer_check: PeerCheck::spawn_inspector().map_err(SandboxError::PeerCheck)?,
+            resolver: self
+                .names
+                .then(Resolver::spawn)
+                .transpose()
+                .map_err(SandboxError::Resolver)?,
+        };
         set_no_new_privs().map_err(SandboxError::NoNewPrivs)?;
         caps::drop_all_but(self.keep)?;
         landlock::restrict(&self.socket_dir)?;
-        Ok(check)
+        Ok(sidecars)
     }
 
     /// Step 2: the seccomp allow-list on every thread. Call once the engine

@@ -1861,8 +1861,13 @@ impl Scenario {
     pub fn spawn_foreground(&self, target: u32, flags: &[&str]) -> Foreground {
         let mut all = vec!["--foreground"];
         all.extend_from_slice(flags);
-        let mut c = self.command(target, &all);
-        let log_path = self.dir.path().join(format!("foreground-{target}.log"));
+        self.spawn_logged(self.command(target, &all), &format!("foreground-{target}"))
+    }
+
+    /// Start `c` (our binary, maybe behind a wrapper) with stdout and stderr
+    /// to `DIR/NAME.log`.
+    pub fn spawn_logged(&self, mut c: Command, name: &str) -> Foreground {
+        let log_path = self.dir.path().join(format!("{name}.log"));
         let log = fs::File::create(&log_path).expect("foreground log");
         let child = c
             .stdin(Stdio::null())
@@ -2197,4 +2202,61 @@ pub fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or_else(|| panic!("no VmRSS for PID {pid}"))
+}
+
+// ---------------------------------------------------------------------------
+// What a process holds
+// ---------------------------------------------------------------------------
+
+/// Whether `needle` is anywhere in the readable memory of process `pid`
+/// (`/proc/PID/maps` and `/proc/PID/mem`; needs root, which also reads a
+/// non-dumpable process). Regions that cannot be read (guard pages, the
+/// vsyscall page) are skipped.
+pub fn memory_contains(pid: u32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    let Ok(mut mem) = fs::File::open(format!("/proc/{pid}/mem")) else {
+        return false;
+    };
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(start, 16), u64::from_str_radix(end, 16))
+        else {
+            continue;
+        };
+        if !perms.starts_with('r') || end - start > 1 << 30 {
+            continue;
+        }
+        let mut region = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut region).is_err() {
+            continue;
+        }
+        if region.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+/// The children of `pid` whose command line starts with `argv` (NUL-joined).
+pub fn children_running(pid: u32, argv: &[&str]) -> Vec<u32> {
+    let want = argv.join("\0");
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&child| status_field(child, "PPid").as_deref() == Some(&pid.to_string()))
+        .filter(|&child| {
+            fs::read(format!("/proc/{child}/cmdline"))
+                .is_ok_and(|c| c.starts_with(want.as_bytes()))
+        })
+        .collect()
 }
