@@ -157,9 +157,8 @@ impl Channel {
             ));
         }
         // SAFETY: open (checked above) and ours alone (the caller's promise).
-        Ok(Self {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Self { fd })
     }
 }
 
