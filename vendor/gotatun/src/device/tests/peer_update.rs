@@ -10,6 +10,8 @@ use zerocopy::IntoBytes;
 use super::mock;
 use crate::device::uapi::command::{Get, GetPeer, Request, Response, Set};
 use crate::device::uapi::{UapiClient, UapiServer};
+use crate::serialization::KeyBytes;
+use x25519_dalek::{PublicKey, StaticSecret};
 
 /// Alice's only peer (Bob), as `get` reports it.
 async fn bob_seen_by(alice: &UapiClient) -> GetPeer {
@@ -139,4 +141,44 @@ async fn set_on_a_known_peer_keeps_its_session_and_counters() {
         .collect();
     ips.sort();
     assert_eq!(ips, ["0.0.0.0/0", "10.8.0.0/16", "10.9.0.0/16"]);
+}
+
+/// As in wireguard-go: a `set` naming a peer with the device's own public key
+/// ignores it, and a new private key removes the peer that has its public key.
+#[tokio::test]
+#[test_log::test]
+async fn a_peer_with_the_devices_own_key_is_ignored() {
+    let (client, server) = UapiServer::new();
+    let (_alice, _bob, _eve) = mock::device_pair_with_uapi(Some(server)).await;
+    let peers = async || match client.send(Get).await.expect("get") {
+        Response::Get(get) => get
+            .peers
+            .into_iter()
+            .map(|p| p.peer.public_key.to_string())
+            .collect::<Vec<_>>(),
+        Response::Set(set) => panic!("{set:?}"),
+    };
+    let own = match client.send(Get).await.expect("get") {
+        Response::Get(get) => get.private_key.expect("a key"),
+        Response::Set(set) => panic!("{set:?}"),
+    };
+    let own_public = KeyBytes(*PublicKey::from(&StaticSecret::from(own.0)).as_bytes());
+    let before = peers().await;
+    set(
+        &client,
+        &format!("public_key={own_public}\nallowed_ip=10.6.0.0/16\n"),
+    )
+    .await;
+    assert_eq!(peers().await, before, "a peer with our own key was added");
+
+    let next = StaticSecret::random();
+    let next_public = KeyBytes(*PublicKey::from(&next).as_bytes());
+    set(&client, &format!("public_key={next_public}\n")).await;
+    assert_eq!(peers().await.len(), 2);
+    set(
+        &client,
+        &format!("private_key={}\n", KeyBytes(next.to_bytes())),
+    )
+    .await;
+    assert_eq!(peers().await, before, "the peer with our new key stayed");
 }

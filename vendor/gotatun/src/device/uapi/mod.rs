@@ -657,6 +657,16 @@ async fn on_api_set(
 
         let public_key = x25519_dalek::PublicKey::from(public_key.0);
 
+        // wireguard4netns: a peer with the interface's own public key is ignored, as in
+        // wireguard-go (`handlePublicKeyLine`): we could never shake hands with it.
+        if device
+            .key_pair
+            .as_ref()
+            .is_some_and(|(_, own)| *own == public_key)
+        {
+            continue;
+        }
+
         if remove {
             // Completely remove a peer
             device.remove_peer(&public_key).await;
