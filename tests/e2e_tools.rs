@@ -868,6 +868,14 @@ fn wg_command_set_matches_wireguard_go() {
         "the moved prefix came back to the old peer"
     );
 
+    // wireguard-go ignores a peer with the interface's own public key.
+    parity.step("set: a peer with our own key", Session::Kept, |side| {
+        side.wg(
+            "set",
+            &["peer", &side.own.public, "allowed-ips", "10.0.6.0/24"],
+        );
+    });
+
     parity.step("set: peer remove", Session::Kept, |side| {
         side.wg("set", &["peer", &new.public, "remove"]);
     });
