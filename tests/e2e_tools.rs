@@ -3,7 +3,9 @@
 //! 65534 attached to a namespace, a wireguard-go peer), read and changed both
 //! through our tools (as uid 65534, `--tmpdir`) and through `wg` (as root, via
 //! a symlink in /var/run/wireguard). Outputs must be byte-identical, apart
-//! from the interface name and counters that move between two calls. See
+//! from the interface name and counters that move between two calls. The
+//! `wg` command set is also run on the wireguard-go peer in the same test
+//! and compared with ours (`wg_command_set_matches_wireguard_go`). See
 //! `common/mod.rs` for the harness. They need root; without it they skip (or
 //! fail when `CI=true`).
 
@@ -63,7 +65,6 @@ fn running_tunnel(test: &str) -> Option<(Scenario, UapiLink, KeyPair)> {
         "allowed-ips",
         &format!("{}/32,fd00::/64", s.id.extra_v4()),
     ]);
-    // Changing peers resets sessions in gotatun: shake hands again.
     s.expect_ping(s.peer_v4(), 1);
     Some((s, link, idle))
 }
@@ -493,24 +494,6 @@ fn refused_set_reads_as_with_wireguard_go_and_changes_nothing() {
     assert!(ours.stdout.is_empty() && go.stdout.is_empty());
 }
 
-/// An fwmark the engine (uid 65534, no CAP_NET_ADMIN) may not set is refused
-/// and changes nothing: `wg show IF fwmark` still says off and the tunnel
-/// keeps its socket (it used to lose it and report the new fwmark).
-#[test]
-fn refused_fwmark_changes_nothing() {
-    let Some((s, link, _idle)) = running_tunnel("refused_fwmark_changes_nothing") else {
-        return;
-    };
-    let out = wg_raw(&["set", &link.name, "fwmark", "4660"]);
-    assert!(!out.status.success(), "fwmark was accepted");
-    assert_eq!(
-        text(&out.stderr).trim(),
-        "Unable to modify interface: Operation not permitted"
-    );
-    assert_eq!(wg(&["show", &link.name, "fwmark"]), "off\n");
-    s.expect_ping(s.peer_v4(), 1);
-}
-
 /// A new private key keeps the listen port and the tunnel, five times in a
 /// row (the same-port rebind used to meet our own old socket: "Address
 /// already in use", no UDP until the next `set`). The peer is told each new
@@ -565,52 +548,469 @@ fn set_private_key_keeps_the_port_and_the_tunnel() {
     assert!(!log.contains("Address already in use"), "{log}");
 }
 
-/// A prefix given to another peer (`wg set IF peer NEW allowed-ips P`) leaves
-/// the old peer's list, and stays gone after an unrelated `set` on the old
-/// peer: `wg show IF allowed-ips` for the two reads the same on ours as on
-/// wireguard-go, each step.
+// ---------------------------------------------------------------------------
+// The `wg` command set on ours and on wireguard-go, side by side
+// ---------------------------------------------------------------------------
+
+/// One end of the test's tunnel as `wg` sees it: ours (the client, through
+/// the symlink) or the wireguard-go peer (the server). Each has the other as
+/// its "remote" peer, with a live session, so the same `wg` command can be run
+/// on both and the results compared once what legitimately differs (own keys,
+/// ports, endpoints, handshake times, byte counts) is written as a
+/// placeholder.
+struct Side {
+    what: &'static str,
+    ifname: String,
+    own: KeyPair,
+    remote: String,
+}
+
+impl Side {
+    /// `wg VERB IF ARGS…`, which must succeed.
+    fn wg(&self, verb: &str, args: &[&str]) -> String {
+        let mut all = vec![verb, self.ifname.as_str()];
+        all.extend_from_slice(args);
+        wg(&all)
+    }
+
+    fn keys_out(&self, text: &str) -> String {
+        text.replace(&self.own.private, "(own private key)")
+            .replace(&self.own.public, "(own public key)")
+            .replace(&self.remote, "(remote)")
+    }
+
+    /// `wg showconf`, `wg show` and `wg show dump`, normalised: keys and
+    /// the values that differ by position replaced, lists and peers sorted
+    /// (each implementation keeps its own order).
+    fn view(&self) -> String {
+        let showconf = self.keys_out(&self.wg("showconf", &[]));
+        let showconf = sorted_blocks(&showconf, |line| {
+            let (key, value) = line.split_once(" = ")?;
+            Some(match key {
+                "ListenPort" => "ListenPort = (port)".to_owned(),
+                "Endpoint" => "Endpoint = (endpoint)".to_owned(),
+                "AllowedIPs" => format!("AllowedIPs = {}", sorted_list(value, ", ")),
+                _ => return None,
+            })
+        });
+        let show = self.keys_out(&self.wg("show", &[]));
+        let show = sorted_blocks(&show, |line| {
+            let (key, value) = line.split_once(": ")?;
+            Some(match key.trim_start() {
+                "interface" => "interface: (name)".to_owned(),
+                "listening port" | "endpoint" | "latest handshake" | "transfer" => {
+                    format!("{key}: (some)")
+                }
+                "allowed ips" => format!("{key}: {}", sorted_list(value, ", ")),
+                _ => return None,
+            })
+        });
+        let dump = self.keys_out(&self.wg("show", &["dump"]));
+        let mut lines = dump
+            .lines()
+            .map(|line| -> Vec<String> { line.split('\t').map(str::to_owned).collect() });
+        let mut head = lines.next().unwrap_or_default();
+        if let Some(port) = head.get_mut(2) {
+            *port = "(port)".to_owned();
+        }
+        let some = |v: &str, none: &str| if v == none { none } else { "(some)" }.to_owned();
+        let mut peers: Vec<String> = lines
+            .map(|mut f| {
+                if f.len() == 8 {
+                    f[2] = some(&f[2], "(none)");
+                    f[3] = sorted_list(&f[3], ",");
+                    for field in &mut f[4..=6] {
+                        *field = some(field, "0");
+                    }
+                }
+                f.join("\t")
+            })
+            .collect();
+        peers.sort();
+        format!(
+            "--- showconf\n{showconf}--- show\n{show}--- dump\n{}\n{}\n",
+            head.join("\t"),
+            peers.join("\n")
+        )
+    }
+
+    /// The remote peer's line of `wg show IF dump`.
+    fn remote_peer(&self) -> DumpPeer {
+        let dump = WgDump::parse(&self.wg("show", &["dump"])).unwrap();
+        dump.peer(&self.remote)
+            .unwrap_or_else(|| panic!("{}: the remote peer is gone: {dump:?}", self.what))
+            .clone()
+    }
+}
+
+/// `list` split at `sep`, sorted, joined again.
+fn sorted_list(list: &str, sep: &str) -> String {
+    let mut items: Vec<&str> = list.split(sep).collect();
+    items.sort_unstable();
+    items.join(sep)
+}
+
+/// `text`'s blank-line separated blocks, each line passed through `fix`
+/// (`None` keeps it), the blocks sorted: the interface block first, the
+/// peers in key order.
+fn sorted_blocks(text: &str, fix: impl Fn(&str) -> Option<String>) -> String {
+    let mut blocks: Vec<String> = text
+        .split("\n\n")
+        .filter(|block| !block.trim().is_empty())
+        .map(|block| {
+            block
+                .lines()
+                .map(|line| fix(line).unwrap_or_else(|| line.to_owned()) + "\n")
+                .collect()
+        })
+        .collect();
+    blocks.sort_by_key(|block: &String| {
+        !block.starts_with("[Interface]") && !block.starts_with("interface")
+    });
+    blocks[1..].sort();
+    blocks.join("\n")
+}
+
+/// What a step must do to the session with the remote peer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Session {
+    /// Handshake time and counters stay; a ping goes through without a new
+    /// handshake.
+    Kept,
+    /// The peer was made anew: no handshake, zero counters, until a ping
+    /// makes a new one.
+    Reset,
+}
+
+/// The two sides and the scenario: runs a step on both, compares.
+struct Parity<'a> {
+    s: &'a Scenario,
+    sides: [Side; 2],
+}
+
+impl Parity<'_> {
+    /// Runs `apply` on ours, then on wireguard-go; then both views must be
+    /// equal and the session with the remote peer must have gone as
+    /// `session` says, on both, and a ping must get through.
+    fn step(&self, step: &str, session: Session, apply: impl Fn(&Side)) {
+        let before = self.sides.each_ref().map(Side::remote_peer);
+        for side in &self.sides {
+            apply(side);
+        }
+        self.same(step);
+        self.check_session(step, session, &before);
+    }
+
+    /// Both views equal.
+    fn same(&self, step: &str) {
+        let [ours, go] = self.sides.each_ref().map(Side::view);
+        assert_eq!(
+            ours, go,
+            "after {step}: ours (left) and wireguard-go (right) differ"
+        );
+    }
+
+    fn check_session(&self, step: &str, session: Session, before: &[DumpPeer; 2]) {
+        let after = self.sides.each_ref().map(Side::remote_peer);
+        for ((side, was), now) in self.sides.iter().zip(before).zip(&after) {
+            let what = format!("after {step}, {}: {was:?} → {now:?}", side.what);
+            match session {
+                Session::Kept => {
+                    assert_eq!(now.latest_handshake, was.latest_handshake, "{what}");
+                    assert!(
+                        now.rx_bytes >= was.rx_bytes && now.tx_bytes >= was.tx_bytes,
+                        "{what}"
+                    );
+                }
+                Session::Reset => {
+                    assert_eq!(
+                        (now.latest_handshake, now.rx_bytes, now.tx_bytes),
+                        (0, 0, 0),
+                        "{what}"
+                    );
+                }
+            }
+        }
+        self.s.expect_ping(self.s.peer_v4(), 1);
+        let pinged = self.sides.each_ref().map(Side::remote_peer);
+        for ((side, was), now) in self.sides.iter().zip(&after).zip(&pinged) {
+            let what = format!("ping after {step}, {}: {was:?} → {now:?}", side.what);
+            assert!(now.rx_bytes > was.rx_bytes, "{what}");
+            match session {
+                Session::Kept => assert_eq!(
+                    now.latest_handshake, was.latest_handshake,
+                    "{what}: a new handshake"
+                ),
+                Session::Reset => assert!(now.latest_handshake > 0, "{what}"),
+            }
+        }
+    }
+
+    /// Writes `contents` to a file of the side's for `wg`; its path.
+    fn conf(&self, side: &Side, name: &str, contents: &str) -> String {
+        let file = format!("{name}-{}.conf", side.what);
+        self.s
+            .dir
+            .write(&file, contents, 0o600)
+            .display()
+            .to_string()
+    }
+}
+
+/// The issue's `wg` command set, each step run with the stock `wg` on ours
+/// and on wireguard-go (the test's peer, whose own peer is ours) and compared:
+/// show, showconf, syncconf (unchanged: session and counters kept, no new
+/// handshake; changed: only the change), set moving a prefix, remove,
+/// addconf, listen-port, fwmark, private-key, setconf. Where the two may not
+/// agree by position (ours runs as uid 65534, wireguard-go as root), the step
+/// says so.
 #[test]
-fn moved_prefix_leaves_the_old_peer_as_with_wireguard_go() {
-    let Some((s, link, _idle)) =
-        running_tunnel("moved_prefix_leaves_the_old_peer_as_with_wireguard_go")
-    else {
+fn wg_command_set_matches_wireguard_go() {
+    let Some((s, link, idle)) = running_tunnel("wg_command_set_matches_wireguard_go") else {
         return;
     };
-    let (old, new) = (KeyPair::generate(), KeyPair::generate());
-    let lines_of = |ifname: &str| {
-        let all = wg(&["show", ifname, "allowed-ips"]);
-        [&old.public, &new.public]
-            .map(|key| {
-                all.lines()
-                    .find(|line| line.starts_with(key.as_str()))
-                    .unwrap_or("(missing)")
-                    .to_owned()
-            })
-            .join("\n")
-    };
-    let steps: [&[&str]; 3] = [
-        &[
-            "peer",
-            &old.public,
-            "allowed-ips",
-            "10.0.8.0/24,10.0.9.0/24",
+    let server_keys = s.peer.keys.clone();
+    let mut parity = Parity {
+        s: &s,
+        sides: [
+            Side {
+                what: "ours",
+                ifname: link.name.clone(),
+                own: s.client_keys.clone(),
+                remote: server_keys.public.clone(),
+            },
+            Side {
+                what: "wireguard-go",
+                ifname: s.peer.ifname.clone(),
+                own: server_keys.clone(),
+                remote: s.client_keys.public.clone(),
+            },
         ],
-        &["peer", &new.public, "allowed-ips", "10.0.8.0/24"],
-        &["peer", &old.public, "persistent-keepalive", "25"],
-    ];
-    for (step, args) in steps.iter().enumerate() {
-        for ifname in [&link.name, &s.peer.ifname] {
-            let mut all = vec!["set", ifname.as_str()];
-            all.extend_from_slice(args);
-            wg(&all);
-        }
-        let (ours, go) = (lines_of(&link.name), lines_of(&s.peer.ifname));
-        assert_eq!(ours, go, "after step {step}: {args:?}");
+    };
+    let subnets = format!("{}/24,{}/64", s.id.tunnel_v4(0), s.id.tunnel_v6(0));
+    let idle_ips = format!("{}/32,fd00::/64", s.id.extra_v4());
+    // The same remote peer on both sides (the tunnel's subnets, a keepalive)
+    // and the idle peer `running_tunnel` gave ours.
+    parity.sides[1].wg("set", &["peer", &idle.public, "allowed-ips", &idle_ips]);
+    for side in &parity.sides {
+        side.wg(
+            "set",
+            &[
+                "peer",
+                &side.remote,
+                "allowed-ips",
+                &subnets,
+                "persistent-keepalive",
+                "25",
+            ],
+        );
     }
-    assert_eq!(
-        lines_of(&link.name),
-        format!("{}\t10.0.9.0/24\n{}\t10.0.8.0/24", old.public, new.public)
+    s.expect_ping(s.peer_v4(), 1);
+    // Handshake times are whole seconds: let one pass, so a new handshake shows.
+    thread::sleep(Duration::from_millis(1100));
+    parity.same("show, showconf");
+
+    parity.step("syncconf, nothing changed", Session::Kept, |side| {
+        let conf = side.wg("showconf", &[]);
+        let file = parity.conf(side, "unchanged", &conf);
+        side.wg("syncconf", &[&file]);
+    });
+
+    // A new keepalive for the remote peer, the idle peer left out (removed).
+    parity.step("syncconf, changed", Session::Kept, |side| {
+        let conf = side.wg("showconf", &[]);
+        let changed: String = conf
+            .split("\n\n")
+            .filter(|block| !block.contains(&idle.public))
+            .map(|block| block.replace("PersistentKeepalive = 25", "PersistentKeepalive = 15"))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let file = parity.conf(side, "changed", &changed);
+        side.wg("syncconf", &[&file]);
+        assert_eq!(
+            side.remote_peer().persistent_keepalive,
+            Some(15),
+            "{}",
+            side.what
+        );
+    });
+
+    let (old, new) = (KeyPair::generate(), KeyPair::generate());
+    parity.step("set: a peer with two prefixes", Session::Kept, |side| {
+        side.wg(
+            "set",
+            &[
+                "peer",
+                &old.public,
+                "allowed-ips",
+                "10.0.8.0/24,10.0.9.0/24",
+            ],
+        );
+    });
+    parity.step(
+        "set: a prefix moved to another peer",
+        Session::Kept,
+        |side| {
+            side.wg("set", &["peer", &new.public, "allowed-ips", "10.0.8.0/24"]);
+        },
     );
+    parity.step(
+        "set: an unrelated change to the old peer",
+        Session::Kept,
+        |side| {
+            side.wg("set", &["peer", &old.public, "persistent-keepalive", "25"]);
+        },
+    );
+    let [ours, go] = &parity.sides;
+    assert!(
+        ours.wg("show", &["allowed-ips"])
+            .contains(&format!("{}\t10.0.9.0/24\n", old.public)),
+        "the moved prefix came back to the old peer"
+    );
+
+    // wireguard-go ignores a peer with the interface's own public key.
+    parity.step("set: a peer with our own key", Session::Kept, |side| {
+        side.wg(
+            "set",
+            &["peer", &side.own.public, "allowed-ips", "10.0.6.0/24"],
+        );
+    });
+
+    parity.step("set: peer remove", Session::Kept, |side| {
+        side.wg("set", &["peer", &new.public, "remove"]);
+    });
+
+    let added = KeyPair::generate();
+    parity.step("addconf", Session::Kept, |side| {
+        let file = parity.conf(
+            side,
+            "added",
+            &format!(
+                "[Peer]\nPublicKey = {}\nAllowedIPs = 10.0.7.0/24\n",
+                added.public
+            ),
+        );
+        side.wg("addconf", &[&file]);
+    });
+
+    // Both to the same port number (each in its own namespace); wireguard-go
+    // then back to its own, where ours sends.
+    let port = s.id.port(1).to_string();
+    parity.step("listen-port", Session::Kept, |side| {
+        side.wg("set", &["listen-port", &port]);
+        assert_eq!(
+            side.wg("show", &["listen-port"]),
+            format!("{port}\n"),
+            "{}",
+            side.what
+        );
+        if side.what == "wireguard-go" {
+            side.wg("set", &["listen-port", &s.id.port(0).to_string()]);
+        }
+    });
+
+    // fwmark: ours (uid 65534, no CAP_NET_ADMIN where its socket lives) is
+    // refused with EPERM and changes nothing. wireguard-go cannot be refused
+    // here: it needs CAP_NET_ADMIN in its socket's namespace to make and size
+    // its TUN, which is what SO_MARK asks for; as root it takes the mark.
+    // `off` again agrees on both.
+    let before = ours.view();
+    let refused = wg_raw(&["set", &ours.ifname, "fwmark", "4660"]);
+    assert!(!refused.status.success(), "fwmark was accepted");
+    assert_eq!(
+        text(&refused.stderr).trim(),
+        "Unable to modify interface: Operation not permitted"
+    );
+    assert_eq!(ours.view(), before, "a refused fwmark changed something");
+    go.wg("set", &["fwmark", "4660"]);
+    assert_eq!(go.wg("show", &["fwmark"]), "0x1234\n");
+    parity.step("fwmark off", Session::Kept, |side| {
+        side.wg("set", &["fwmark", "off"]);
+    });
+
+    // private-key: a new key on both; then each side is told the other's new
+    // public key (the old remote peer removed, the new one added with the
+    // same settings), and a ping makes a new handshake on both.
+    let psk_file = s
+        .dir
+        .write("psk", &format!("{}\n", s.psk.as_ref().unwrap()), 0o600)
+        .display()
+        .to_string();
+    let new_keys = [KeyPair::generate(), KeyPair::generate()];
+    for (side, keys) in parity.sides.iter_mut().zip(&new_keys) {
+        let file = s.dir.write(
+            &format!("key-{}", side.what),
+            &format!("{}\n", keys.private),
+            0o600,
+        );
+        side.wg("set", &["private-key", &file.display().to_string()]);
+        side.own = keys.clone();
+    }
+    parity.same("private-key");
+    let handshakes = parity
+        .sides
+        .each_ref()
+        .map(|side| side.remote_peer().latest_handshake);
+    let remotes = [new_keys[1].public.clone(), new_keys[0].public.clone()];
+    for (side, remote) in parity.sides.iter_mut().zip(remotes) {
+        let endpoint = side.remote_peer().endpoint;
+        side.wg(
+            "set",
+            &[
+                "peer",
+                &side.remote,
+                "remove",
+                "peer",
+                &remote,
+                "preshared-key",
+                &psk_file,
+                "allowed-ips",
+                &subnets,
+                "persistent-keepalive",
+                "15",
+                "endpoint",
+                &endpoint,
+            ],
+        );
+        side.remote = remote;
+    }
+    parity.same("private-key, the remote peer's new key");
+    s.expect_ping(s.peer_v4(), 1);
+    for (side, was) in parity.sides.iter().zip(handshakes) {
+        let now = side.remote_peer().latest_handshake;
+        assert!(
+            now > was,
+            "{}: no new handshake with the new keys: {was} → {now}",
+            side.what
+        );
+    }
+    parity.same("private-key, after a ping");
+
+    // setconf: replaces everything; the added peer, not in the file, goes.
+    parity.step("setconf", Session::Reset, |side| {
+        let conf = side.wg("showconf", &[]);
+        // Without keepalive, so that nothing makes a new handshake before the ping.
+        let kept: String = conf
+            .split("\n\n")
+            .filter(|block| !block.contains(&added.public))
+            .map(|block| {
+                block
+                    .lines()
+                    .filter(|line| !line.starts_with("PersistentKeepalive"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .collect::<Vec<_>>()
+            .join("\n\n");
+        let file = parity.conf(side, "setconf", &kept);
+        side.wg("setconf", &[&file]);
+        assert!(
+            !side.wg("show", &["peers"]).contains(&added.public),
+            "{}",
+            side.what
+        );
+    });
+    parity.same("setconf, after a ping");
 }
 
 // ---------------------------------------------------------------------------

@@ -16,7 +16,9 @@ use ipnetwork::IpNetwork;
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::device::Error;
-use crate::device::{Connection, Device, DeviceState, DeviceTransports, Peer, Reconfigure};
+use crate::device::{
+    Connection, Device, DeviceState, DeviceTransports, Displaced, Peer, Reconfigure,
+};
 use crate::noise::TimerParams;
 
 /// Read-only view of a WireGuard device for inspection.
@@ -316,73 +318,17 @@ impl<T: DeviceTransports> DeviceWrite<'_, T> {
         public_key: &PublicKey,
         f: impl FnOnce(&mut PeerMut),
     ) -> bool {
-        let Some(existing_peer) = self.device.peers.get(public_key) else {
-            return false;
-        };
-
-        let existing_peer_arc = Arc::clone(existing_peer);
-        let mut existing_peer = existing_peer_arc.lock().await;
-
         let mut peer_mut = PeerMut::default();
         f(&mut peer_mut);
-
-        let PeerMut {
-            preshared_key,
-            clear_allowed_ips,
-            add_allowed_ips,
-            endpoint,
-            keepalive,
-            timer_params,
-        } = peer_mut;
-
-        if let Update::Set(preshared_key) = preshared_key {
-            existing_peer.tunnel.set_preshared_key(preshared_key);
-        }
-
-        if let Update::Set(keepalive) = keepalive {
-            existing_peer.tunnel.set_persistent_keepalive(keepalive);
-        }
-
-        if let Update::Set(timer_params) = timer_params {
-            existing_peer
-                .tunnel
-                .dangerously_set_timer_params(timer_params.unwrap_or_default());
-        }
-
-        if let Update::Set(addr) = endpoint {
-            existing_peer.endpoint.addr = addr;
-        }
-
-        if clear_allowed_ips {
-            existing_peer.allowed_ips.clear();
-        }
-
-        for allowed_ip in add_allowed_ips {
-            existing_peer
-                .allowed_ips
-                .insert(allowed_ip.network(), allowed_ip.prefix(), ());
-        }
-
-        // Update device.peers_by_ip by clearing all entries that refer to this peer and
-        // adding them again.
-        let mut remove_list = vec![];
-        for (peer, ip_network) in self.device.peers_by_ip.iter() {
-            if Arc::ptr_eq(&existing_peer_arc, peer) {
-                remove_list.push(ip_network);
+        // wireguard4netns: the body moved to `DeviceState::modify_peer`, shared with the
+        // UAPI `set`; the prefixes it takes leave the other peers' lists (`Displaced`).
+        match self.device.modify_peer(public_key, peer_mut).await {
+            Some(displaced) => {
+                displaced.disown().await;
+                true
             }
+            None => false,
         }
-        for network in remove_list {
-            self.device.peers_by_ip.remove_network(network);
-        }
-        for (_, allowed_ip) in existing_peer.allowed_ips.iter() {
-            self.device.peers_by_ip.insert(
-                allowed_ip.network(),
-                allowed_ip.prefix(),
-                Arc::clone(&existing_peer_arc),
-            );
-        }
-
-        true
     }
 
     /// Remove a single peer from this [`Device`].
@@ -608,5 +554,86 @@ impl<T: DeviceTransports> Device<T> {
     #[cfg(target_os = "linux")]
     pub async fn set_fwmark(&self, mark: u32) -> Result<(), Error> {
         self.write(async |device| device.set_fwmark(mark)).await?
+    }
+}
+
+// wireguard4netns: upstream's `DeviceWrite::modify_peer`, here so that the UAPI `set`
+// updates a peer it already has in place too, as wireguard-go does. Upstream's UAPI
+// removed the peer and added a new one, with a new `Tunn`: every `set` naming a peer
+// (`wg syncconf` with nothing changed, a keepalive, an endpoint) dropped its session
+// and counters and forced a new handshake. Returns the prefixes the peer took from
+// other peers (`Displaced`), or `None` when there is no such peer.
+impl<T: DeviceTransports> DeviceState<T> {
+    pub(super) async fn modify_peer(
+        &mut self,
+        public_key: &PublicKey,
+        peer_mut: PeerMut,
+    ) -> Option<Displaced> {
+        let existing_peer = self.peers.get(public_key)?;
+
+        let existing_peer_arc = Arc::clone(existing_peer);
+        let mut existing_peer = existing_peer_arc.lock().await;
+
+        let PeerMut {
+            preshared_key,
+            clear_allowed_ips,
+            add_allowed_ips,
+            endpoint,
+            keepalive,
+            timer_params,
+        } = peer_mut;
+
+        if let Update::Set(preshared_key) = preshared_key {
+            existing_peer.tunnel.set_preshared_key(preshared_key);
+        }
+
+        if let Update::Set(keepalive) = keepalive {
+            existing_peer.tunnel.set_persistent_keepalive(keepalive);
+        }
+
+        if let Update::Set(timer_params) = timer_params {
+            existing_peer
+                .tunnel
+                .dangerously_set_timer_params(timer_params.unwrap_or_default());
+        }
+
+        if let Update::Set(addr) = endpoint {
+            existing_peer.endpoint.addr = addr;
+        }
+
+        if clear_allowed_ips {
+            existing_peer.allowed_ips.clear();
+        }
+
+        for allowed_ip in add_allowed_ips {
+            existing_peer
+                .allowed_ips
+                .insert(allowed_ip.network(), allowed_ip.prefix(), ());
+        }
+
+        // Update device.peers_by_ip by clearing all entries that refer to this peer and
+        // adding them again.
+        let mut remove_list = vec![];
+        for (peer, ip_network) in self.peers_by_ip.iter() {
+            if Arc::ptr_eq(&existing_peer_arc, peer) {
+                remove_list.push(ip_network);
+            }
+        }
+        for network in remove_list {
+            self.peers_by_ip.remove_network(network);
+        }
+        let mut displaced = Displaced::default();
+        for (_, allowed_ip) in existing_peer.allowed_ips.iter() {
+            if let Some(previous) = self.peers_by_ip.insert(
+                allowed_ip.network(),
+                allowed_ip.prefix(),
+                Arc::clone(&existing_peer_arc),
+            ) && !Arc::ptr_eq(&previous, &existing_peer_arc)
+            {
+                displaced.0.push((previous, allowed_ip));
+            }
+        }
+
+        Some(displaced)
     }
 }

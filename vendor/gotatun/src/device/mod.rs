@@ -740,6 +740,10 @@ impl<T: DeviceTransports> DeviceState<T> {
             return Reconfigure::No;
         }
 
+        // wireguard4netns: a peer with the new public key goes, as in wireguard-go
+        // (`SetPrivateKey`): it would be a peer of ourselves.
+        self.remove_peer(&public_key).await;
+
         let rate_limiter = Arc::new(RateLimiter::new(&public_key, HANDSHAKE_RATE_LIMIT));
 
         for peer in self.peers.values_mut() {

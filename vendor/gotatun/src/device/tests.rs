@@ -29,6 +29,8 @@ pub mod mock;
 mod task_failure;
 // wireguard4netns: tests of a failed UAPI `set` changing nothing.
 mod set_rollback;
+// wireguard4netns: tests of a UAPI `set` changing a known peer in place.
+mod peer_update;
 
 /// Assert that the expected number of packets is sent.
 /// We expect there to be [`packet_count`] data packets, one handshake init,

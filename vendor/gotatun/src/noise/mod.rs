@@ -878,6 +878,26 @@ mod tests {
         assert_packet_roundtrip(&mut my_tun, &mut their_tun);
     }
 
+    // wireguard4netns: `wg show`'s "latest handshake" as wireguard-go reports it.
+    /// The last handshake's time outlives its sessions (a new private key, a reset,
+    /// expiry clear them), and a tunnel that never shook hands has none.
+    #[test]
+    fn last_handshake_outlives_its_sessions() {
+        let (fresh, _) = create_two_tuns();
+        assert_eq!(fresh.time_since_last_handshake(), None);
+
+        let (mut my_tun, _their_tun) = create_two_tuns_and_handshake();
+        assert!(my_tun.time_since_last_handshake().is_some());
+        let key = x25519::StaticSecret::random();
+        let public = x25519::PublicKey::from(&key);
+        let limiter = Arc::new(RateLimiter::new(&public, 100));
+        my_tun.set_static_private(key, public, limiter);
+        assert!(!my_tun.has_active_session());
+        assert!(my_tun.time_since_last_handshake().is_some());
+        my_tun.reset();
+        assert!(my_tun.time_since_last_handshake().is_some());
+    }
+
     /// Changing the preshared key only affects the next session, never the
     /// current one. The PSK is not part of the established session's transport
     /// keys, so traffic keeps flowing even though `their_tun` never learned the

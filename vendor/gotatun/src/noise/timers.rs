@@ -133,6 +133,9 @@ pub struct Timers {
     /// Current rekey-after-time deadline.
     /// Sampled from [`TimerParams::rekey_after_time`] when a session is established.
     rekey_after_time: Duration,
+    // wireguard4netns: when the last handshake completed, kept by `clear` (unlike
+    // `TimeSessionEstablished`) and whether or not its session still exists.
+    last_handshake: Option<Duration>,
 }
 
 impl Timers {
@@ -154,6 +157,7 @@ impl Timers {
             new_handshake_timeout: Duration::ZERO,
             rekey_timeout: Duration::ZERO,
             rekey_after_time: Duration::ZERO,
+            last_handshake: None,
         };
         timers.dangerously_set_params(TimerParams::default());
         timers
@@ -270,6 +274,7 @@ impl<R: rand::RngCore + Send> Tunn<R> {
         session_idx: usize,
     ) {
         self.timer_tick(TimeSessionEstablished);
+        self.timers.last_handshake = Some(self.timers[TimeSessionEstablished]);
         self.timers.session_timers[session_idx % crate::noise::N_SESSIONS] =
             self.timers[TimeCurrent];
         self.timers.is_initiator = is_initiator;
@@ -455,16 +460,12 @@ impl<R: rand::RngCore + Send> Tunn<R> {
     /// Get the time elapsed since the last successful handshake.
     ///
     /// Returns `None` if no session has been established.
+    // wireguard4netns: the last handshake's time, also once its sessions are gone (a
+    // new private key, expiry), as wireguard-go and the kernel report it (`wg show`'s
+    // "latest handshake"). Upstream answered `None` without a current session.
     pub fn time_since_last_handshake(&self) -> Option<Duration> {
-        let current_session = self.current;
-        if self.sessions[current_session % super::N_SESSIONS].is_some() {
-            let duration_since_tun_start = self.timers.now();
-            let duration_since_session_established = self.timers[TimeSessionEstablished];
-
-            Some(duration_since_tun_start.saturating_sub(duration_since_session_established))
-        } else {
-            None
-        }
+        let established = self.timers.last_handshake?;
+        Some(self.timers.now().saturating_sub(established))
     }
 
     /// Whether the current session exists and is not yet due for rekeying.

@@ -29,7 +29,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 use zerocopy::IntoBytes;
 
 use crate::{
-    device::{Device, DeviceBuilder, Peer},
+    device::{Device, DeviceBuilder, Peer, uapi::UapiServer},
     noise::index_table::IndexTable,
     packet::{
         Ip, IpNextProtocol, Ipv4, Ipv4Header, Ipv6, Packet, PacketBufPool, Udp, WgData,
@@ -48,6 +48,13 @@ pub const BOB_INDEX_SEED: u64 = 2;
 pub const TUN_MTU: u16 = 1360;
 
 pub async fn device_pair() -> (MockDevice, MockDevice, MockEavesdropper) {
+    device_pair_with_uapi(None).await
+}
+
+// wireguard4netns: the pair, with Alice answering UAPI requests on `alice_uapi`.
+pub async fn device_pair_with_uapi(
+    alice_uapi: Option<UapiServer>,
+) -> (MockDevice, MockDevice, MockEavesdropper) {
     let (mock_tun_a, mock_app_tx_a, mock_app_rx_a) = mock_tun();
     let (mock_tun_b, mock_app_tx_b, mock_app_rx_b) = mock_tun();
 
@@ -138,7 +145,11 @@ pub async fn device_pair() -> (MockDevice, MockDevice, MockEavesdropper) {
         .with_endpoint((endpoint_b, port).into())
         .with_allowed_ip(Ipv4Network::new(Ipv4Addr::UNSPECIFIED, 0).unwrap().into());
 
-    let device_a = DeviceBuilder::new()
+    let mut builder_a = DeviceBuilder::new();
+    if let Some(uapi) = alice_uapi {
+        builder_a = builder_a.with_uapi(uapi);
+    }
+    let device_a = builder_a
         .with_private_key(privkey_a)
         .with_ip(mock_tun_a.clone())
         .with_udp(udp_alice)

@@ -35,6 +35,7 @@
 /// Command types for the WireGuard userspace API.
 pub mod command;
 
+use super::configure::PeerMut;
 use super::{Connection, DeviceState, Reconfigure};
 use crate::device::DeviceTransports;
 #[cfg(feature = "daita-uapi")]
@@ -656,6 +657,16 @@ async fn on_api_set(
 
         let public_key = x25519_dalek::PublicKey::from(public_key.0);
 
+        // wireguard4netns: a peer with the interface's own public key is ignored, as in
+        // wireguard-go (`handlePublicKeyLine`): we could never shake hands with it.
+        if device
+            .key_pair
+            .as_ref()
+            .is_some_and(|(_, own)| *own == public_key)
+        {
+            continue;
+        }
+
         if remove {
             // Completely remove a peer
             device.remove_peer(&public_key).await;
@@ -663,6 +674,36 @@ async fn on_api_set(
         }
 
         if update_only && !device.peers.contains_key(&public_key) {
+            continue;
+        }
+
+        // wireguard4netns: a peer we have is changed in place, as in wireguard-go: its
+        // session, handshake time and counters stay (see `DeviceState::modify_peer`).
+        // A DAITA change still re-creates it (its hooks start with the connection).
+        #[cfg(feature = "daita-uapi")]
+        let in_place = daita_settings.is_none();
+        #[cfg(not(feature = "daita-uapi"))]
+        let in_place = true;
+        if in_place && device.peers.contains_key(&public_key) {
+            let mut change = PeerMut::default();
+            if let Some(endpoint) = endpoint {
+                change.set_endpoint(Some(endpoint));
+            }
+            if let Some(keepalive) = persistent_keepalive_interval {
+                change.set_keepalive(Some(keepalive));
+            }
+            match preshared_key {
+                Some(command::SetUnset::Set(psk)) => change.set_preshared_key(Some(psk.0)),
+                Some(command::SetUnset::Unset) => change.set_preshared_key(None),
+                None => (),
+            }
+            if replace_allowed_ips {
+                change.clear_allowed_ips();
+            }
+            change.add_allowed_ips(allowed_ip);
+            if let Some(displaced) = device.modify_peer(&public_key, change).await {
+                displaced.disown().await;
+            }
             continue;
         }
 
