@@ -133,7 +133,10 @@ impl Channel {
     /// replaces itself with a fresh program and keeps talking (the endpoint
     /// resolver, see [`crate::resolver`]).
     pub fn keep_across_exec(&self) -> io::Result<()> {
-        nix::fcntl::fcntl(&self.fd, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()))?;
+        nix::fcntl::fcntl(
+            &self.fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )?;
         Ok(())
     }
 
@@ -148,7 +151,10 @@ impl Channel {
         // SAFETY: the caller promises nobody else owns `fd`; if it is not
         // open, `fcntl` fails before anything takes ownership.
         let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-        nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+        nix::fcntl::fcntl(
+            borrowed,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
         let kind = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType)?;
         if kind != SockType::SeqPacket {
             return Err(io::Error::new(

@@ -179,7 +179,11 @@ fn decode(data: &[u8]) -> Option<Result<Vec<SocketAddr>, String>> {
     let (&tag, rest) = data.split_first()?;
     let text = std::str::from_utf8(rest).ok()?;
     match tag {
-        ANSWER_ADDRS => text.lines().map(|l| l.parse().ok()).collect::<Option<_>>().map(Ok),
+        ANSWER_ADDRS => text
+            .lines()
+            .map(|l| l.parse().ok())
+            .collect::<Option<_>>()
+            .map(Ok),
         ANSWER_ERROR => Some(Err(text.to_owned())),
         _ => None,
     }
@@ -195,7 +199,11 @@ fn exec_resolver(channel: Channel) {
     if channel.keep_across_exec().is_err() {
         return;
     }
-    let argv = [c"wireguard4netns".to_owned(), c"__resolve-endpoints".to_owned(), fd];
+    let argv = [
+        c"wireguard4netns".to_owned(),
+        c"__resolve-endpoints".to_owned(),
+        fd,
+    ];
     let _ = nix::unistd::execv(c"/proc/self/exe", &argv);
 }
 
@@ -259,7 +267,11 @@ pub async fn follow_names(client: UapiClient, mut resolver: Resolver, peers: Vec
             return;
         };
         for (named, failing) in peers.iter().zip(&mut failing) {
-            let Some(peer) = state.peers.iter().find(|p| p.peer.public_key.0 == named.key) else {
+            let Some(peer) = state
+                .peers
+                .iter()
+                .find(|p| p.peer.public_key.0 == named.key)
+            else {
                 continue;
             };
             if !is_stale(SystemTime::now(), peer.last_handshake_time_sec, started) {

@@ -626,7 +626,9 @@ fn hostname_endpoint_is_looked_up_again_when_the_peer_moves() {
         .map(|(_, p)| p.to_owned())
         .expect("endpoint has a port");
     s.config.endpoint = format!("{host}:{port}");
-    let hosts = s.dir.write("hosts", &format!("{old_inner} {host}\n"), 0o644);
+    let hosts = s
+        .dir
+        .write("hosts", &format!("{old_inner} {host}\n"), 0o644);
     // The engine in a mount namespace of its own where `hosts` is /etc/hosts;
     // `unshare` without --fork and `exec` keep one PID for it throughout.
     let mut c = cmd(
@@ -686,7 +688,10 @@ fn hostname_endpoint_is_looked_up_again_when_the_peer_moves() {
         first_after - handshake
     );
     let said = format!("{host}:{port} now resolves to {new_inner}:{port} (was {old_inner}:{port})");
-    assert!(log.contains(&said), "the engine's log lacks {said:?}\n{log}");
+    assert!(
+        log.contains(&said),
+        "the engine's log lacks {said:?}\n{log}"
+    );
     assert_resolver_holds_nothing(&s, engine.pid);
     let endpoints = ours_ok(&s, "show", &[&s.ifname, "endpoints"]);
     assert!(
@@ -697,8 +702,8 @@ fn hostname_endpoint_is_looked_up_again_when_the_peer_moves() {
 
 /// The resolver process (the engine's child that looks names up, outside the
 /// sandbox, parsing DNS answers) is a fresh image: the private key is not in
-/// its memory, in either form, while it is in the engine's (so the check can
-/// see it); it has no capability,
+/// its memory, in either form, while it is in the engine's and its forks'
+/// (so the check can see it); it has no capability,
 /// `no_new_privs`, and no descriptor but stdio and its channel.
 fn assert_resolver_holds_nothing(s: &Scenario, engine: u32) {
     use base64::Engine as _;
@@ -710,9 +715,19 @@ fn assert_resolver_holds_nothing(s: &Scenario, engine: u32) {
     let [resolver] = resolvers[..] else {
         panic!("expected one resolver process under the engine {engine}, found {resolvers:?}");
     };
+    // The check can see a key: the engine has it, and so do its forked
+    // children (janitor, inspector), copies of its memory.
     assert!(
         memory_contains(engine, &raw_key),
         "the memory check cannot find the key even in the engine"
+    );
+    let forks: Vec<u32> = children_running(engine, &[])
+        .into_iter()
+        .filter(|&pid| pid != resolver)
+        .collect();
+    assert!(
+        forks.iter().any(|&pid| memory_contains(pid, &raw_key)),
+        "the memory check finds the key in none of the engine's forks {forks:?}"
     );
     for (form, key) in [("raw", &raw_key[..]), ("base64", base64_key)] {
         assert!(
@@ -725,5 +740,8 @@ fn assert_resolver_holds_nothing(s: &Scenario, engine: u32) {
     assert_eq!(field("CapEff"), "0000000000000000", "resolver {resolver}");
     assert_eq!(field("CapPrm"), "0000000000000000", "resolver {resolver}");
     let fds = fs::read_dir(format!("/proc/{resolver}/fd")).map_or(0, Iterator::count);
-    assert_eq!(fds, 4, "the resolver {resolver} holds more than stdio and its channel");
+    assert_eq!(
+        fds, 4,
+        "the resolver {resolver} holds more than stdio and its channel"
+    );
 }

@@ -2255,8 +2255,7 @@ pub fn children_running(pid: u32, argv: &[&str]) -> Vec<u32> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&child| status_field(child, "PPid").as_deref() == Some(&pid.to_string()))
         .filter(|&child| {
-            fs::read(format!("/proc/{child}/cmdline"))
-                .is_ok_and(|c| c.starts_with(want.as_bytes()))
+            fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|c| c.starts_with(want.as_bytes()))
         })
         .collect()
 }
