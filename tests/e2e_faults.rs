@@ -1,10 +1,13 @@
 //! End-to-end fault tests: what a real network does to a running tunnel. Our
 //! binary runs as uid 65534 attached to a target namespace; the peer is
-//! Debian's wireguard-go in a namespace of the test's own. Each test breaks
-//! something (the peer restarts, a side changes address or port) while a
-//! `ping -D` runs inside the target, and measures the gap in the replies
-//! from ping's own timestamps. See `common/mod.rs` for the harness. They need
-//! root; without it they skip (or fail when `CI=true`).
+//! Debian's wireguard-go (one test: boringtun-cli) in a namespace of the
+//! test's own. Each test breaks something (the peer restarts, a side changes
+//! address or port, a session reaches its rekey time) while a `ping -D` runs
+//! inside the target, and measures the gap in the replies from ping's own
+//! timestamps; or it carries a TCP stream each way at once ([`XFER`]) and
+//! compares sha256s, over a clean path or through a relay that drops and
+//! delays ([`RELAY`]: this kernel has no netem). See `common/mod.rs` for the
+//! harness. They need root; without it they skip (or fail when `CI=true`).
 
 #![forbid(unsafe_code)]
 

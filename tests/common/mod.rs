@@ -118,17 +118,17 @@ pub const BORINGTUN_CLI_ENV: &str = "W4N_BORINGTUN_CLI";
 pub fn require_boringtun(test: &str) -> Option<(TestId, PathBuf)> {
     let id = require_root_env(test)?;
     let path = match std::env::var_os(BORINGTUN_CLI_ENV) {
-        Some(p) => Some(PathBuf::from(p)).filter(|p| p.is_file()),
-        None => find_in_path("boringtun-cli"),
+        Some(p) => Some(PathBuf::from(&p))
+            .filter(|p| p.is_file())
+            .ok_or_else(|| format!("${BORINGTUN_CLI_ENV} ({p:?}) is not a file")),
+        None => find_in_path("boringtun-cli")
+            .ok_or_else(|| format!("no boringtun-cli in PATH and ${BORINGTUN_CLI_ENV} unset")),
     };
     match path {
-        Some(p) => Some((id, p)),
-        None => skip_or_fail(
+        Ok(p) => Some((id, p)),
+        Err(why) => skip_or_fail(
             test,
-            &format!(
-                "no boringtun-cli (${BORINGTUN_CLI_ENV} unset or not a file, none in PATH; \
-                 hint: cargo install boringtun-cli --locked --version 0.7.1)"
-            ),
+            &format!("{why} (hint: cargo install boringtun-cli --locked --version 0.7.1)"),
         ),
     }
 }
