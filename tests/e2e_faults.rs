@@ -725,8 +725,13 @@ fn boringtun_peer_handshakes_pings_both_ways_and_carries_data() {
             ..ScenarioOpts::default()
         },
     );
+    // It logs this just after creating its UAPI socket, which the harness
+    // waited for.
     assert!(
-        s.peer.log().contains("BoringTun started successfully"),
+        wait_for(Duration::from_secs(5), || s
+            .peer
+            .log()
+            .contains("BoringTun started successfully")),
         "the peer is not boringtun-cli\n{}",
         s.peer.diagnostics()
     );
