@@ -4,7 +4,8 @@
 //! Every test builds its own small world and tears it down in `Drop`, also when it
 //! panics half-way through setup:
 //! - a *peer* ([`Peer`]): a root-owned network namespace joined to the root
-//!   namespace by a veth pair, running Debian's `wireguard-go` configured with `wg`;
+//!   namespace by a veth pair, running Debian's `wireguard-go` (or `boringtun-cli`,
+//!   [`PeerEngine`]) configured with `wg`;
 //! - a *target* ([`Target`]): `unshare -Urn sleep` run as uid 65534, the namespace
 //!   our program attaches to;
 //! - a *work dir* ([`WorkDir`]) owned by uid 65534, holding the client config and
@@ -89,14 +90,46 @@ pub fn require_root_env(test: &str) -> Option<TestId> {
     static PROBLEM: OnceLock<Option<String>> = OnceLock::new();
     match PROBLEM.get_or_init(check_env) {
         None => Some(TestId::next()),
-        Some(reason) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: the end-to-end environment is not usable: {reason}")
-        }
-        Some(reason) => {
-            // Straight to fd 2: libtest captures `eprintln!` of passing tests.
-            let _ = writeln!(io::stderr(), "SKIP {test}: {reason}");
-            None
-        }
+        Some(reason) => skip_or_fail(
+            test,
+            &format!("the end-to-end environment is not usable: {reason}"),
+        ),
+    }
+}
+
+/// A test that cannot run: with `CI=true` it panics (fails); elsewhere it
+/// prints `SKIP <test>: <reason>` to stderr and returns `None`.
+fn skip_or_fail<T>(test: &str, reason: &str) -> Option<T> {
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{test}: {reason}");
+    }
+    // Straight to fd 2: libtest captures `eprintln!` of passing tests.
+    let _ = writeln!(io::stderr(), "SKIP {test}: {reason}");
+    None
+}
+
+/// The environment variable naming the `boringtun-cli` binary; without it,
+/// `boringtun-cli` is looked up in `PATH`.
+pub const BORINGTUN_CLI_ENV: &str = "W4N_BORINGTUN_CLI";
+
+/// [`require_root_env`] plus `boringtun-cli` (crates.io `boringtun-cli`
+/// 0.7.1, which `.ci/run` installs with `cargo install`): its path, or skip
+/// (fail with `CI=true`) saying how to get it.
+pub fn require_boringtun(test: &str) -> Option<(TestId, PathBuf)> {
+    let id = require_root_env(test)?;
+    let path = match std::env::var_os(BORINGTUN_CLI_ENV) {
+        Some(p) => Some(PathBuf::from(&p))
+            .filter(|p| p.is_file())
+            .ok_or_else(|| format!("${BORINGTUN_CLI_ENV} ({p:?}) is not a file")),
+        None => find_in_path("boringtun-cli")
+            .ok_or_else(|| format!("no boringtun-cli in PATH and ${BORINGTUN_CLI_ENV} unset")),
+    };
+    match path {
+        Ok(p) => Some((id, p)),
+        Err(why) => skip_or_fail(
+            test,
+            &format!("{why} (hint: cargo install boringtun-cli --locked --version 0.7.1)"),
+        ),
     }
 }
 
@@ -1229,7 +1262,7 @@ impl WorkDir {
 }
 
 // ---------------------------------------------------------------------------
-// Network namespaces and the wireguard-go peer
+// Network namespaces and the WireGuard peer
 // ---------------------------------------------------------------------------
 
 /// A named network namespace (`ip netns add`) with lo up and a veth pair: the
@@ -1349,12 +1382,60 @@ pub struct PeerSpec {
     pub peers: Vec<WgPeerSpec>,
 }
 
-/// Debian's `wireguard-go`, as root, in its own network namespace ([`Netns`]),
-/// configured with `wg set`, with tunnel addresses `/24` + `/64` and up.
+/// Which userspace WireGuard a [`Peer`] runs. Both create their own TUN in the
+/// peer's namespace and serve the UAPI at `/var/run/wireguard/IFNAME.sock`,
+/// so the rest (`wg set`, addresses, link up) is the same.
+#[derive(Clone, Debug, Default)]
+pub enum PeerEngine {
+    /// Debian's `wireguard-go`.
+    #[default]
+    WireguardGo,
+    /// `boringtun-cli` at this path ([`require_boringtun`]).
+    Boringtun(PathBuf),
+}
+
+impl PeerEngine {
+    /// The engine in the foreground, as root, at `place`, on `ifname`.
+    fn command(&self, place: &Place, ifname: &str) -> Command {
+        match self {
+            Self::WireguardGo => {
+                let mut c = place.cmd("wireguard-go", ["-f", ifname]);
+                // Debian's build only prints a banner without it; others refuse to run.
+                c.env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
+                    .env("LOG_LEVEL", "verbose");
+                c
+            }
+            // Without --disable-drop-privileges it would setuid to the
+            // getlogin() user after creating the TUN, and fail without one.
+            Self::Boringtun(path) => place.cmd(
+                path,
+                [
+                    "--foreground",
+                    "--disable-drop-privileges",
+                    "--verbosity",
+                    "info",
+                    ifname,
+                ],
+            ),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::WireguardGo => "wireguard-go",
+            Self::Boringtun(_) => "boringtun-cli",
+        }
+    }
+}
+
+/// A userspace WireGuard ([`PeerEngine`], by default Debian's `wireguard-go`),
+/// as root, in its own network namespace ([`Netns`]), configured with `wg
+/// set`, with tunnel addresses `/24` + `/64` and up.
 /// On drop: SIGTERM by PID (SIGKILL after 2 s), its socket removed, then the
 /// namespace deleted.
 pub struct Peer {
     child: Option<Child>,
+    pub engine: PeerEngine,
     pub ifname: String,
     pub keys: KeyPair,
     pub listen_port: Option<u16>,
@@ -1370,7 +1451,17 @@ impl Peer {
     /// tunnel host 1, listening on `id.port(0)`, accepting `client_public` from
     /// the client's tunnel addresses (host 2, `/32` and `/128`).
     pub fn server(id: &TestId, client_public: &str, preshared_key: Option<&str>) -> Self {
-        Self::start(
+        Self::server_with(id, client_public, preshared_key, PeerEngine::default())
+    }
+
+    /// [`Peer::server`] running `engine`.
+    pub fn server_with(
+        id: &TestId,
+        client_public: &str,
+        preshared_key: Option<&str>,
+        engine: PeerEngine,
+    ) -> Self {
+        Self::start_with(
             id,
             PeerSpec {
                 keys: KeyPair::generate(),
@@ -1388,19 +1479,26 @@ impl Peer {
                     ..WgPeerSpec::default()
                 }],
             },
+            engine,
         )
     }
 
     pub fn start(id: &TestId, spec: PeerSpec) -> Self {
+        Self::start_with(id, spec, PeerEngine::default())
+    }
+
+    /// [`Peer::start`] running `engine`.
+    pub fn start_with(id: &TestId, spec: PeerSpec, engine: PeerEngine) -> Self {
         let netns = Netns::create(id, spec.slot, spec.uplink.as_deref());
         let files = tempfile::Builder::new()
             .prefix(&format!("{}-peer{}-", id.name(""), spec.slot))
             .tempdir_in("/tmp")
             .expect("peer temp dir");
         let ifname = id.name(&format!("w{}", spec.slot));
-        let log_path = files.path().join("wireguard-go.log");
+        let log_path = files.path().join(format!("{}.log", engine.name()));
         let mut peer = Self {
             child: None,
+            engine,
             ifname,
             keys: spec.keys.clone(),
             listen_port: spec.listen_port,
@@ -1414,7 +1512,7 @@ impl Peer {
         peer
     }
 
-    /// Stop wireguard-go (SIGTERM by PID, SIGKILL after 2 s; its TUN goes with
+    /// Stop the engine (SIGTERM by PID, SIGKILL after 2 s; its TUN goes with
     /// it) and start a fresh one on the same interface name from `spec` (its
     /// `slot`/`uplink`/`tunnel_host` are ignored: the namespace stays): a peer
     /// that has forgotten every session, as after a reboot.
@@ -1428,7 +1526,7 @@ impl Peer {
         self.launch(spec);
     }
 
-    /// Spawn wireguard-go in the namespace (log appended), `wg set` it from
+    /// Spawn the engine in the namespace (log appended), `wg set` it from
     /// `spec`, add the tunnel addresses and bring it up.
     fn launch(&mut self, spec: &PeerSpec) {
         let peer = self;
@@ -1443,25 +1541,22 @@ impl Peer {
             "{} already exists (stale from a killed run?)",
             socket.display()
         );
+        let name = peer.engine.name();
         let child = peer
-            .netns
-            .place()
-            .cmd("wireguard-go", ["-f", &peer.ifname])
-            // Debian's build only prints a banner without it; others refuse to run.
-            .env("WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD", "1")
-            .env("LOG_LEVEL", "verbose")
+            .engine
+            .command(&peer.netns.place(), &peer.ifname)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log)
             .spawn()
-            .expect("spawn wireguard-go");
+            .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         peer.child = Some(child);
         let up = wait_for(Duration::from_secs(10), || {
             socket.exists() || peer.exited().is_some()
         });
         assert!(
             up && socket.exists(),
-            "wireguard-go did not create {} (exit: {:?})\n{}",
+            "{name} did not create {} (exit: {:?})\n{}",
             socket.display(),
             peer.exited(),
             peer.log()
@@ -1545,7 +1640,7 @@ impl Peer {
         wg_dump(&self.ifname)
     }
 
-    /// wireguard-go's log so far (last 8 KiB).
+    /// The engine's log so far (last 8 KiB).
     pub fn log(&self) -> String {
         let log = fs::read(&self.log_path).unwrap_or_default();
         text(&log[log.len().saturating_sub(8192)..])
@@ -1556,11 +1651,12 @@ impl Peer {
         let wg = run(&mut cmd("wg", ["show", &self.ifname]));
         let addr = run(&mut self.place().cmd("ip", ["addr"]));
         format!(
-            "--- peer `wg show {}` ---\n{}{}\n--- peer ip addr ---\n{}\n--- wireguard-go log ---\n{}",
+            "--- peer `wg show {}` ---\n{}{}\n--- peer ip addr ---\n{}\n--- {} log ---\n{}",
             self.ifname,
             text(&wg.stdout),
             text(&wg.stderr),
             text(&addr.stdout),
+            self.engine.name(),
             self.log()
         )
     }
@@ -1712,6 +1808,8 @@ pub struct ScenarioOpts {
     pub psk: bool,
     /// `MTU =` in the client config; None = the default (1420).
     pub mtu: Option<u16>,
+    /// The peer's WireGuard.
+    pub peer_engine: PeerEngine,
 }
 
 /// One test's world: a [`Peer`] (tunnel `.1`, `::1`), a [`Target`], a
@@ -1759,7 +1857,7 @@ impl Scenario {
     pub fn new(id: TestId, opts: ScenarioOpts) -> Self {
         let client_keys = KeyPair::generate();
         let psk = opts.psk.then(genpsk);
-        let peer = Peer::server(&id, &client_keys.public, psk.as_deref());
+        let peer = Peer::server_with(&id, &client_keys.public, psk.as_deref(), opts.peer_engine);
         let target = Target::spawn();
         let dir = WorkDir::new(&id);
         let config = ClientConfig {
