@@ -598,6 +598,11 @@ impl<T: DeviceTransports> DeviceState<T> {
         }
 
         if let Update::Set(addr) = endpoint {
+            // wireguard4netns: a new address gets a handshake at once (`Tunn::handshake_soon`);
+            // the same one sent again (`wg syncconf`) changes nothing.
+            if addr.is_some() && addr != existing_peer.endpoint.addr {
+                existing_peer.tunnel.handshake_soon();
+            }
             existing_peer.endpoint.addr = addr;
         }
 

@@ -136,6 +136,9 @@ pub struct Timers {
     // wireguard4netns: when the last handshake completed, kept by `clear` (unlike
     // `TimeSessionEstablished`) and whether or not its session still exists.
     last_handshake: Option<Duration>,
+    // wireguard4netns: a handshake asked for by `Tunn::handshake_soon`, started at the
+    // next timer tick.
+    handshake_due: bool,
 }
 
 impl Timers {
@@ -158,6 +161,7 @@ impl Timers {
             rekey_timeout: Duration::ZERO,
             rekey_after_time: Duration::ZERO,
             last_handshake: None,
+            handshake_due: false,
         };
         timers.dangerously_set_params(TimerParams::default());
         timers
@@ -355,6 +359,12 @@ impl<R: rand::RngCore + Send> Tunn<R> {
                 return Err(WireGuardError::ConnectionExpired);
             }
 
+            // wireguard4netns: see `handshake_soon`.
+            if std::mem::take(&mut self.timers.handshake_due) {
+                tracing::debug!("HANDSHAKE(asked for: the endpoint changed)");
+                handshake_initiation_required = true;
+            }
+
             if let Some(time_init_sent) = self.handshake.timer() {
                 // Handshake Initiation Retransmission
                 if now - handshake_started >= REKEY_ATTEMPT_TIME {
@@ -455,6 +465,16 @@ impl<R: rand::RngCore + Send> Tunn<R> {
         }
 
         Ok(None)
+    }
+
+    // wireguard4netns: ours. Start a handshake at the next timer tick, whatever the state
+    // of the current session. For an endpoint changed on purpose (`wg set … endpoint`, a
+    // name looked up again): a peer restarted there has no session with us, and without
+    // this we would go on sending on the old one until KEEPALIVE + REKEY_TIMEOUT (15 s)
+    // passed without an answer. Upstream's UAPI re-created the peer on every `set`, which
+    // had the same effect (and dropped the session for unchanged sets too).
+    pub fn handshake_soon(&mut self) {
+        self.timers.handshake_due = true;
     }
 
     /// Get the time elapsed since the last successful handshake.

@@ -1,6 +1,7 @@
 // wireguard4netns: tests of a UAPI `set` changing a peer the device already has in place
 // (`DeviceState::modify_peer`), as wireguard-go does: its session, handshake time and
-// counters stay whatever field is sent again or changed. Not part of upstream gotatun.
+// counters stay whatever field is sent again or changed, but for a changed endpoint,
+// which starts a handshake at once. Not part of upstream gotatun.
 
 use std::time::Duration;
 
@@ -98,8 +99,6 @@ async fn set_on_a_known_peer_keeps_its_session_and_counters() {
             "keepalive off",
             format!("{bob_key}persistent_keepalive_interval=0\n"),
         ),
-        // The mock delivers whatever the address; Bob's answers tell Alice the real one.
-        ("endpoint", format!("{bob_key}endpoint=10.0.0.3:51821\n")),
         (
             "allowed ips replaced",
             format!(
@@ -141,6 +140,23 @@ async fn set_on_a_known_peer_keeps_its_session_and_counters() {
         .collect();
     ips.sort();
     assert_eq!(ips, ["0.0.0.0/0", "10.8.0.0/16", "10.9.0.0/16"]);
+
+    // A changed endpoint is the one field that shakes hands again, at once
+    // (`Tunn::handshake_soon`): a peer restarted there has no session with us. The
+    // counters stay. (The mock delivers whatever the address; Bob's answers tell
+    // Alice the real one.)
+    set(&client, &format!("{bob_key}endpoint=10.0.0.3:51821\n")).await;
+    let init = tokio::time::timeout(Duration::from_secs(1), inits.next()).await;
+    assert!(
+        matches!(init, Ok(Some(_))),
+        "no handshake within 1 s of a changed endpoint"
+    );
+    exchange().await;
+    let now = bob_seen_by(&client).await;
+    assert!(
+        now.tx_bytes >= last.tx_bytes && now.rx_bytes >= last.rx_bytes,
+        "a changed endpoint: the counters went back: {last:?} → {now:?}"
+    );
 }
 
 /// As in wireguard-go: a `set` naming a peer with the device's own public key
