@@ -1,18 +1,31 @@
-//! Command-line arguments, one struct per form. The doc comments are the help text.
+//! Command-line arguments, one struct per form. The doc comments are the help text
+//! (and the man pages in `doc/man/`, generated from them by `tests/man.rs`).
 //!
 //! Without a subcommand the arguments are the original's attach form,
 //! `wireguard4netns [OPTIONS] TARGET IFNAME CONFIG`, so existing launchers keep
-//! working; the subcommands are the tools around it.
+//! working; the subcommands are the tools around it. That makes a mistyped or
+//! guessed subcommand (`wireguard4netns up wg.conf`) an attach TARGET, and
+//! clap's answer ("required argument CONFIG not provided") a puzzle:
+//! [`misread_subcommand`] turns it into a pointer to `run`.
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// The usage lines: the `run` form first, the one a newcomer wants.
+const USAGE: &str = "wireguard4netns run -c CONFIG [OPTIONS] -- CMD [ARGS]...
+       wireguard4netns [OPTIONS] TARGET IFNAME CONFIG
+       wireguard4netns exec TARGET -- CMD [ARGS]...
+       wireguard4netns <COMMAND>";
 
 /// Give an unprivileged network namespace its network through a WireGuard tunnel.
 ///
-/// Creates the TUN interface IFNAME inside the network namespace of TARGET (a
+/// `wireguard4netns run -c wg.conf -- CMD` runs CMD in new namespaces whose
+/// only network is the tunnel. Without a subcommand (the attach form), it
+/// creates the TUN interface IFNAME inside the network namespace of TARGET (a
 /// process started with `unshare --user --map-root-user --net`, or a namespace
 /// path) and runs a userspace WireGuard engine for it in the caller's own
 /// namespace. No root, no setuid helper, no kernel module.
@@ -20,17 +33,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "wireguard4netns",
     version,
+    override_usage = USAGE,
+    arg_required_else_help = true,
+    disable_help_subcommand = true,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-
-    /// Log level: error, warn, info, debug, trace, or a tracing filter
-    /// [default: $RUST_LOG, else info; warn for `run`]
-    #[arg(long, value_name = "LEVEL", global = true)]
-    pub log_level: Option<String>,
 
     #[command(flatten)]
     pub attach: AttachArgs,
@@ -45,6 +56,16 @@ pub enum Command {
     /// then runs CMD there with your terminal, environment and working
     /// directory. Exits with CMD's status (128+N if a signal N killed it).
     Run(RunArgs),
+    /// Run a command inside the namespaces of a tunnel you attached.
+    ///
+    /// Joins TARGET's user and network namespaces, and its mount namespace when
+    /// it has one of its own, and runs CMD there with your environment,
+    /// terminal and working directory (`/` if that does not exist there), as
+    /// `nsenter --preserve-credentials -U -n -t PID` would: your uid is what
+    /// the target's user namespace maps it to (root for a target made with
+    /// `unshare --map-root-user`). Exits with CMD's status (128+N if a signal N
+    /// killed it).
+    Exec(ExecArgs),
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Print a new preshared key (base64), like `wg genpsk`.
@@ -55,6 +76,124 @@ pub enum Command {
     Show(crate::tools::ShowArgs),
     /// Change a running tunnel's configuration, like `wg set`.
     Set(crate::tools::SetArgs),
+    /// Print a shell completion script.
+    ///
+    /// bash: `source <(wireguard4netns completions bash)`, or save it as
+    /// `~/.local/share/bash-completion/completions/wireguard4netns`; zsh: save
+    /// it as `_wireguard4netns` in a directory of `$fpath`; fish: save it as
+    /// `~/.config/fish/completions/wireguard4netns.fish`.
+    Completions(CompletionsArgs),
+    /// Print the help of wireguard4netns or of one of its subcommands.
+    Help(HelpArgs),
+}
+
+/// The `completions` subcommand.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// The `help` subcommand.
+#[derive(Debug, Args)]
+pub struct HelpArgs {
+    /// The subcommand whose help to print [default: the main help]
+    #[arg(value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `--log-level` and `--log-file`, for the forms that log (the help text
+/// says the form's own default level).
+#[derive(Debug, Clone, Default)]
+pub struct Logging {
+    pub level: Option<String>,
+    pub default_level: &'static str,
+    pub file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// How this command line wants its log.
+    pub fn logging(&self) -> Logging {
+        match &self.command {
+            None => Logging {
+                level: self.attach.log_level.clone(),
+                default_level: "info",
+                file: self.attach.log_file.clone(),
+            },
+            // The command owns the terminal: only say something when it matters.
+            Some(Command::Run(run)) => Logging {
+                level: run.log_level.clone(),
+                default_level: "warn",
+                file: run.log_file.clone(),
+            },
+            Some(_) => Logging {
+                level: None,
+                default_level: "info",
+                file: None,
+            },
+        }
+    }
+}
+
+/// `help [COMMAND…]`: the long help of the command named by the path, as
+/// `COMMAND --help` prints it.
+pub fn print_help(path: &[String]) -> Result<(), String> {
+    let mut command = Cli::command();
+    command.build();
+    let mut current = &mut command;
+    for name in path {
+        let names: Vec<String> = current
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        current = current
+            .find_subcommand_mut(name)
+            .ok_or_else(|| format!("no subcommand {name:?} (there are: {})", names.join(", ")))?;
+    }
+    current
+        .print_long_help()
+        .map_err(|e| format!("cannot write the help: {e}"))
+}
+
+/// When clap could not read `args` (the whole command line, program name
+/// first) and the reason is that a word meant as a subcommand was taken for
+/// the attach form's TARGET (`wireguard4netns up wg.conf`), the message to
+/// print instead of clap's, pointing at `run`.
+pub fn misread_subcommand(args: &[OsString]) -> Option<String> {
+    let matches = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .ok()?;
+    if matches.subcommand().is_some() {
+        return None;
+    }
+    if matches
+        .get_one::<NetnsType>("netns_type")
+        .is_some_and(|t| *t == NetnsType::Path)
+    {
+        return None;
+    }
+    let target = matches.get_one::<String>("target")?;
+    let next = matches.get_one::<String>("ifname").map(String::as_str);
+    not_a_target(target, next)
+}
+
+/// The message for an attach TARGET that is no process ID and no path, but
+/// looks like a subcommand (`up`, `start`, `connect`, a typo): say so and show
+/// the `run` line, with the config if the next word names one. `None` for a
+/// word that may well be a TARGET.
+pub fn not_a_target(word: &str, next: Option<&str>) -> Option<String> {
+    let looks_like_pid = !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit());
+    if looks_like_pid || word.contains('/') || Path::new(word).exists() {
+        return None;
+    }
+    let config = next
+        .filter(|n| n.ends_with(".conf") || Path::new(n).is_file())
+        .unwrap_or("CONFIG");
+    Some(format!(
+        "{word:?} is neither a subcommand nor a TARGET (a process ID, or a namespace path with --netns-type=path); to run a program through a tunnel: wireguard4netns run -c {config} -- PROGRAM (see wireguard4netns --help)"
+    ))
 }
 
 /// The `run` form.
@@ -87,6 +226,15 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,
 
+    /// Log level: error, warn, info, debug, trace, or a tracing filter
+    /// [default: $RUST_LOG, else warn]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Append the engine's log to PATH (created 0600) instead of stderr
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
     /// The command and its arguments
     #[arg(
         required = true,
@@ -106,16 +254,43 @@ pub enum NetnsType {
     Path,
 }
 
+/// The `exec` subcommand.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// What TARGET is
+    #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
+    pub netns_type: NetnsType,
+
+    /// With --netns-type=path: the user namespace that owns the network namespace
+    /// [default: its owner, found by the kernel]
+    #[arg(long, value_name = "PATH")]
+    pub userns_path: Option<PathBuf>,
+
+    /// PID of a process in the namespaces (the attach form's TARGET), or with
+    /// --netns-type=path a network namespace path
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// The command and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<std::ffi::OsString>,
+}
+
 /// The attach form: the original's command line.
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// Directory for the UAPI socket IFNAME.sock [default: /var/run/wireguard as
-    /// root, else $XDG_RUNTIME_DIR/wireguard4netns]
+    /// root, else $XDG_RUNTIME_DIR/wireguard4netns, else /tmp/wireguard4netns-UID]
     #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
     pub tmpdir: Option<PathBuf>,
 
     /// Inside the namespace, bring lo and IFNAME up, add the config's Address=
-    /// addresses and routes for every peer's AllowedIPs
+    /// addresses and routes for every peer's AllowedIPs (none with Table = off)
     #[arg(long)]
     pub configure: bool,
 
@@ -142,6 +317,16 @@ pub struct AttachArgs {
     #[arg(long)]
     pub no_sandbox: bool,
 
+    /// Log level: error, warn, info, debug, trace, or a tracing filter
+    /// [default: $RUST_LOG, else info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Append the log to PATH (created 0600) instead of stderr; in the
+    /// background (without --foreground) the log otherwise goes nowhere
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
     /// What TARGET is
     #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
     pub netns_type: NetnsType,
@@ -167,7 +352,6 @@ pub struct AttachArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
