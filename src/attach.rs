@@ -380,3 +380,50 @@ fn serve(
     lifecycle::abandon_runtime(runtime);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interface_extra: &str, allowed: &str) -> Config {
+        let private = crate::keys::generate_private();
+        let peer = crate::keys::public_from_private(&crate::keys::generate_private());
+        Config::parse(
+            &format!(
+                "[Interface]\nPrivateKey = {private}\nAddress = 10.0.0.2/24\n{interface_extra}\n[Peer]\nPublicKey = {peer}\nAllowedIPs = {allowed}\n"
+            ),
+            "test.conf",
+        )
+        .unwrap()
+    }
+
+    /// wg-quick adds no routes with `Table = off`: neither do `--configure`
+    /// nor `run` (which use this list).
+    #[test]
+    fn table_off_means_no_routes() {
+        let routes_of = |extra: &str| routes(&config(extra, "0.0.0.0/0, 10.1.0.0/16"));
+        assert_eq!(routes_of("").len(), 2);
+        assert_eq!(routes_of("Table = auto").len(), 2);
+        assert!(routes_of("Table = off").is_empty());
+    }
+
+    /// Hooks: without --configure, say who does their work; with it, nothing
+    /// more to say. DNS=: not applied by the attach form, said once.
+    #[test]
+    fn the_attach_form_says_what_it_leaves_undone() {
+        let hooks = config("PostUp = ip route add 10.2.0.0/16 dev %i\n", "10.0.0.0/24");
+        let plain = form_warnings(&hooks, false);
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(plain[0].contains("or use --configure"), "{plain:?}");
+        assert!(form_warnings(&hooks, true).is_empty());
+
+        let dns = config("DNS = 10.0.0.1, example.org\n", "10.0.0.0/24");
+        let warned = form_warnings(&dns, true);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].starts_with("DNS = 10.0.0.1, example.org is not applied"),
+            "{warned:?}"
+        );
+        assert!(form_warnings(&config("", "10.0.0.0/24"), false).is_empty());
+    }
+}

@@ -204,11 +204,13 @@ pub struct RunArgs {
     pub config: PathBuf,
 
     /// Name of the interface inside [default: the config file's name, as
-    /// wg-quick does, else wg0]
+    /// wg-quick does, else wg0 (with a warning saying why)]
     #[arg(long, value_name = "IFNAME")]
     pub ifname: Option<String>,
 
-    /// Directory for the UAPI socket IFNAME.sock (as for the attach form)
+    /// Directory for the UAPI socket IFNAME.sock [default: /var/run/wireguard
+    /// as root, else $XDG_RUNTIME_DIR/wireguard4netns, else
+    /// /tmp/wireguard4netns-UID]
     #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
     pub tmpdir: Option<PathBuf>,
 
@@ -404,6 +406,160 @@ mod tests {
     fn subcommands_are_not_targets() {
         let cli = Cli::try_parse_from(["wireguard4netns", "genkey"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Genkey)));
+    }
+
+    fn args(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
+    /// `up wg.conf`, `start wg.conf`: clap would say CONFIG is missing; we
+    /// point at `run`, with the config the user gave.
+    #[test]
+    fn a_guessed_subcommand_points_at_run() {
+        for line in [
+            "wireguard4netns up wg.conf",
+            "wireguard4netns start wg.conf",
+            "wireguard4netns --configure connect wg.conf",
+        ] {
+            assert!(Cli::try_parse_from(args(line)).is_err(), "{line}");
+            let hint = misread_subcommand(&args(line)).unwrap_or_else(|| panic!("{line}"));
+            assert!(
+                hint.contains("is neither a subcommand nor a TARGET")
+                    && hint.contains("wireguard4netns run -c wg.conf -- PROGRAM"),
+                "{line}: {hint}"
+            );
+        }
+        let hint = misread_subcommand(&args("wireguard4netns up")).unwrap();
+        assert!(hint.contains("run -c CONFIG --"), "{hint}");
+    }
+
+    /// A PID, a path, or `--netns-type=path`: clap's own message stands.
+    #[test]
+    fn a_real_target_gets_clap_s_message() {
+        for line in [
+            "wireguard4netns 1234 wg0",
+            "wireguard4netns /run/user/1000/netns/x wg0",
+            "wireguard4netns --netns-type=path app wg0",
+            "wireguard4netns run",
+        ] {
+            assert_eq!(misread_subcommand(&args(line)), None, "{line}");
+        }
+        assert_eq!(not_a_target("4321", None), None);
+        assert_eq!(not_a_target("./netns", None), None);
+    }
+
+    /// The usage a newcomer sees first names `run`; with no arguments at all
+    /// the whole help is printed (listing every subcommand).
+    #[test]
+    fn usage_leads_with_run() {
+        let err = Cli::try_parse_from(["wireguard4netns"]).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("Usage: wireguard4netns run -c CONFIG"),
+            "{text}"
+        );
+        assert!(text.contains("  run "), "{text}");
+        let err = Cli::try_parse_from(["wireguard4netns", "1234"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Usage: wireguard4netns run -c CONFIG"),
+            "{err}"
+        );
+    }
+
+    /// `help --help` is help about `help`; `help run` finds `run`; an
+    /// unknown name is an error naming the ones there are.
+    #[test]
+    fn help_takes_help_and_names() {
+        let err = Cli::try_parse_from(["wireguard4netns", "help", "--help"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(err.to_string().contains("wireguard4netns help [COMMAND]"));
+        let cli = Cli::try_parse_from(["wireguard4netns", "help", "run"]).unwrap();
+        match cli.command {
+            Some(Command::Help(help)) => assert_eq!(help.command, ["run"]),
+            other => panic!("{other:?}"),
+        }
+        let err = print_help(&["nope".to_owned()]).unwrap_err();
+        assert!(
+            err.starts_with("no subcommand \"nope\" (there are: run, exec"),
+            "{err}"
+        );
+    }
+
+    /// `--log-level` is an option of the forms that log, each with its own
+    /// default; the key tools do not have it.
+    #[test]
+    fn log_level_belongs_to_the_forms_that_log() {
+        let help = |sub: &str| {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let sub = cmd.find_subcommand_mut(sub).unwrap();
+            sub.render_long_help().to_string()
+        };
+        for tool in ["genkey", "genpsk", "pubkey", "completions"] {
+            assert!(!help(tool).contains("--log-level"), "{tool}");
+        }
+        let run = help("run");
+        assert!(run.contains("[default: $RUST_LOG, else warn]"), "{run}");
+        let main = Cli::command().render_long_help().to_string();
+        assert!(main.contains("[default: $RUST_LOG, else info]"), "{main}");
+        assert!(!main.contains("for `run`"), "{main}");
+        let cli = Cli::try_parse_from([
+            "wireguard4netns",
+            "run",
+            "--log-level",
+            "debug",
+            "-c",
+            "x",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(cli.logging().level.as_deref(), Some("debug"));
+        assert_eq!(cli.logging().default_level, "warn");
+        assert!(
+            Cli::try_parse_from(["wireguard4netns", "genkey", "--log-level", "debug"]).is_err()
+        );
+    }
+
+    /// Every --tmpdir help names all three defaults, the last one included.
+    #[test]
+    fn socket_dir_fallback_is_documented() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for sub in ["run", "show", "set"] {
+            helps.push(
+                cmd.find_subcommand_mut(sub)
+                    .unwrap()
+                    .render_long_help()
+                    .to_string(),
+            );
+        }
+        for help in helps {
+            assert!(help.contains("else /tmp/wireguard4netns-UID"), "{help}");
+        }
+    }
+
+    #[test]
+    fn exec_takes_a_target_and_a_command() {
+        let cli =
+            Cli::try_parse_from(["wireguard4netns", "exec", "1234", "--", "ip", "-o", "link"])
+                .unwrap();
+        match cli.command {
+            Some(Command::Exec(exec)) => {
+                assert_eq!(exec.target, "1234");
+                assert_eq!(exec.netns_type, NetnsType::Pid);
+                assert_eq!(exec.command, ["ip", "-o", "link"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = Cli::try_parse_from(["wireguard4netns", "exec", "1234"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

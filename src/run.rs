@@ -641,3 +641,69 @@ fn write_id_maps(
     dumpable(false)?;
     written
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interface_extra: &str) -> Config {
+        let private = crate::keys::generate_private();
+        let peer = crate::keys::public_from_private(&crate::keys::generate_private());
+        Config::parse(
+            &format!(
+                "[Interface]\nPrivateKey = {private}\nAddress = 10.0.0.2/24\n{interface_extra}\n[Peer]\nPublicKey = {peer}\nAllowedIPs = 0.0.0.0/0\n"
+            ),
+            "test.conf",
+        )
+        .unwrap()
+    }
+
+    /// A file name that is no interface name: `wg0`, and a warning that says
+    /// so and why; a good one is taken as it is.
+    #[test]
+    fn the_fallback_name_is_explained() {
+        assert_eq!(
+            ifname_from_config(Path::new("/etc/wg/vpn.conf")),
+            ("vpn".to_owned(), None)
+        );
+        let (name, warning) = ifname_from_config(Path::new("/home/u/my-very-long-vpn-name.conf"));
+        assert_eq!(name, "wg0");
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.starts_with(
+                "/home/u/my-very-long-vpn-name.conf: the interface is named wg0, not after the file: "
+            ),
+            "{warning}"
+        );
+        assert!(warning.contains("--ifname"), "{warning}");
+        let (name, warning) = ifname_from_config(Path::new("has space.conf"));
+        assert_eq!(name, "wg0");
+        assert!(warning.is_some());
+    }
+
+    /// No DNS=: one warning, naming a loopback resolver of the host's when
+    /// there is one; with DNS= nothing. Hooks: one line, and no word of the
+    /// attach form's --configure.
+    #[test]
+    fn run_says_what_it_keeps_and_ignores() {
+        let resolved = "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0\n";
+        let warned = form_warnings(&config(""), Some(resolved));
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].starts_with("no DNS= in the config: the command keeps the host's /etc/resolv.conf, whose nameserver 127.0.0.53 is the namespace's own loopback"),
+            "{warned:?}"
+        );
+        let plain = form_warnings(&config(""), Some("nameserver 192.0.2.53\n"));
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(plain[0].contains("127.0.0.53 would be"), "{plain:?}");
+        assert!(form_warnings(&config("DNS = 10.0.0.1\n"), Some(resolved)).is_empty());
+
+        let hooks = form_warnings(
+            &config("DNS = 10.0.0.1\nPostUp = true\nPreDown = true\n"),
+            None,
+        );
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        assert!(hooks[0].starts_with("run needs no hooks"), "{hooks:?}");
+        assert!(!hooks[0].contains("--configure"), "{hooks:?}");
+    }
+}
