@@ -94,12 +94,24 @@ fn man_renders_the_pages() {
             .expect("run man");
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "man -l {name}: {}\n{stderr}", out.status);
+        assert!(
+            out.status.success(),
+            "man -l {name}: {}\n{stderr}",
+            out.status
+        );
         assert!(stderr.is_empty(), "man -l {name} warns:\n{stderr}");
         assert!(stdout.contains("SYNOPSIS"), "man -l {name}:\n{stdout}");
         if name == "wireguard4netns.1" {
-            for word in ["wireguard4netns run -c CONFIG", "exec", "completions", "--log-file"] {
-                assert!(stdout.contains(word), "no {word:?} in man -l {name}:\n{stdout}");
+            for word in [
+                "wireguard4netns run -c CONFIG",
+                "exec",
+                "completions",
+                "--log-file",
+            ] {
+                assert!(
+                    stdout.contains(word),
+                    "no {word:?} in man -l {name}:\n{stdout}"
+                );
             }
         }
     }
