@@ -63,16 +63,12 @@ const FALLBACK_IFNAME: &str = "wg0";
 /// valid interface name (`wg-quick up vpn.conf` makes `vpn`), else `wg0`,
 /// with a warning saying why (two such configs would both be `wg0`, and their
 /// sockets collide).
-fn ifname(args: &RunArgs) -> anyhow::Result<String> {
+fn ifname(args: &RunArgs) -> anyhow::Result<(String, Option<String>)> {
     if let Some(name) = &args.ifname {
         tun::validate_ifname(name)?;
-        return Ok(name.clone());
+        return Ok((name.clone(), None));
     }
-    let (name, warning) = ifname_from_config(&args.config);
-    if let Some(warning) = warning {
-        tracing::warn!("{warning}");
-    }
-    Ok(name)
+    Ok(ifname_from_config(&args.config))
 }
 
 /// The name `wg-quick` would take from the config file's name, or the
@@ -167,17 +163,29 @@ struct ChildPlan<'a> {
     uid: Uid,
     gid: Gid,
     command: Vec<CString>,
+    /// For the engine, to log at warn once the tunnel is up (before the
+    /// command starts).
+    up_warnings: Vec<String>,
 }
 
 /// Run `wireguard4netns run` to the end; returns the command's exit status.
 pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
     lifecycle::check_handed_fds(&[("--ready-fd", args.ready_fd)])?;
-    let ifname = ifname(args)?;
+    let (ifname, ifname_warning) = ifname(args)?;
     let config = Config::from_file(&args.config)?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").ok();
-    for warning in (config.warnings.iter()).chain(&form_warnings(&config, host_resolv.as_deref())) {
+    for warning in &config.warnings {
         tracing::warn!("{}: {warning}", args.config.display());
     }
+    // Said once the tunnel is up, so that a start that fails says only why.
+    let up_warnings: Vec<String> = ifname_warning
+        .into_iter()
+        .chain(
+            form_warnings(&config, host_resolv.as_deref())
+                .into_iter()
+                .map(|w| format!("{}: {w}", args.config.display())),
+        )
+        .collect();
     if config.mtu() > tun::MAX_MTU {
         bail!(
             "{}: MTU {} is larger than this engine supports ({}); lower it",
@@ -240,6 +248,7 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         uid: getuid(),
         gid: getgid(),
         command,
+        up_warnings,
     };
     let (ours, theirs) = fdpass::channel_pair().context("cannot make a socketpair")?;
     let parent = nix::unistd::getpid();
@@ -343,6 +352,9 @@ fn parent_main(
             return Err(e);
         }
     };
+    for warning in &plan.up_warnings {
+        tracing::warn!("{warning}");
+    }
     channel.send(GO, None).context("cannot start the command")?;
     if let Some(ready) = ready_fd {
         ready.notify();
