@@ -127,6 +127,12 @@ impl Cli {
                 default_level: "warn",
                 file: run.log_file.clone(),
             },
+            // Likewise: `exec` speaks only to say why it failed.
+            Some(Command::Exec(_)) => Logging {
+                level: None,
+                default_level: "warn",
+                file: None,
+            },
             Some(_) => Logging {
                 level: None,
                 default_level: "info",

@@ -339,6 +339,61 @@ fn bash_completion_loads() {
     }
 }
 
+/// What a newcomer types first: a guessed subcommand points at `run` in one
+/// line (clap's "required argument CONFIG not provided" before), also when
+/// the words happen to fill the attach form; no arguments print the help,
+/// whose usage starts with `run`; `help --help` is help; `genkey --help` has
+/// no `--log-level`.
+#[test]
+fn a_newcomer_s_first_commands() {
+    let ours = |args: &[&str]| {
+        Command::new(binary_for_tools())
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("run our binary")
+    };
+    for (args, code, config) in [
+        (&["up", "wg.conf"][..], 2, "wg.conf"),
+        (&["start", "wg.conf"][..], 2, "wg.conf"),
+        (&["up", "wg.conf", "wg0"][..], 1, "wg.conf"),
+        (&["connect"][..], 2, "CONFIG"),
+    ] {
+        let out = ours(args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(
+            stderr.starts_with(&format!(
+                "wireguard4netns: \"{}\" is neither a subcommand nor a TARGET",
+                args[0]
+            )) && stderr.contains(&format!("wireguard4netns run -c {config} -- PROGRAM")),
+            "{args:?}: {stderr}"
+        );
+    }
+    let out = ours(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let help = text(&out.stderr);
+    assert!(
+        help.contains("Usage: wireguard4netns run -c CONFIG"),
+        "{help}"
+    );
+    assert!(help.contains("\n  run "), "{help}");
+    let out = ours(&["help", "--help"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("Usage: wireguard4netns help [COMMAND]"));
+    let out = ours(&["help", "exec"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(text(&out.stdout).contains("nsenter --preserve-credentials"));
+    let out = ours(&["genkey", "--help"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !text(&out.stdout).contains("--log-level"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 /// The binary cargo built, for tests that need no other user.
 fn binary_for_tools() -> std::path::PathBuf {
     std::path::PathBuf::from(env!("CARGO_BIN_EXE_wireguard4netns"))
