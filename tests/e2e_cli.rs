@@ -259,6 +259,24 @@ fn log_file_gets_the_background_engine_s_log() {
         return;
     };
     let mut s = Scenario::new(id, ScenarioOpts::default());
+    // A log file that cannot be opened: one line, status 1, nothing started.
+    let nowhere = s.dir.path().join("no-such-dir/engine.log");
+    let mut c = s.command(
+        s.target.pid(),
+        &["--log-file", nowhere.to_str().expect("utf-8")],
+    );
+    let out = run_timeout(&mut c, None, REFUSAL_BUDGET).unwrap_or_else(|e| panic!("{e}"));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with(&format!(
+            "wireguard4netns: cannot open the log file {}",
+            nowhere.display()
+        )),
+        "{stderr}"
+    );
+    assert!(gone(&s.socket()), "a socket was made");
     let log = s.dir.path().join("engine.log");
     let text_with_dns =
         s.config
