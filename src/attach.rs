@@ -10,7 +10,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -40,6 +40,9 @@ pub struct Plan {
     pub exit_fd: Option<ExitFd>,
     pub pid_file: Option<PidFile>,
     pub sandbox: Sandbox,
+    /// The `--log-file` descriptor (opened by `main`), which the daemon keeps
+    /// open when it sheds what it inherited.
+    pub log_fd: Option<RawFd>,
 }
 
 /// Parse a TARGET argument the way `--netns-type` says.
@@ -94,13 +97,41 @@ pub fn resolve_endpoints(config: &Config) -> anyhow::Result<Vec<Option<SocketAdd
         .map_err(Into::into)
 }
 
-/// Routes for `--configure`: every peer's AllowedIPs.
+/// Routes for `--configure` and `run`: every peer's AllowedIPs, none with
+/// `Table = off` (as wg-quick: the addresses' own prefix routes stay, which the
+/// kernel adds).
 pub fn routes(config: &Config) -> Vec<IpNetwork> {
+    if !config.interface.adds_routes() {
+        return Vec::new();
+    }
     config
         .peers
         .iter()
         .flat_map(|p| p.allowed_ips.iter().copied())
         .collect()
+}
+
+/// What the attach form does not do with a config, said once each: its
+/// hooks' work, and `DNS=`, which only `run` applies (the namespace's owner
+/// writes the resolv.conf of the attach target).
+pub fn form_warnings(config: &Config, configure: bool) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.ignored_hooks > 0 && !configure {
+        warnings.push(
+            "set up the target's namespace yourself (what the hooks would have done), or use --configure for addresses, routes and links".to_owned(),
+        );
+    }
+    let iface = &config.interface;
+    if !iface.dns.is_empty() || !iface.dns_search.is_empty() {
+        let servers: Vec<String> = (iface.dns.iter().map(ToString::to_string))
+            .chain(iface.dns_search.iter().cloned())
+            .collect();
+        warnings.push(format!(
+            "DNS = {} is not applied: the attach form leaves the namespace's resolv.conf to whoever made it (bind-mount one there; `wireguard4netns run` applies DNS= itself)",
+            servers.join(", ")
+        ));
+    }
+    warnings
 }
 
 impl Plan {
@@ -114,11 +145,14 @@ impl Plan {
         lifecycle::check_handed_fds(&[("--ready-fd", args.ready_fd), ("--exit-fd", args.exit_fd)])?;
         // The daemon works from `/`: every path it uses later is made
         // absolute here, against the caller's directory.
-        let target = absolute_target(parse_target(
-            target,
-            args.netns_type,
-            args.userns_path.as_deref(),
-        )?)?;
+        let parsed = parse_target(target, args.netns_type, args.userns_path.as_deref());
+        // `wireguard4netns up wg.conf wg0` parses, as TARGET "up".
+        let parsed = match (parsed, args.netns_type) {
+            (Err(e), NetnsType::Pid) => Err(crate::cli::not_a_target(target, Some(ifname))
+                .map_or(e, |hint| anyhow::anyhow!(hint))),
+            (parsed, _) => parsed,
+        };
+        let target = absolute_target(parsed?)?;
         let pid_file = args
             .pid_file
             .as_deref()
@@ -126,7 +160,7 @@ impl Plan {
             .transpose()?;
         tun::validate_ifname(ifname)?;
         let config = Config::from_file(config_path)?;
-        for warning in &config.warnings {
+        for warning in (config.warnings.iter()).chain(&form_warnings(&config, args.configure)) {
             tracing::warn!("{}: {warning}", config_path.display());
         }
         let mtu = config.mtu();
@@ -159,6 +193,7 @@ impl Plan {
                 .map(|fd| ExitFd::take(fd, "--exit-fd"))
                 .transpose()?,
             pid_file,
+            log_fd: None,
         })
     }
 }
@@ -172,6 +207,7 @@ pub fn exec(mut plan: Plan) -> anyhow::Result<()> {
     } else {
         let keep: Vec<_> = (plan.ready_fd.iter().map(ReadyFd::raw))
             .chain(plan.exit_fd.iter().map(ExitFd::raw))
+            .chain(plan.log_fd)
             .collect();
         match daemon::daemonize(&keep).context("cannot fork into the background")? {
             Daemonized::Daemon(notifier) => notifier,
@@ -343,4 +379,51 @@ fn serve(
     });
     lifecycle::abandon_runtime(runtime);
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interface_extra: &str, allowed: &str) -> Config {
+        let private = crate::keys::generate_private();
+        let peer = crate::keys::public_from_private(&crate::keys::generate_private());
+        Config::parse(
+            &format!(
+                "[Interface]\nPrivateKey = {private}\nAddress = 10.0.0.2/24\n{interface_extra}\n[Peer]\nPublicKey = {peer}\nAllowedIPs = {allowed}\n"
+            ),
+            "test.conf",
+        )
+        .unwrap()
+    }
+
+    /// wg-quick adds no routes with `Table = off`: neither do `--configure`
+    /// nor `run` (which use this list).
+    #[test]
+    fn table_off_means_no_routes() {
+        let routes_of = |extra: &str| routes(&config(extra, "0.0.0.0/0, 10.1.0.0/16"));
+        assert_eq!(routes_of("").len(), 2);
+        assert_eq!(routes_of("Table = auto").len(), 2);
+        assert!(routes_of("Table = off").is_empty());
+    }
+
+    /// Hooks: without --configure, say who does their work; with it, nothing
+    /// more to say. DNS=: not applied by the attach form, said once.
+    #[test]
+    fn the_attach_form_says_what_it_leaves_undone() {
+        let hooks = config("PostUp = ip route add 10.2.0.0/16 dev %i\n", "10.0.0.0/24");
+        let plain = form_warnings(&hooks, false);
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(plain[0].contains("or use --configure"), "{plain:?}");
+        assert!(form_warnings(&hooks, true).is_empty());
+
+        let dns = config("DNS = 10.0.0.1, example.org\n", "10.0.0.0/24");
+        let warned = form_warnings(&dns, true);
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].starts_with("DNS = 10.0.0.1, example.org is not applied"),
+            "{warned:?}"
+        );
+        assert!(form_warnings(&config("", "10.0.0.0/24"), false).is_empty());
+    }
 }

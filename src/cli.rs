@@ -1,18 +1,31 @@
-//! Command-line arguments, one struct per form. The doc comments are the help text.
+//! Command-line arguments, one struct per form. The doc comments are the help text
+//! (and the man pages in `doc/man/`, generated from them by `tests/man.rs`).
 //!
 //! Without a subcommand the arguments are the original's attach form,
 //! `wireguard4netns [OPTIONS] TARGET IFNAME CONFIG`, so existing launchers keep
-//! working; the subcommands are the tools around it.
+//! working; the subcommands are the tools around it. That makes a mistyped or
+//! guessed subcommand (`wireguard4netns up wg.conf`) an attach TARGET, and
+//! clap's answer ("required argument CONFIG not provided") a puzzle:
+//! [`misread_subcommand`] turns it into a pointer to `run`.
 
 #![forbid(unsafe_code)]
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+
+/// The usage lines: the `run` form first, the one a newcomer wants.
+const USAGE: &str = "wireguard4netns run -c CONFIG [OPTIONS] -- CMD [ARGS]...
+       wireguard4netns [OPTIONS] TARGET IFNAME CONFIG
+       wireguard4netns exec TARGET -- CMD [ARGS]...
+       wireguard4netns <COMMAND>";
 
 /// Give an unprivileged network namespace its network through a WireGuard tunnel.
 ///
-/// Creates the TUN interface IFNAME inside the network namespace of TARGET (a
+/// `wireguard4netns run -c wg.conf -- CMD` runs CMD in new namespaces whose
+/// only network is the tunnel. Without a subcommand (the attach form), it
+/// creates the TUN interface IFNAME inside the network namespace of TARGET (a
 /// process started with `unshare --user --map-root-user --net`, or a namespace
 /// path) and runs a userspace WireGuard engine for it in the caller's own
 /// namespace. No root, no setuid helper, no kernel module.
@@ -20,17 +33,15 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(
     name = "wireguard4netns",
     version,
+    override_usage = USAGE,
+    arg_required_else_help = true,
+    disable_help_subcommand = true,
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-
-    /// Log level: error, warn, info, debug, trace, or a tracing filter
-    /// [default: $RUST_LOG, else info; warn for `run`]
-    #[arg(long, value_name = "LEVEL", global = true)]
-    pub log_level: Option<String>,
 
     #[command(flatten)]
     pub attach: AttachArgs,
@@ -45,6 +56,16 @@ pub enum Command {
     /// then runs CMD there with your terminal, environment and working
     /// directory. Exits with CMD's status (128+N if a signal N killed it).
     Run(RunArgs),
+    /// Run a command inside the namespaces of a tunnel you attached.
+    ///
+    /// Joins TARGET's user and network namespaces, and its mount namespace when
+    /// it has one of its own, and runs CMD there with your environment,
+    /// terminal and working directory (`/` if that does not exist there), as
+    /// `nsenter --preserve-credentials -U -n -t PID` would: your uid is what
+    /// the target's user namespace maps it to (root for a target made with
+    /// `unshare --map-root-user`). Exits with CMD's status (128+N if a signal N
+    /// killed it).
+    Exec(ExecArgs),
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Print a new preshared key (base64), like `wg genpsk`.
@@ -55,6 +76,130 @@ pub enum Command {
     Show(crate::tools::ShowArgs),
     /// Change a running tunnel's configuration, like `wg set`.
     Set(crate::tools::SetArgs),
+    /// Print a shell completion script.
+    ///
+    /// bash: `source <(wireguard4netns completions bash)`, or save it as
+    /// `~/.local/share/bash-completion/completions/wireguard4netns`; zsh: save
+    /// it as `_wireguard4netns` in a directory of `$fpath`; fish: save it as
+    /// `~/.config/fish/completions/wireguard4netns.fish`.
+    Completions(CompletionsArgs),
+    /// Print the help of wireguard4netns or of one of its subcommands.
+    Help(HelpArgs),
+}
+
+/// The `completions` subcommand.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete in
+    #[arg(value_enum, value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}
+
+/// The `help` subcommand.
+#[derive(Debug, Args)]
+pub struct HelpArgs {
+    /// The subcommand whose help to print [default: the main help]
+    #[arg(value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+/// `--log-level` and `--log-file`, for the forms that log (the help text
+/// says the form's own default level).
+#[derive(Debug, Clone, Default)]
+pub struct Logging {
+    pub level: Option<String>,
+    pub default_level: &'static str,
+    pub file: Option<PathBuf>,
+}
+
+impl Cli {
+    /// How this command line wants its log.
+    pub fn logging(&self) -> Logging {
+        match &self.command {
+            None => Logging {
+                level: self.attach.log_level.clone(),
+                default_level: "info",
+                file: self.attach.log_file.clone(),
+            },
+            // The command owns the terminal: only say something when it matters.
+            Some(Command::Run(run)) => Logging {
+                level: run.log_level.clone(),
+                default_level: "warn",
+                file: run.log_file.clone(),
+            },
+            // Likewise: `exec` speaks only to say why it failed.
+            Some(Command::Exec(_)) => Logging {
+                level: None,
+                default_level: "warn",
+                file: None,
+            },
+            Some(_) => Logging {
+                level: None,
+                default_level: "info",
+                file: None,
+            },
+        }
+    }
+}
+
+/// `help [COMMAND…]`: the long help of the command named by the path, as
+/// `COMMAND --help` prints it.
+pub fn print_help(path: &[String]) -> Result<(), String> {
+    let mut command = Cli::command();
+    command.build();
+    let mut current = &mut command;
+    for name in path {
+        let names: Vec<String> = current
+            .get_subcommands()
+            .map(|c| c.get_name().to_owned())
+            .collect();
+        current = current
+            .find_subcommand_mut(name)
+            .ok_or_else(|| format!("no subcommand {name:?} (there are: {})", names.join(", ")))?;
+    }
+    current
+        .print_long_help()
+        .map_err(|e| format!("cannot write the help: {e}"))
+}
+
+/// When clap could not read `args` (the whole command line, program name
+/// first) and the reason is that a word meant as a subcommand was taken for
+/// the attach form's TARGET (`wireguard4netns up wg.conf`), the message to
+/// print instead of clap's, pointing at `run`.
+pub fn misread_subcommand(args: &[OsString]) -> Option<String> {
+    let matches = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .ok()?;
+    if matches.subcommand().is_some() {
+        return None;
+    }
+    if matches
+        .get_one::<NetnsType>("netns_type")
+        .is_some_and(|t| *t == NetnsType::Path)
+    {
+        return None;
+    }
+    let target = matches.get_one::<String>("target")?;
+    let next = matches.get_one::<String>("ifname").map(String::as_str);
+    not_a_target(target, next)
+}
+
+/// The message for an attach TARGET that is no process ID and no path, but
+/// looks like a subcommand (`up`, `start`, `connect`, a typo): say so and show
+/// the `run` line, with the config if the next word names one. `None` for a
+/// word that may well be a TARGET.
+pub fn not_a_target(word: &str, next: Option<&str>) -> Option<String> {
+    let looks_like_pid = !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit());
+    if looks_like_pid || word.contains('/') || Path::new(word).exists() {
+        return None;
+    }
+    let config = next
+        .filter(|n| n.ends_with(".conf") || Path::new(n).is_file())
+        .unwrap_or("CONFIG");
+    Some(format!(
+        "{word:?} is neither a subcommand nor a TARGET (a process ID, or a namespace path with --netns-type=path); to run a program through a tunnel: wireguard4netns run -c {config} -- PROGRAM (see wireguard4netns --help)"
+    ))
 }
 
 /// The `run` form.
@@ -65,11 +210,13 @@ pub struct RunArgs {
     pub config: PathBuf,
 
     /// Name of the interface inside [default: the config file's name, as
-    /// wg-quick does, else wg0]
+    /// wg-quick does, else wg0 (with a warning saying why)]
     #[arg(long, value_name = "IFNAME")]
     pub ifname: Option<String>,
 
-    /// Directory for the UAPI socket IFNAME.sock (as for the attach form)
+    /// Directory for the UAPI socket IFNAME.sock [default: /var/run/wireguard
+    /// as root, else $XDG_RUNTIME_DIR/wireguard4netns, else
+    /// /tmp/wireguard4netns-UID]
     #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
     pub tmpdir: Option<PathBuf>,
 
@@ -86,6 +233,15 @@ pub struct RunArgs {
     /// Write "1" to this file descriptor once the tunnel is up, then close it
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,
+
+    /// Log level: error, warn, info, debug, trace, or a tracing filter
+    /// [default: $RUST_LOG, else warn]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Append the engine's log to PATH (created 0600) instead of stderr
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
 
     /// The command and its arguments
     #[arg(
@@ -106,16 +262,43 @@ pub enum NetnsType {
     Path,
 }
 
+/// The `exec` subcommand.
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    /// What TARGET is
+    #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
+    pub netns_type: NetnsType,
+
+    /// With --netns-type=path: the user namespace that owns the network namespace
+    /// [default: its owner, found by the kernel]
+    #[arg(long, value_name = "PATH")]
+    pub userns_path: Option<PathBuf>,
+
+    /// PID of a process in the namespaces (the attach form's TARGET), or with
+    /// --netns-type=path a network namespace path
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+
+    /// The command and its arguments
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD"
+    )]
+    pub command: Vec<std::ffi::OsString>,
+}
+
 /// The attach form: the original's command line.
 #[derive(Debug, Args)]
 pub struct AttachArgs {
     /// Directory for the UAPI socket IFNAME.sock [default: /var/run/wireguard as
-    /// root, else $XDG_RUNTIME_DIR/wireguard4netns]
+    /// root, else $XDG_RUNTIME_DIR/wireguard4netns, else /tmp/wireguard4netns-UID]
     #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
     pub tmpdir: Option<PathBuf>,
 
     /// Inside the namespace, bring lo and IFNAME up, add the config's Address=
-    /// addresses and routes for every peer's AllowedIPs
+    /// addresses and routes for every peer's AllowedIPs (none with Table = off)
     #[arg(long)]
     pub configure: bool,
 
@@ -142,6 +325,16 @@ pub struct AttachArgs {
     #[arg(long)]
     pub no_sandbox: bool,
 
+    /// Log level: error, warn, info, debug, trace, or a tracing filter
+    /// [default: $RUST_LOG, else info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Append the log to PATH (created 0600) instead of stderr; in the
+    /// background (without --foreground) the log otherwise goes nowhere
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
     /// What TARGET is
     #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
     pub netns_type: NetnsType,
@@ -167,7 +360,6 @@ pub struct AttachArgs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_is_consistent() {
@@ -220,6 +412,160 @@ mod tests {
     fn subcommands_are_not_targets() {
         let cli = Cli::try_parse_from(["wireguard4netns", "genkey"]).unwrap();
         assert!(matches!(cli.command, Some(Command::Genkey)));
+    }
+
+    fn args(line: &str) -> Vec<OsString> {
+        line.split_whitespace().map(OsString::from).collect()
+    }
+
+    /// `up wg.conf`, `start wg.conf`: clap would say CONFIG is missing; we
+    /// point at `run`, with the config the user gave.
+    #[test]
+    fn a_guessed_subcommand_points_at_run() {
+        for line in [
+            "wireguard4netns up wg.conf",
+            "wireguard4netns start wg.conf",
+            "wireguard4netns --configure connect wg.conf",
+        ] {
+            assert!(Cli::try_parse_from(args(line)).is_err(), "{line}");
+            let hint = misread_subcommand(&args(line)).unwrap_or_else(|| panic!("{line}"));
+            assert!(
+                hint.contains("is neither a subcommand nor a TARGET")
+                    && hint.contains("wireguard4netns run -c wg.conf -- PROGRAM"),
+                "{line}: {hint}"
+            );
+        }
+        let hint = misread_subcommand(&args("wireguard4netns up")).unwrap();
+        assert!(hint.contains("run -c CONFIG --"), "{hint}");
+    }
+
+    /// A PID, a path, or `--netns-type=path`: clap's own message stands.
+    #[test]
+    fn a_real_target_gets_clap_s_message() {
+        for line in [
+            "wireguard4netns 1234 wg0",
+            "wireguard4netns /run/user/1000/netns/x wg0",
+            "wireguard4netns --netns-type=path app wg0",
+            "wireguard4netns run",
+        ] {
+            assert_eq!(misread_subcommand(&args(line)), None, "{line}");
+        }
+        assert_eq!(not_a_target("4321", None), None);
+        assert_eq!(not_a_target("./netns", None), None);
+    }
+
+    /// The usage a newcomer sees first names `run`; with no arguments at all
+    /// the whole help is printed (listing every subcommand).
+    #[test]
+    fn usage_leads_with_run() {
+        let err = Cli::try_parse_from(["wireguard4netns"]).unwrap_err();
+        assert_eq!(
+            err.kind(),
+            clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains("Usage: wireguard4netns run -c CONFIG"),
+            "{text}"
+        );
+        assert!(text.contains("  run "), "{text}");
+        let err = Cli::try_parse_from(["wireguard4netns", "1234"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Usage: wireguard4netns run -c CONFIG"),
+            "{err}"
+        );
+    }
+
+    /// `help --help` is help about `help`; `help run` finds `run`; an
+    /// unknown name is an error naming the ones there are.
+    #[test]
+    fn help_takes_help_and_names() {
+        let err = Cli::try_parse_from(["wireguard4netns", "help", "--help"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert!(err.to_string().contains("wireguard4netns help [COMMAND]"));
+        let cli = Cli::try_parse_from(["wireguard4netns", "help", "run"]).unwrap();
+        match cli.command {
+            Some(Command::Help(help)) => assert_eq!(help.command, ["run"]),
+            other => panic!("{other:?}"),
+        }
+        let err = print_help(&["nope".to_owned()]).unwrap_err();
+        assert!(
+            err.starts_with("no subcommand \"nope\" (there are: run, exec"),
+            "{err}"
+        );
+    }
+
+    /// `--log-level` is an option of the forms that log, each with its own
+    /// default; the key tools do not have it.
+    #[test]
+    fn log_level_belongs_to_the_forms_that_log() {
+        let help = |sub: &str| {
+            let mut cmd = Cli::command();
+            cmd.build();
+            let sub = cmd.find_subcommand_mut(sub).unwrap();
+            sub.render_long_help().to_string()
+        };
+        for tool in ["genkey", "genpsk", "pubkey", "completions"] {
+            assert!(!help(tool).contains("--log-level"), "{tool}");
+        }
+        let run = help("run");
+        assert!(run.contains("[default: $RUST_LOG, else warn]"), "{run}");
+        let main = Cli::command().render_long_help().to_string();
+        assert!(main.contains("[default: $RUST_LOG, else info]"), "{main}");
+        assert!(!main.contains("for `run`"), "{main}");
+        let cli = Cli::try_parse_from([
+            "wireguard4netns",
+            "run",
+            "--log-level",
+            "debug",
+            "-c",
+            "x",
+            "--",
+            "true",
+        ])
+        .unwrap();
+        assert_eq!(cli.logging().level.as_deref(), Some("debug"));
+        assert_eq!(cli.logging().default_level, "warn");
+        assert!(
+            Cli::try_parse_from(["wireguard4netns", "genkey", "--log-level", "debug"]).is_err()
+        );
+    }
+
+    /// Every --tmpdir help names all three defaults, the last one included.
+    #[test]
+    fn socket_dir_fallback_is_documented() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut helps = vec![cmd.render_long_help().to_string()];
+        for sub in ["run", "show", "set"] {
+            helps.push(
+                cmd.find_subcommand_mut(sub)
+                    .unwrap()
+                    .render_long_help()
+                    .to_string(),
+            );
+        }
+        for help in helps {
+            assert!(help.contains("else /tmp/wireguard4netns-UID"), "{help}");
+        }
+    }
+
+    #[test]
+    fn exec_takes_a_target_and_a_command() {
+        let cli =
+            Cli::try_parse_from(["wireguard4netns", "exec", "1234", "--", "ip", "-o", "link"])
+                .unwrap();
+        match cli.command {
+            Some(Command::Exec(exec)) => {
+                assert_eq!(exec.target, "1234");
+                assert_eq!(exec.netns_type, NetnsType::Pid);
+                assert_eq!(exec.command, ["ip", "-o", "link"]);
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = Cli::try_parse_from(["wireguard4netns", "exec", "1234"]).unwrap_err();
+        assert_eq!(err.kind(), clap::error::ErrorKind::MissingRequiredArgument);
     }
 
     #[test]

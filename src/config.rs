@@ -65,6 +65,9 @@ pub struct Config {
     /// Settings that were accepted but have no effect here, one line each,
     /// for the caller to log.
     pub warnings: Vec<String>,
+    /// How many PreUp/PostUp/PreDown/PostDown lines were ignored (each has its
+    /// line in `warnings`); the form says once what does their work instead.
+    pub ignored_hooks: usize,
 }
 
 /// The `[Interface]` section.
@@ -85,9 +88,22 @@ pub struct Interface {
     pub dns_search: Vec<String>,
     /// See [`Config::mtu`] for the value in effect.
     pub mtu: Option<u16>,
-    /// `off`, `auto`, a table number or name, as written. Stored, not used:
-    /// routes inside the namespace are set up without policy routing.
+    /// `off`, `auto`, a table number or name, as written. `off` means no
+    /// routes, as with wg-quick ([`Interface::adds_routes`]); any other value
+    /// adds them to the main table inside the namespace (no policy routing
+    /// there).
     pub table: Option<String>,
+}
+
+impl Interface {
+    /// Whether the peers' AllowedIPs become routes: not with `Table = off`
+    /// (wg-quick's rule; we take `off` in any case).
+    pub fn adds_routes(&self) -> bool {
+        !self
+            .table
+            .as_deref()
+            .is_some_and(|t| t.eq_ignore_ascii_case("off"))
+    }
 }
 
 /// One `[Peer]` section.
@@ -577,12 +593,14 @@ impl<'s> Parser<'s> {
                 source_name: source.to_owned(),
             });
         };
+        let ignored_hooks = interface.hooks;
         let interface = interface.finish(source)?;
         let peers = finish_peers(self.peers, &interface, source)?;
         Ok(Config {
             interface,
             peers,
             warnings: self.warnings,
+            ignored_hooks,
         })
     }
 
@@ -739,6 +757,8 @@ struct InterfaceDraft {
     dns_search: Vec<String>,
     mtu: Option<At<u16>>,
     table: Option<At<String>>,
+    /// Hook lines seen (and ignored).
+    hooks: usize,
 }
 
 impl InterfaceDraft {
@@ -753,6 +773,7 @@ impl InterfaceDraft {
             dns_search: Vec::new(),
             mtu: None,
             table: None,
+            hooks: 0,
         }
     }
 
@@ -771,11 +792,13 @@ impl InterfaceDraft {
             InterfaceKey::Mtu => entry.put(&mut self.mtu, parse_mtu),
             InterfaceKey::Table => entry.put(&mut self.table, parse_table),
             InterfaceKey::Hook(name) => {
+                // What does their work instead depends on the form (attach,
+                // run): it says so once, from `Config::ignored_hooks`.
                 warnings.push(format!(
-                    "line {}: {name} is ignored: wireguard4netns runs no hooks; \
-                     set up the target's namespace yourself or use --configure",
+                    "line {}: {name} is ignored: wireguard4netns runs no hooks",
                     entry.line
                 ));
+                self.hooks += 1;
                 Ok(())
             }
             InterfaceKey::SaveConfig => {
@@ -1529,6 +1552,15 @@ mod tests {
     }
 
     #[test]
+    fn table_off_adds_no_routes() {
+        assert!(!interface("Table = off").adds_routes());
+        assert!(!interface("Table = Off").adds_routes());
+        assert!(interface("Table = auto").adds_routes());
+        assert!(interface("Table = 1234").adds_routes());
+        assert!(interface("").adds_routes());
+    }
+
+    #[test]
     fn hooks_and_save_config_are_warnings() {
         let config = parse(&with_interface(
             "PreUp = echo 1\nPostUp = echo 2\nPostUp = echo 3 # again\nPreDown = x\nPostDown = y\nSaveConfig = true\n",
@@ -1536,9 +1568,9 @@ mod tests {
         assert_eq!(config.warnings.len(), 6);
         assert_eq!(
             config.warnings[1],
-            "line 4: PostUp is ignored: wireguard4netns runs no hooks; \
-             set up the target's namespace yourself or use --configure"
+            "line 4: PostUp is ignored: wireguard4netns runs no hooks"
         );
+        assert_eq!(config.ignored_hooks, 5);
         assert!(config.warnings[0].starts_with("line 3: PreUp is ignored"));
         assert!(config.warnings[2].starts_with("line 5: PostUp is ignored"));
         assert!(config.warnings[3].starts_with("line 6: PreDown is ignored"));

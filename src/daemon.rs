@@ -9,7 +9,8 @@
 //! stdio at `/dev/null`, so `out=$(wireguard4netns …)` returns as soon as the
 //! tunnel is up, as with wireguard-go. It also moves to `/` and closes every
 //! descriptor it inherited but the ones it was handed (`--ready-fd`,
-//! `--exit-fd`), so it holds nothing of its caller's for the tunnel's lifetime.
+//! `--exit-fd`, and `--log-file`, where its log goes instead of nowhere), so it
+//! holds nothing of its caller's for the tunnel's lifetime.
 //! If the foreground process dies before the answer, the pipe loses its reader
 //! (`POLLERR`, then `EPIPE` on "ready") and the daemon stops: a start nobody
 //! waits for is abandoned, not served.
@@ -119,7 +120,7 @@ pub enum Daemonized {
 /// keeps no file system busy and resolves no relative path against it: the
 /// caller makes every path absolute first) and closes every inherited
 /// descriptor above stderr but `keep` (the `--ready-fd`/`--exit-fd` it was
-/// handed) and its notifier pipe: a descriptor the caller forgot to mark
+/// handed, the `--log-file` its log goes to) and its notifier pipe: a descriptor the caller forgot to mark
 /// close-on-exec (a lock file, the write end of somebody's pipe) must not live
 /// as long as the tunnel.
 ///

@@ -11,9 +11,11 @@
 
 pub mod attach;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod daemon;
 pub mod engine;
+pub mod exec;
 pub mod fdpass;
 pub mod inspector;
 pub mod keys;

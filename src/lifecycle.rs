@@ -100,6 +100,16 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// Give SIGPIPE its default action again, in a child about to exec a command:
+/// the Rust runtime ignores it in our process, and an ignored signal stays
+/// ignored across `execve` (a handled one does not).
+pub fn default_sigpipe() {
+    use nix::sys::signal::{SigHandler, signal};
+    // SAFETY: SIG_DFL installs no handler code, so nothing can run in signal
+    // context; the process is single-threaded (a forked child about to exec).
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 /// Take ownership of descriptor `fd` that the caller handed us with `flag`
 /// (e.g. `--ready-fd 5`): check that it is open and make it close-on-exec, so
 /// the command of `run` does not inherit it.
@@ -407,7 +417,13 @@ impl std::fmt::Display for StopReason {
 /// `run` needs that: a terminal sends Ctrl-C to its whole foreground process
 /// group, the command included, so forwarding it too would deliver it twice
 /// (sudo makes the same distinction).
-pub struct BlockedSignals(SignalFd);
+pub struct BlockedSignals(SignalFd, SigSet);
+
+impl AsFd for BlockedSignals {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
 
 /// A signal read from [`BlockedSignals`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -421,15 +437,39 @@ impl BlockedSignals {
     /// Block the signals and open the signalfd ([`engine_runtime`] does, before
     /// the runtime starts its threads: a thread that does not block them would
     /// take them the default way). A signal that arrives before
-    /// [`SignalWatch::next`] waits.
-    fn block() -> io::Result<Self> {
+    /// [`SignalWatch::next`] (or [`BlockedSignals::try_next`]) waits.
+    ///
+    /// A child forked after this inherits the mask, and `execve` keeps it:
+    /// the child restores its mask from [`BlockedSignals::previous_mask`].
+    pub fn block() -> io::Result<Self> {
         let mut mask = SigSet::empty();
         for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
             mask.add(signal);
         }
-        mask.thread_block()?;
+        let previous = mask.thread_swap_mask(nix::sys::signal::SigmaskHow::SIG_BLOCK)?;
         let fd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)?;
-        Ok(Self(fd))
+        Ok(Self(fd, previous))
+    }
+
+    /// The signal mask from before [`BlockedSignals::block`].
+    pub fn previous_mask(&self) -> SigSet {
+        self.1
+    }
+
+    /// The next signal if one is pending, without waiting: for a caller that
+    /// polls the descriptor itself (`exec`, which runs no tokio).
+    pub fn try_next(&self) -> io::Result<Option<ReceivedSignal>> {
+        loop {
+            let Some(info) = self.0.read_signal()? else {
+                return Ok(None);
+            };
+            if let Ok(signal) = Signal::try_from(info.ssi_signo as i32) {
+                return Ok(Some(ReceivedSignal {
+                    signal,
+                    from_kernel: info.ssi_code == libc::SI_KERNEL,
+                }));
+            }
+        }
     }
 
     /// Start reading them; needs a tokio runtime.

@@ -3,15 +3,20 @@
 
 #![forbid(unsafe_code)]
 
+use std::fs::File;
 use std::io::{IsTerminal, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use tracing_subscriber::EnvFilter;
 
 use wireguard4netns::attach::{self, Plan};
-use wireguard4netns::cli::{Cli, Command};
+use wireguard4netns::cli::{self, Cli, Command, Logging};
 use wireguard4netns::keys::{self, Key};
 
 fn main() -> ExitCode {
@@ -20,7 +25,19 @@ fn main() -> ExitCode {
     if let Some(code) = wireguard4netns::resolver::main_if_asked() {
         return ExitCode::from(code);
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let args: Vec<_> = std::env::args_os().collect();
+            if e.use_stderr()
+                && let Some(hint) = cli::misread_subcommand(&args)
+            {
+                eprintln!("wireguard4netns: {hint}");
+                return ExitCode::from(2);
+            }
+            e.exit()
+        }
+    };
     // The engine forms, before they read any key, so that no key is ever in a
     // process that our namespaces' inhabitants may inspect (see the
     // function's comment). Not the tools: the UAPI server refuses a client it
@@ -30,23 +47,40 @@ fn main() -> ExitCode {
         eprintln!("wireguard4netns: cannot make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
     }
-    let default_level = match cli.command {
-        // The command owns the terminal: only say something when it matters.
-        Some(Command::Run(_)) => "warn",
-        _ => "info",
+    // Opened now, before any fork and long before the engine confines
+    // itself (after which it may open no file): it only writes to it.
+    let log_fd = match init_logging(&cli.logging()) {
+        Ok(fd) => fd,
+        Err(e) => {
+            eprintln!("wireguard4netns: {e:#}");
+            return ExitCode::FAILURE;
+        }
     };
-    init_logging(cli.log_level.as_deref(), default_level);
-    match run(cli) {
+    match run(cli, log_fd) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("wireguard4netns: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(wireguard4netns::exec::status_of(&e).unwrap_or(1))
         }
     }
 }
 
-fn init_logging(level: Option<&str>, default_level: &str) {
-    let filter = match level {
+/// Open `--log-file` (appending; created 0600, as the log names peers and
+/// endpoints).
+fn open_log_file(path: &Path) -> anyhow::Result<File> {
+    File::options()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot open the log file {}", path.display()))
+}
+
+/// Set up the log; returns the descriptor of `--log-file`, which the
+/// background engine must keep open.
+fn init_logging(logging: &Logging) -> anyhow::Result<Option<RawFd>> {
+    let default_level = logging.default_level;
+    let filter = match logging.level.as_deref() {
         Some(level) => EnvFilter::try_new(level),
         None => EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(default_level)),
     };
@@ -59,17 +93,49 @@ fn init_logging(level: Option<&str>, default_level: &str) {
         Ok(quiet) => filter.add_directive(quiet),
         Err(_) => filter,
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match &logging.file {
+        Some(path) => {
+            let file = Arc::new(open_log_file(path)?);
+            let fd = file.as_raw_fd();
+            builder.with_writer(file).with_ansi(false).init();
+            Ok(Some(fd))
+        }
+        None => {
+            builder
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::stderr().is_terminal())
+                .init();
+            Ok(None)
+        }
+    }
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+fn run(cli: Cli, log_fd: Option<RawFd>) -> anyhow::Result<u8> {
     match cli.command {
         Some(Command::Run(args)) => wireguard4netns::run::exec(&args),
+        Some(Command::Exec(args)) => wireguard4netns::exec::exec(&args),
+        Some(Command::Completions(args)) => {
+            // Into a buffer first: clap_complete panics when its writer fails.
+            let mut script = Vec::new();
+            clap_complete::generate(
+                args.shell,
+                &mut Cli::command(),
+                "wireguard4netns",
+                &mut script,
+            );
+            let mut out = std::io::stdout().lock();
+            out.write_all(&script)
+                .and_then(|()| out.flush())
+                .context("cannot write to stdout")?;
+            Ok(0)
+        }
+        Some(Command::Help(args)) => {
+            cli::print_help(&args.command).map_err(|e| anyhow::anyhow!(e))?;
+            Ok(0)
+        }
         Some(Command::Show(args)) => Ok(wireguard4netns::tools::show(&args).map(|()| 0)?),
         Some(Command::Set(args)) => Ok(wireguard4netns::tools::set(&args).map(|()| 0)?),
         Some(Command::Genkey) => print_secret(&keys::generate_private()).map(|()| 0),
@@ -87,7 +153,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             print_key(&keys::public_from_private(&key)).map(|()| 0)
         }
         None => {
-            let plan = Plan::new(&cli.attach)?;
+            let mut plan = Plan::new(&cli.attach)?;
+            plan.log_fd = log_fd;
             attach::exec(plan).map(|()| 0)
         }
     }

@@ -278,6 +278,102 @@ fn owner_user_ns(ns: &OwnedFd) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The namespaces `exec` joins, in the order it joins them.
+///
+/// The user namespace joined first is the one that owns the network
+/// namespace, not necessarily the target's own: `run`'s command lives in a
+/// user namespace nested inside the one that owns its network (so that it
+/// holds no capability over it), and from there `setns(CLONE_NEWNET)` would be
+/// refused. So: the owner, the network, the mount namespace (when the target
+/// has one of its own), and last the target's own user namespace when it is
+/// another one, which leaves the command with the target's credentials.
+#[derive(Debug)]
+pub struct ExecNamespaces {
+    ns: Namespaces,
+    mnt: Option<OwnedFd>,
+    inner_user: Option<OwnedFd>,
+}
+
+impl ExecNamespaces {
+    pub fn target(&self) -> &Target {
+        &self.ns.target
+    }
+
+    /// Does the command get the target's mount namespace?
+    pub fn joins_mounts(&self) -> bool {
+        self.mnt.is_some()
+    }
+}
+
+/// Open and check what `exec` joins: [`open`]'s checks, plus the mount
+/// namespace of a PID target when it is not ours, and the user namespace that
+/// owns the network namespace. For a PID target the pidfd is checked once
+/// more after the last file is opened, for [`open`]'s reason.
+pub fn open_for_exec(target: &Target) -> Result<ExecNamespaces, NetnsError> {
+    let mut ns = open(target)?;
+    let mnt = match target {
+        Target::Pid(pid) => {
+            let mnt = open_ns(Path::new(&format!("/proc/{pid}/ns/mnt")))?;
+            (!same_ns(&mnt, "/proc/self/ns/mnt")?).then_some(mnt)
+        }
+        Target::Path { .. } => None,
+    };
+    if let Some(pidfd) = &ns.pidfd {
+        still_running(pidfd)?;
+    }
+    let mut inner_user = None;
+    if let Some(user) = ns.user.take() {
+        let owner = owner_user_ns(&ns.net).map_err(|error| NetnsError::OwnerUserNs {
+            path: PathBuf::from(target.to_string()),
+            error,
+        })?;
+        if !same_ns_fds(&user, &owner)? {
+            inner_user = Some(user);
+        }
+        ns.user = Some(owner);
+    }
+    Ok(ExecNamespaces {
+        ns,
+        mnt,
+        inner_user,
+    })
+}
+
+/// Join what [`open_for_exec`] opened, in this process. For a forked child
+/// about to exec: it must be single-threaded (`setns` refuses user and mount
+/// namespaces otherwise). Joining a mount namespace moves the working
+/// directory to its root; the caller goes back where it was if it can.
+pub fn enter(ns: ExecNamespaces) -> Result<(), String> {
+    let ExecNamespaces {
+        ns,
+        mnt,
+        inner_user,
+    } = ns;
+    let target = ns.target.clone();
+    join(ns)?;
+    if let Some(mnt) = mnt {
+        setns(&mnt, CloneFlags::CLONE_NEWNS)
+            .map_err(|e| format!("cannot join the mount namespace of {target}: {e}"))?;
+    }
+    if let Some(user) = inner_user {
+        setns(&user, CloneFlags::CLONE_NEWUSER)
+            .map_err(|e| format!("cannot join the user namespace of {target}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Same namespace, by (device, inode) of two nsfs descriptors.
+fn same_ns_fds(a: &OwnedFd, b: &OwnedFd) -> Result<bool, NetnsError> {
+    let meta = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map(fs::File::from)
+            .and_then(|f| f.metadata())
+            .map_err(NetnsError::Spawn)
+    };
+    let (a, b) = (meta(a)?, meta(b)?);
+    Ok(a.dev() == b.dev() && a.ino() == b.ino())
+}
+
 /// What the helper makes inside the namespace.
 #[derive(Debug, Clone)]
 pub struct TunRequest<'a> {

@@ -34,18 +34,17 @@ use nix::errno::Errno;
 use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, unshare};
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitStatus, waitpid};
-use nix::unistd::{
-    ForkResult, Gid, Pid, Uid, execv, getgid, getpgid, getpgrp, getpid, getsid, getuid,
-};
+use nix::sys::wait::waitpid;
+use nix::unistd::{ForkResult, Gid, Pid, Uid, getgid, getuid};
 
 use crate::attach::{resolve_endpoints, routes};
 use crate::cli::RunArgs;
+use crate::command::{exec_command, exit_code, forward, wait_status};
 use crate::config::Config;
 use crate::daemon::Janitor;
 use crate::engine::Engine;
 use crate::fdpass::{self, Channel};
-use crate::lifecycle::{self, PidFd, ReadyFd, ReceivedSignal};
+use crate::lifecycle::{self, PidFd, ReadyFd};
 use crate::netns::{self, Configure, TunRequest};
 use crate::sandbox::Sandbox;
 use crate::tun::{self, TunDevice};
@@ -57,23 +56,79 @@ const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 const REPLY_OK: &[u8] = b"ok";
 const REPLY_ERR: &[u8] = b"err:";
 
-/// Exit statuses of a shell that cannot run a command.
-const NOT_FOUND: i32 = 127;
-const NOT_EXECUTABLE: i32 = 126;
+/// The interface name for `run` when no `--ifname` is given.
+const FALLBACK_IFNAME: &str = "wg0";
 
 /// The interface name: `--ifname`, else the config file's stem when it is a
-/// valid interface name (`wg-quick up vpn.conf` makes `vpn`), else `wg0`.
-fn ifname(args: &RunArgs) -> anyhow::Result<String> {
+/// valid interface name (`wg-quick up vpn.conf` makes `vpn`), else `wg0`,
+/// with a warning saying why (two such configs would both be `wg0`, and their
+/// sockets collide).
+fn ifname(args: &RunArgs) -> anyhow::Result<(String, Option<String>)> {
     if let Some(name) = &args.ifname {
         tun::validate_ifname(name)?;
-        return Ok(name.clone());
+        return Ok((name.clone(), None));
     }
-    let stem = args
-        .config
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .filter(|s| tun::validate_ifname(s).is_ok());
-    Ok(stem.unwrap_or("wg0").to_owned())
+    Ok(ifname_from_config(&args.config))
+}
+
+/// The name `wg-quick` would take from the config file's name, or the
+/// fallback and why.
+fn ifname_from_config(config: &Path) -> (String, Option<String>) {
+    let Some(stem) = config.file_stem() else {
+        return (FALLBACK_IFNAME.to_owned(), None);
+    };
+    let why = match stem.to_str() {
+        Some(stem) => match tun::validate_ifname(stem) {
+            Ok(()) => return (stem.to_owned(), None),
+            Err(e) => e.to_string(),
+        },
+        None => "it is not UTF-8".to_owned(),
+    };
+    let warning = format!(
+        "{}: the interface is named {FALLBACK_IFNAME}, not after the file: {why} (choose a name with --ifname, or rename the file)",
+        config.display()
+    );
+    (FALLBACK_IFNAME.to_owned(), Some(warning))
+}
+
+/// What `run` does not do with a config, said once each at warn: the hooks
+/// (it needs none), and without `DNS=` the host's resolv.conf, kept as it
+/// is, whose loopback resolver (systemd-resolved's 127.0.0.53) would be the
+/// namespace's own loopback, where nothing answers. `host_resolv` is the
+/// host's /etc/resolv.conf, if readable.
+fn form_warnings(config: &Config, host_resolv: Option<&str>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    if config.ignored_hooks > 0 {
+        warnings.push(
+            "run needs no hooks: it sets up the interface, its addresses, routes and DNS itself, and the namespace has no other way out".to_owned(),
+        );
+    }
+    if resolv_conf(config).is_some() {
+        return warnings;
+    }
+    let loopback: Vec<&str> = host_resolv
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("nameserver"))
+        .map(str::trim)
+        .filter(|server| {
+            server
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+        })
+        .collect();
+    let mut warning =
+        "no DNS= in the config: the command keeps the host's /etc/resolv.conf".to_owned();
+    match loopback.first() {
+        Some(server) => warning.push_str(&format!(
+            ", whose nameserver {server} is the namespace's own loopback, where nothing answers: name lookups will fail (add DNS = a server reachable through the tunnel)"
+        )),
+        None => warning.push_str(
+            " (its servers are reached through the tunnel; a loopback one such as 127.0.0.53 would be the namespace's own, where nothing answers: add DNS = … to choose)",
+        ),
+    }
+    warnings.push(warning);
+    warnings
 }
 
 /// The resolv.conf the command sees, from the config's DNS= servers and search
@@ -108,16 +163,29 @@ struct ChildPlan<'a> {
     uid: Uid,
     gid: Gid,
     command: Vec<CString>,
+    /// For the engine, to log at warn once the tunnel is up (before the
+    /// command starts).
+    up_warnings: Vec<String>,
 }
 
 /// Run `wireguard4netns run` to the end; returns the command's exit status.
 pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
     lifecycle::check_handed_fds(&[("--ready-fd", args.ready_fd)])?;
-    let ifname = ifname(args)?;
+    let (ifname, ifname_warning) = ifname(args)?;
     let config = Config::from_file(&args.config)?;
+    let host_resolv = fs::read_to_string("/etc/resolv.conf").ok();
     for warning in &config.warnings {
         tracing::warn!("{}: {warning}", args.config.display());
     }
+    // Said once the tunnel is up, so that a start that fails says only why.
+    let up_warnings: Vec<String> = ifname_warning
+        .into_iter()
+        .chain(
+            form_warnings(&config, host_resolv.as_deref())
+                .into_iter()
+                .map(|w| format!("{}: {w}", args.config.display())),
+        )
+        .collect();
     if config.mtu() > tun::MAX_MTU {
         bail!(
             "{}: MTU {} is larger than this engine supports ({}); lower it",
@@ -180,6 +248,7 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         uid: getuid(),
         gid: getgid(),
         command,
+        up_warnings,
     };
     let (ours, theirs) = fdpass::channel_pair().context("cannot make a socketpair")?;
     let parent = nix::unistd::getpid();
@@ -283,6 +352,9 @@ fn parent_main(
             return Err(e);
         }
     };
+    for warning in &plan.up_warnings {
+        tracing::warn!("{warning}");
+    }
     channel.send(GO, None).context("cannot start the command")?;
     if let Some(ready) = ready_fd {
         ready.notify();
@@ -355,43 +427,6 @@ fn parent_main(
     Ok(exit_code(wait_status(child)))
 }
 
-/// Pass a signal sent to us on to the command, unless the terminal sent it to
-/// the command's process group as well (Ctrl-C): then it has it. The kernel
-/// sends a session leader's hangup to it alone, so that one is forwarded.
-fn forward(child: Pid, received: ReceivedSignal) {
-    let ReceivedSignal {
-        signal,
-        from_kernel,
-    } = received;
-    let hangup_for_us_alone = signal == Signal::SIGHUP && getsid(None).ok() == Some(getpid());
-    if from_kernel && !hangup_for_us_alone && getpgid(Some(child)).ok() == Some(getpgrp()) {
-        tracing::debug!("{signal} came from the terminal, which sent it to the command too");
-        return;
-    }
-    tracing::info!("forwarding {signal} to the command");
-    let _ = kill(child, signal);
-}
-
-/// Reap the child. `StillAlive` stands for "no status" (already reaped).
-fn wait_status(child: Pid) -> WaitStatus {
-    loop {
-        match waitpid(child, None) {
-            Ok(status @ (WaitStatus::Exited(..) | WaitStatus::Signaled(..))) => return status,
-            Ok(_) | Err(Errno::EINTR) => continue,
-            Err(_) => return WaitStatus::StillAlive,
-        }
-    }
-}
-
-/// A shell's convention: the exit code, or 128+N for death by signal N.
-fn exit_code(status: WaitStatus) -> u8 {
-    match status {
-        WaitStatus::Exited(_, code) => u8::try_from(code).unwrap_or(1),
-        WaitStatus::Signaled(_, sig, _) => 128u8.saturating_add(sig as u8),
-        _ => 1,
-    }
-}
-
 /// The child: make the namespaces, the TUN and the resolv.conf, hand the TUN
 /// over, wait for "go", exec the command. Never returns.
 ///
@@ -439,49 +474,6 @@ fn child_main(plan: &ChildPlan<'_>, channel: &Channel, parent: Pid) -> ! {
         plan.command[0].to_string_lossy()
     );
     lifecycle::exit_now(code)
-}
-
-/// Exec the command the way a shell does, and on failure return the shell's
-/// status and message: 127 when no such command exists, 126 when it exists but
-/// cannot be executed. (`execvp` alone would say EACCES for a missing command
-/// whenever some PATH directory is unreadable to us, and 126 for it.)
-fn exec_command(command: &[CString]) -> (i32, String) {
-    let program = &command[0];
-    let name = program.as_bytes();
-    let candidates: Vec<CString> = if name.contains(&b'/') {
-        vec![program.clone()]
-    } else {
-        let path =
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
-        path.as_bytes()
-            .split(|&b| b == b':')
-            .map(|dir| {
-                let dir = if dir.is_empty() { &b"."[..] } else { dir };
-                let mut full = dir.to_vec();
-                full.push(b'/');
-                full.extend_from_slice(name);
-                full
-            })
-            .filter_map(|full| CString::new(full).ok())
-            .collect()
-    };
-    let mut found = None;
-    for candidate in &candidates {
-        let path = Path::new(std::ffi::OsStr::from_bytes(candidate.as_bytes()));
-        if !path.is_file() {
-            continue;
-        }
-        let Err(err) = execv(candidate, command);
-        found.get_or_insert(err);
-    }
-    match found {
-        None if name.contains(&b'/') && !Path::new(std::ffi::OsStr::from_bytes(name)).exists() => {
-            (NOT_FOUND, "no such file or directory".to_owned())
-        }
-        None if name.contains(&b'/') => (NOT_EXECUTABLE, "is not a regular file".to_owned()),
-        None => (NOT_FOUND, "command not found".to_owned()),
-        Some(err) => (NOT_EXECUTABLE, format!("cannot execute: {}", err.desc())),
-    }
 }
 
 /// In the child: new user+net+mount namespaces with the caller mapped to root,
@@ -660,4 +652,70 @@ fn write_id_maps(
         });
     dumpable(false)?;
     written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(interface_extra: &str) -> Config {
+        let private = crate::keys::generate_private();
+        let peer = crate::keys::public_from_private(&crate::keys::generate_private());
+        Config::parse(
+            &format!(
+                "[Interface]\nPrivateKey = {private}\nAddress = 10.0.0.2/24\n{interface_extra}\n[Peer]\nPublicKey = {peer}\nAllowedIPs = 0.0.0.0/0\n"
+            ),
+            "test.conf",
+        )
+        .unwrap()
+    }
+
+    /// A file name that is no interface name: `wg0`, and a warning that says
+    /// so and why; a good one is taken as it is.
+    #[test]
+    fn the_fallback_name_is_explained() {
+        assert_eq!(
+            ifname_from_config(Path::new("/etc/wg/vpn.conf")),
+            ("vpn".to_owned(), None)
+        );
+        let (name, warning) = ifname_from_config(Path::new("/home/u/my-very-long-vpn-name.conf"));
+        assert_eq!(name, "wg0");
+        let warning = warning.expect("a warning");
+        assert!(
+            warning.starts_with(
+                "/home/u/my-very-long-vpn-name.conf: the interface is named wg0, not after the file: "
+            ),
+            "{warning}"
+        );
+        assert!(warning.contains("--ifname"), "{warning}");
+        let (name, warning) = ifname_from_config(Path::new("has space.conf"));
+        assert_eq!(name, "wg0");
+        assert!(warning.is_some());
+    }
+
+    /// No DNS=: one warning, naming a loopback resolver of the host's when
+    /// there is one; with DNS= nothing. Hooks: one line, and no word of the
+    /// attach form's --configure.
+    #[test]
+    fn run_says_what_it_keeps_and_ignores() {
+        let resolved = "# systemd-resolved\nnameserver 127.0.0.53\noptions edns0\n";
+        let warned = form_warnings(&config(""), Some(resolved));
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert!(
+            warned[0].starts_with("no DNS= in the config: the command keeps the host's /etc/resolv.conf, whose nameserver 127.0.0.53 is the namespace's own loopback"),
+            "{warned:?}"
+        );
+        let plain = form_warnings(&config(""), Some("nameserver 192.0.2.53\n"));
+        assert_eq!(plain.len(), 1, "{plain:?}");
+        assert!(plain[0].contains("127.0.0.53 would be"), "{plain:?}");
+        assert!(form_warnings(&config("DNS = 10.0.0.1\n"), Some(resolved)).is_empty());
+
+        let hooks = form_warnings(
+            &config("DNS = 10.0.0.1\nPostUp = true\nPreDown = true\n"),
+            None,
+        );
+        assert_eq!(hooks.len(), 1, "{hooks:?}");
+        assert!(hooks[0].starts_with("run needs no hooks"), "{hooks:?}");
+        assert!(!hooks[0].contains("--configure"), "{hooks:?}");
+    }
 }

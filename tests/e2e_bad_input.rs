@@ -107,6 +107,17 @@ impl World {
         self.dir.write("wg0.conf", &self.config.render(), 0o600)
     }
 
+    /// [`World::valid_config`] with `DNS =`, for `run`: without it, `run`
+    /// warns (once the tunnel is up) that the host's resolv.conf is kept,
+    /// a second line beside the refusal of a command that cannot run.
+    fn valid_run_config(&self) -> PathBuf {
+        let text =
+            self.config
+                .render()
+                .replacen("[Interface]\n", "[Interface]\nDNS = 192.0.2.53\n", 1);
+        self.dir.write("wg0.conf", &text, 0o600)
+    }
+
     /// Our binary as uid 65534: `FLAGS… --tmpdir TMPDIR TARGET IFNAME CONFIG`.
     fn attach_args(
         &self,
@@ -1351,7 +1362,7 @@ fn run_command_not_found() {
     let Some(w) = World::for_test("run_command_not_found") else {
         return;
     };
-    let config = w.valid_config();
+    let config = w.valid_run_config();
     let name = format!("{}-no-such-command", w.id.name(""));
     refused(
         &w,
@@ -1375,7 +1386,7 @@ fn run_command_not_executable() {
     let Some(w) = World::for_test("run_command_not_executable") else {
         return;
     };
-    let config = w.valid_config();
+    let config = w.valid_run_config();
     let script = w.dir.write("script.sh", "#!/bin/sh\nexit 0\n", 0o644);
     let shown = script.display().to_string();
     refused(

@@ -386,7 +386,10 @@ fn run_passes_exit_status_through() {
     let Some(id) = require_root_env("run_passes_exit_status_through") else {
         return;
     };
-    let w = RunWorld::new(id, false);
+    let mut w = RunWorld::new(id, false);
+    // With DNS= (and a config named like an interface), a run that goes well
+    // says nothing at the default level.
+    w.dns = vec![w.id.tunnel_v4(53).to_string()];
     for (script, want) in [("exit 0", 0), ("exit 7", 7), ("kill -TERM $$", 143)] {
         let out = w.sh(&[], script, QUICK_TIMEOUT);
         let (code, stdout, stderr) = code_of(script, &out);
@@ -399,6 +402,86 @@ fn run_passes_exit_status_through() {
             "`{script}`: our program wrote to stderr:\n{stderr}"
         );
         w.assert_nothing_left(script);
+    }
+}
+
+/// Without DNS= the command keeps the host's resolv.conf, and `run` says so
+/// once, at the default level (warn), once the tunnel is up; a config file
+/// whose name is no interface name gives `wg0`, with a warning that says so
+/// and why. The command's SIGPIPE is not left ignored (Rust ignores it in our
+/// process, and an ignored signal survives exec).
+#[test]
+fn run_warns_once_about_the_kept_resolv_conf_and_a_fallback_name() {
+    let Some(id) =
+        require_root_env("run_warns_once_about_the_kept_resolv_conf_and_a_fallback_name")
+    else {
+        return;
+    };
+    let w = RunWorld::new(id, false);
+    let config = w.write_config("a-name-longer-than-an-ifname.conf");
+    let dir = w.sock_dir();
+    let script = "ip -o link show dev wg0 >/dev/null && grep SigIgn /proc/self/status";
+    let mut c = run_form(&config, &dir, &[], ["sh", "-c", script]);
+    c.current_dir(w.dir.path());
+    let out = run_timeout(&mut c, None, QUICK_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let (code, stdout, stderr) = code_of("fallback name", &out);
+    assert_eq!(code, 0, "no wg0 inside\n{stdout}\n{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    let said = |what: &str| lines.iter().filter(|l| l.contains(what)).count();
+    assert_eq!(
+        said("no DNS= in the config: the command keeps the host's /etc/resolv.conf"),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        said("the interface is named wg0, not after the file"),
+        1,
+        "{stderr}"
+    );
+    assert!(lines.iter().all(|l| l.contains("WARN")), "{stderr}");
+    let ignored = stdout
+        .trim()
+        .strip_prefix("SigIgn:")
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .unwrap_or_else(|| panic!("no SigIgn line:\n{stdout}"));
+    assert_eq!(ignored & (1 << 12), 0, "SIGPIPE is ignored in the command");
+    w.assert_nothing_left("fallback name");
+}
+
+/// `Table = off`, as with wg-quick: no routes for the peers' AllowedIPs (the
+/// address's own prefix route, which the kernel adds, stays); without it the
+/// AllowedIPs are routed through the tunnel.
+#[test]
+fn run_table_off_adds_no_routes() {
+    let Some(id) = require_root_env("run_table_off_adds_no_routes") else {
+        return;
+    };
+    let mut w = RunWorld::new(id, false);
+    w.config.allowed_ips.push("192.0.2.0/24".to_owned());
+    let prefix = format!("{}/24", w.id.tunnel_v4(0));
+    for (table, routed) in [("", true), ("Table = off\n", false)] {
+        let text = w.config.render().replacen(
+            "[Interface]\n",
+            &format!("[Interface]\nDNS = {}\n{table}", w.id.tunnel_v4(53)),
+            1,
+        );
+        let config = w.dir.write("wg0.conf", &text, 0o600);
+        let mut c = run_form(&config, &w.sock_dir(), &[], ["ip", "-4", "route"]);
+        c.current_dir(w.dir.path());
+        let out = run_timeout(&mut c, None, QUICK_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        let (code, stdout, stderr) = code_of(table, &out);
+        assert_eq!(code, 0, "{table:?}\n{stdout}\n{stderr}");
+        assert_eq!(
+            stdout.contains("192.0.2.0/24 dev wg0"),
+            routed,
+            "{table:?}: routes\n{stdout}"
+        );
+        assert!(
+            stdout.contains(&prefix),
+            "{table:?}: no prefix route\n{stdout}"
+        );
+        w.assert_nothing_left(table);
     }
 }
 

@@ -45,7 +45,7 @@ const KEY_BASE64_LEN: usize = 44;
 #[derive(Debug, Clone, Args)]
 pub struct SetArgs {
     /// Directory of the UAPI sockets [default: /var/run/wireguard as root,
-    /// else $XDG_RUNTIME_DIR/wireguard4netns]
+    /// else $XDG_RUNTIME_DIR/wireguard4netns, else /tmp/wireguard4netns-UID]
     #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
     pub tmpdir: Option<PathBuf>,
 

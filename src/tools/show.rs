@@ -32,7 +32,7 @@ use super::proto::{Device, EndpointText, Peer};
 #[derive(Debug, Clone, Args)]
 pub struct ShowArgs {
     /// Directory of the UAPI sockets [default: /var/run/wireguard as root,
-    /// else $XDG_RUNTIME_DIR/wireguard4netns]
+    /// else $XDG_RUNTIME_DIR/wireguard4netns, else /tmp/wireguard4netns-UID]
     #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
     pub tmpdir: Option<PathBuf>,
 

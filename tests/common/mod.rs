@@ -1689,7 +1689,15 @@ pub struct Target {
 
 impl Target {
     pub fn spawn() -> Self {
-        let mut child = as_user("unshare", ["-Urn", "sh", "-c", "exec sleep 300"])
+        Self::spawn_with("-Urn", "")
+    }
+
+    /// [`Target::spawn`] with other `unshare` flags (e.g. `-Urnm` for a mount
+    /// namespace too) and a shell prelude run inside before the `exec sleep`
+    /// (e.g. a bind mount); the prelude must not fail.
+    pub fn spawn_with(unshare_flags: &str, prelude: &str) -> Self {
+        let script = format!("{prelude}\nexec sleep 300");
+        let mut child = as_user("unshare", [unshare_flags, "sh", "-ec", &script])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
