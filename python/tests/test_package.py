@@ -1,0 +1,57 @@
+"""The installed package: its binary, its module, its API's contract (no root needed)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+import wireguard4netns
+from wireguard4netns import TunnelError, create_wireguard_tunnel, find_wireguard4netns_bin
+
+
+def test_binary_is_the_one_installed_with_the_package_not_on_path():
+    binary = find_wireguard4netns_bin()
+    # A venv install: the scheme's scripts directory, next to the interpreter.
+    assert binary == Path(sysconfig.get_path("scripts")) / "wireguard4netns"
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, env={"PATH": ""})
+    assert out.returncode == 0 and out.stdout.strip() == f"wireguard4netns {wireguard4netns.__version__}"
+
+
+def test_python_dash_m_runs_the_binary():
+    out = subprocess.run([sys.executable, "-m", "wireguard4netns", "--version"], capture_output=True, text=True,
+                         timeout=10, env={"PATH": ""})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == f"wireguard4netns {wireguard4netns.__version__}"
+
+
+def test_typed_package():
+    assert (Path(wireguard4netns.__file__).parent / "py.typed").is_file()
+
+
+def test_tunnel_error_is_a_called_process_error_with_the_one_line_message():
+    error = TunnelError(1, ["wireguard4netns", "1", "wg0", "/dev/stdin"], b"",
+                        b"2026 WARN something\nwireguard4netns: cannot do X: why (hint: fix)\n")
+    assert isinstance(error, subprocess.CalledProcessError)
+    assert str(error) == "wireguard4netns: cannot do X: why (hint: fix)"
+    assert error.returncode == 1 and error.cmd[0] == "wireguard4netns"
+    assert str(TunnelError(-9, ["x"])) == "wireguard4netns: killed by signal 9 before the tunnel was up"
+
+
+@pytest.mark.parametrize("bad", [42, None, ["[Interface]"], object()])
+def test_wrong_config_type_is_a_type_error(bad):
+    with pytest.raises(TypeError, match="wg_config must be"):
+        create_wireguard_tunnel(os.getpid(), "wg0", bad)
+
+
+def test_config_text_goes_on_stdin_and_errors_name_its_line(tmp_path):
+    # Our own PID is in our own namespaces: refused before anything is made,
+    # but after the config has been read from the pipe and checked.
+    with pytest.raises(TunnelError) as raised:
+        create_wireguard_tunnel(os.getpid(), "wg0", "[Interface]\nPrivateKey = nope\n", tmp_path)
+    assert raised.value.message.startswith("wireguard4netns: /dev/stdin:2:"), raised.value.message
+    assert "/dev/stdin" in raised.value.cmd and "nope" not in " ".join(raised.value.cmd)
