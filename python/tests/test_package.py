@@ -55,3 +55,29 @@ def test_config_text_goes_on_stdin_and_errors_name_its_line(tmp_path):
         create_wireguard_tunnel(os.getpid(), "wg0", "[Interface]\nPrivateKey = nope\n", tmp_path)
     assert raised.value.message.startswith("wireguard4netns: /dev/stdin:2:"), raised.value.message
     assert "/dev/stdin" in raised.value.cmd and "nope" not in " ".join(raised.value.cmd)
+
+
+@pytest.mark.parametrize("layout", ["target", "prefix"])
+def test_binary_found_in_other_install_layouts(tmp_path, layout):
+    """``pip install --target DIR`` puts scripts in DIR/bin, ``--prefix P`` in
+    P/bin: the module finds the binary installed with it there too, not the
+    one of the environment running it."""
+    wheel = os.environ.get("W4N_WHEEL")
+    if not wheel:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and W4N_WHEEL (the built wheel) is not set; python/tests/run sets it")
+        pytest.skip("W4N_WHEEL (the built wheel) is not set; python/tests/run sets it")
+    dest = tmp_path / layout
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", f"--{layout}", str(dest), wheel],
+                   check=True, capture_output=True, timeout=120)
+    if layout == "target":
+        site, expected = dest, dest / "bin" / "wireguard4netns"
+    else:
+        (site,) = dest.glob("lib/python3*/site-packages")
+        expected = dest / "bin" / "wireguard4netns"
+    probe = "import wireguard4netns; print(wireguard4netns.__file__); print(wireguard4netns.find_wireguard4netns_bin())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30,
+                         env={"PYTHONPATH": str(site), "PATH": ""}, check=True)
+    module, found = out.stdout.split()
+    assert Path(module).parent == site / "wireguard4netns"
+    assert Path(found) == expected and expected.is_file()
