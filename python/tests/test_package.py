@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import sysconfig
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,21 @@ def test_binary_found_in_other_install_layouts(tmp_path, layout):
     module, found = out.stdout.split()
     assert Path(module).parent == site / "wireguard4netns"
     assert Path(found) == expected and expected.is_file()
+
+
+def test_a_start_that_hangs_is_killed_at_the_timeout(tmp_path):
+    """A FIFO with no writer as the config path: the binary blocks opening it.
+    The call gives up at ``timeout`` with a TunnelError, and the binary,
+    killed by its PID before it was ready, leaves nothing behind."""
+    fifo = tmp_path / "wg.conf"
+    os.mkfifo(fifo, 0o600)
+    no_such_pid = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    started = time.monotonic()
+    with pytest.raises(subprocess.CalledProcessError) as raised:
+        create_wireguard_tunnel(no_such_pid, "wg0", fifo, tmp_path, timeout=1)
+    elapsed = time.monotonic() - started
+    assert isinstance(raised.value, TunnelError)
+    assert 1 <= elapsed < 4, elapsed
+    assert raised.value.returncode == -9
+    assert str(raised.value).startswith("wireguard4netns: the tunnel was not up within 1 s")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["wg.conf"]

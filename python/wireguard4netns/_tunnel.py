@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import operator
 import os
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -43,6 +44,15 @@ _NAMESPACE_WAIT = 2.0
 _NAMESPACE_POLL = 0.005
 # After killing an overdue start, how long its pipes may take to close.
 _KILL_GRACE = 2.0
+# A log line of the binary: "2026-01-01T00:00:00.000000Z  WARN message".
+_LOG_LINE = re.compile(r"^\S+\s+(TRACE|DEBUG|INFO|WARN|ERROR)\s+(.*)$")
+_LEVELS = {
+    "TRACE": logging.DEBUG,
+    "DEBUG": logging.DEBUG,
+    "INFO": logging.INFO,
+    "WARN": logging.WARNING,
+    "ERROR": logging.ERROR,
+}
 
 
 class WireguardConfigLike(Protocol):
@@ -156,8 +166,7 @@ def create_wireguard_tunnel(
     stdout, stderr, returncode = _run_bounded(cmd, config_text, deadline, timeout)
     if returncode != 0:
         raise TunnelError(returncode, cmd, stdout, stderr)
-    for line in _lines(stderr):
-        _log.warning("%s", line)
+    _forward_log(stderr)
 
 
 def _config_source(wg_config: ConfigSource) -> Tuple[str, Optional[bytes]]:
@@ -267,6 +276,17 @@ def _namespaces_ready(pid: int) -> bool:
 def _same_file(a: Path, b: Path) -> bool:
     sa, sb = a.stat(), b.stat()
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _forward_log(stderr: Optional[bytes]) -> None:
+    """The binary's log lines of a successful start (warnings about settings
+    it ignores, say) to the ``wireguard4netns`` logger, at their level."""
+    for line in _lines(stderr):
+        match = _LOG_LINE.match(line)
+        if match:
+            _log.log(_LEVELS[match.group(1)], "%s", match.group(2))
+        else:
+            _log.warning("%s", line)
 
 
 def _lines(data: Optional[bytes]) -> List[str]:

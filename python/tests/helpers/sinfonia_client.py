@@ -21,6 +21,7 @@ that is gone, a bad key), timed, with what was raised.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -38,9 +39,23 @@ ENGINE_EXIT_WAIT = 5.0
 APP_TIMEOUT = 60.0
 
 
+class Collect(logging.Handler):
+    """The records of the ``wireguard4netns`` logger, for the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.getMessage()}")
+
+
 def main() -> int:
     spec = json.load(sys.stdin)
+    collect = Collect()
+    logging.getLogger("wireguard4netns").addHandler(collect)
     result = flow(spec) if spec["mode"] == "flow" else fail(spec)
+    result["log"] = collect.lines
     print(json.dumps(result), flush=True)
     return 0
 
