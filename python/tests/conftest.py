@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, List, Optional
+from typing import Any, Iterator
 
 import pytest
 
@@ -58,7 +58,9 @@ def requirement_missing(reason: str) -> None:
 def root_env() -> None:
     """Root, the tools, and an interpreter uid 65534 can run."""
     if os.geteuid() != 0:
-        requirement_missing("the peers' namespaces need root (run as root; the code under test runs as uid 65534)")
+        requirement_missing(
+            "the peers' namespaces need root (run as root; the code under test runs as uid 65534)"
+        )
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         requirement_missing(f"missing tools: {', '.join(missing)} (python/tests/run installs them)")
@@ -66,6 +68,7 @@ def root_env() -> None:
         [*AS_NOBODY, sys.executable, "-c", "import wireguard4netns, wireguard_tools"],
         capture_output=True,
         timeout=CMD_TIMEOUT,
+        check=False,
     )
     if check.returncode != 0:
         requirement_missing(
@@ -98,7 +101,7 @@ def _pid_alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
 
-def _holder(claim: Path) -> Optional[int]:
+def _holder(claim: Path) -> int | None:
     try:
         return int(claim.read_text().strip())
     except (OSError, ValueError):
@@ -177,8 +180,10 @@ def test_id(root_env: None) -> Iterator[TestId]:
 # Commands, bounded
 
 
-def run(args: List[str], *, check: bool = True, timeout: float = CMD_TIMEOUT, **kw: Any) -> subprocess.CompletedProcess:
-    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, **kw)
+def run(
+    args: list[str], *, check: bool = True, timeout: float = CMD_TIMEOUT, **kw: Any
+) -> subprocess.CompletedProcess:
+    out = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False, **kw)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({out.returncode}): {out.stderr.strip()}")
     return out
@@ -208,7 +213,11 @@ def run_client(helpers: Path, spec: dict, timeout: float = CLIENT_TIMEOUT) -> di
     It runs in a session of its own, so when it overruns the whole group it
     started (unshare, the application) is killed with it, by process group
     id; the engine then ends with its target."""
-    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": "/nonexistent", "LANG": "C.UTF-8"}
+    env = {
+        "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "HOME": "/nonexistent",
+        "LANG": "C.UTF-8",
+    }
     proc = subprocess.Popen(
         [*AS_NOBODY, sys.executable, str(helpers / "sinfonia_client.py")],
         stdin=subprocess.PIPE,
@@ -224,7 +233,9 @@ def run_client(helpers: Path, spec: dict, timeout: float = CLIENT_TIMEOUT) -> di
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         raise AssertionError(f"the client ran over {timeout:g} s\n--- stderr ---\n{err.decode()}")
-    assert proc.returncode == 0, f"client failed ({proc.returncode})\n--- stderr ---\n{err.decode()}"
+    assert proc.returncode == 0, (
+        f"client failed ({proc.returncode})\n--- stderr ---\n{err.decode()}"
+    )
     result = json.loads(out)
     result["_stderr"] = err.decode()
     return result
@@ -248,7 +259,7 @@ class Peer:
     http_port: int
     dns_name: str
     token: str
-    procs: List[subprocess.Popen]
+    procs: list[subprocess.Popen]
     log: Path
 
     def client_config(self, client_private: str, **extra: Any) -> dict:
@@ -278,13 +289,13 @@ class Peer:
 @pytest.fixture
 def make_peer(test_id: TestId, helpers_dir: Path) -> Iterator[Any]:
     """Build the peer for a client public key (and optional preshared key)."""
-    made: List[Peer] = []
+    made: list[Peer] = []
     netns = test_id.name("n0")
     outer, inner = test_id.name("o0"), test_id.name("i0")
     ifname = test_id.name("w0")
     files = Path(tempfile.mkdtemp(prefix=f"{test_id.name('')}-pypeer-"))
 
-    def build(client_public: str, preshared_key: Optional[str] = None) -> Peer:
+    def build(client_public: str, preshared_key: str | None = None) -> Peer:
         outer_addr, inner_addr = test_id.veth_addrs(0)
         run(["ip", "netns", "add", netns])
         run(["ip", "link", "add", outer, "type", "veth", "peer", "name", inner, "netns", netns])
@@ -295,17 +306,36 @@ def make_peer(test_id: TestId, helpers_dir: Path) -> Iterator[Any]:
         run(["ip", "-n", netns, "link", "set", inner, "up"])
 
         log = files / "peer.log"
-        procs: List[subprocess.Popen] = []
-        env = dict(os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="verbose")
+        procs: list[subprocess.Popen] = []
+        env = dict(
+            os.environ, WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD="1", LOG_LEVEL="verbose"
+        )
         with open(log, "ab") as log_file:
-            procs.append(subprocess.Popen(
-                ["ip", "netns", "exec", netns, "wireguard-go", "-f", ifname],
-                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, env=env,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", netns, "wireguard-go", "-f", ifname],
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=log_file,
+                    env=env,
+                )
+            )
         private, public = wg_genkey()
         tunnel = test_id.tunnel_v4(1)
-        peer = Peer(test_id, netns, ifname, private, public, f"{inner_addr}:{test_id.port(0)}",
-                    tunnel, 8080, "web.sinfonia.test", secrets.token_hex(16), procs, log)
+        peer = Peer(
+            test_id,
+            netns,
+            ifname,
+            private,
+            public,
+            f"{inner_addr}:{test_id.port(0)}",
+            tunnel,
+            8080,
+            "web.sinfonia.test",
+            secrets.token_hex(16),
+            procs,
+            log,
+        )
         made.append(peer)
         socket = WG_RUN_DIR / f"{ifname}.sock"
         deadline = time.monotonic() + 10
@@ -315,8 +345,19 @@ def make_peer(test_id: TestId, helpers_dir: Path) -> Iterator[Any]:
         key_file = files / "private.key"
         key_file.write_text(private + "\n")
         key_file.chmod(0o600)
-        args = ["wg", "set", ifname, "private-key", str(key_file), "listen-port", str(test_id.port(0)),
-                "peer", client_public, "allowed-ips", f"{test_id.tunnel_v4(2)}/32"]
+        args = [
+            "wg",
+            "set",
+            ifname,
+            "private-key",
+            str(key_file),
+            "listen-port",
+            str(test_id.port(0)),
+            "peer",
+            client_public,
+            "allowed-ips",
+            f"{test_id.tunnel_v4(2)}/32",
+        ]
         if preshared_key is not None:
             psk_file = files / "psk"
             psk_file.write_text(preshared_key + "\n")
@@ -326,16 +367,19 @@ def make_peer(test_id: TestId, helpers_dir: Path) -> Iterator[Any]:
         run(["ip", "-n", netns, "addr", "add", f"{tunnel}/24", "dev", ifname])
         run(["ip", "-n", netns, "link", "set", ifname, "up"])
 
-        services = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "/usr/bin/python3", str(helpers_dir / "peer_services.py"),
-             "--listen", tunnel, "--http-port", "8080", "--name", peer.dns_name,
-             "--answer", tunnel, "--token", peer.token],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=open(files / "services.log", "ab"),
-        )
+        command = ["ip", "netns", "exec", netns, "/usr/bin/python3"]
+        command += [str(helpers_dir / "peer_services.py"), "--listen", tunnel, "--http-port"]
+        command += ["8080", "--name", peer.dns_name, "--answer", tunnel, "--token", peer.token]
+        with open(files / "services.log", "ab") as services_log:
+            services = subprocess.Popen(
+                command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=services_log
+            )
         procs.append(services)
         assert services.stdout is not None
         ready = services.stdout.readline().decode().strip()
-        assert ready == "ready", f"peer services did not start: {(files / 'services.log').read_text()}"
+        assert ready == "ready", (
+            f"peer services did not start: {(files / 'services.log').read_text()}"
+        )
         return peer
 
     try:

@@ -10,22 +10,41 @@ import time
 from pathlib import Path
 
 import pytest
-
 import wireguard4netns
-from wireguard4netns import TunnelError, create_wireguard_tunnel, find_wireguard4netns_bin
+from wireguard4netns import (
+    TunnelError,
+    create_wireguard_tunnel,
+    find_wireguard4netns_bin,
+)
 
 
 def test_binary_is_the_one_installed_with_the_package_not_on_path():
     binary = find_wireguard4netns_bin()
     # A venv install: the scheme's scripts directory, next to the interpreter.
     assert binary == Path(sysconfig.get_path("scripts")) / "wireguard4netns"
-    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=10, env={"PATH": ""})
-    assert out.returncode == 0 and out.stdout.strip() == f"wireguard4netns {wireguard4netns.__version__}"
+    out = subprocess.run(
+        [str(binary), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"PATH": ""},
+        check=False,
+    )
+    assert (
+        out.returncode == 0
+        and out.stdout.strip() == f"wireguard4netns {wireguard4netns.__version__}"
+    )
 
 
 def test_python_dash_m_runs_the_binary():
-    out = subprocess.run([sys.executable, "-m", "wireguard4netns", "--version"], capture_output=True, text=True,
-                         timeout=10, env={"PATH": ""})
+    out = subprocess.run(
+        [sys.executable, "-m", "wireguard4netns", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        env={"PATH": ""},
+        check=False,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"wireguard4netns {wireguard4netns.__version__}"
 
@@ -35,12 +54,19 @@ def test_typed_package():
 
 
 def test_tunnel_error_is_a_called_process_error_with_the_one_line_message():
-    error = TunnelError(1, ["wireguard4netns", "1", "wg0", "/dev/stdin"], b"",
-                        b"2026 WARN something\nwireguard4netns: cannot do X: why (hint: fix)\n")
+    error = TunnelError(
+        1,
+        ["wireguard4netns", "1", "wg0", "/dev/stdin"],
+        b"",
+        b"2026 WARN something\nwireguard4netns: cannot do X: why (hint: fix)\n",
+    )
     assert isinstance(error, subprocess.CalledProcessError)
     assert str(error) == "wireguard4netns: cannot do X: why (hint: fix)"
     assert error.returncode == 1 and error.cmd[0] == "wireguard4netns"
-    assert str(TunnelError(-9, ["x"])) == "wireguard4netns: killed by signal 9 before the tunnel was up"
+    assert (
+        str(TunnelError(-9, ["x"]))
+        == "wireguard4netns: killed by signal 9 before the tunnel was up"
+    )
 
 
 @pytest.mark.parametrize("bad", [42, None, ["[Interface]"], object()])
@@ -66,19 +92,42 @@ def test_binary_found_in_other_install_layouts(tmp_path, layout):
     wheel = os.environ.get("W4N_WHEEL")
     if not wheel:
         if os.environ.get("CI") == "true":
-            pytest.fail("CI=true and W4N_WHEEL (the built wheel) is not set; python/tests/run sets it")
+            pytest.fail(
+                "CI=true and W4N_WHEEL (the built wheel) is not set; python/tests/run sets it"
+            )
         pytest.skip("W4N_WHEEL (the built wheel) is not set; python/tests/run sets it")
     dest = tmp_path / layout
-    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--ignore-installed", f"--{layout}", str(dest), wheel],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--ignore-installed",
+            f"--{layout}",
+            str(dest),
+            wheel,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     if layout == "target":
         site, expected = dest, dest / "bin" / "wireguard4netns"
     else:
         (site,) = dest.glob("lib/python3*/site-packages")
         expected = dest / "bin" / "wireguard4netns"
     probe = "import wireguard4netns; print(wireguard4netns.__file__); print(wireguard4netns.find_wireguard4netns_bin())"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30,
-                         env={"PYTHONPATH": str(site), "PATH": ""}, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"PYTHONPATH": str(site), "PATH": ""},
+        check=True,
+    )
     module, found = out.stdout.split()
     assert Path(module).parent == site / "wireguard4netns"
     assert Path(found) == expected and expected.is_file()

@@ -11,7 +11,6 @@ name through the tunnel.
 from __future__ import annotations
 
 import pytest
-
 from conftest import Peer, run_client, wg_genkey
 
 FAIL_BUDGET_S = 5.0
@@ -43,7 +42,9 @@ def assert_flow_ok(result: dict, peer: Peer) -> None:
     assert f"nameserver {peer.tunnel_v4}" in app["resolv_conf"], context
 
 
-def test_sinfonia_flow_fetches_by_name_through_the_tunnel_and_ends_with_the_namespace(make_peer, helpers_dir):
+def test_sinfonia_flow_fetches_by_name_through_the_tunnel_and_ends_with_the_namespace(
+    make_peer, helpers_dir
+):
     private, public = wg_genkey()
     peer = make_peer(public)
     result = run_client(helpers_dir, flow_spec(peer, peer.client_config(private)))
@@ -114,7 +115,9 @@ def good_config(peer_public: str) -> dict:
     return {
         "private_key": wg_genkey()[0],
         "addresses": ["10.99.0.2/24"],
-        "peers": [{"public_key": peer_public, "endpoint": "127.0.0.1:9", "allowed_ips": ["0.0.0.0/0"]}],
+        "peers": [
+            {"public_key": peer_public, "endpoint": "127.0.0.1:9", "allowed_ips": ["0.0.0.0/0"]}
+        ],
     }
 
 

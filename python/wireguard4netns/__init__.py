@@ -25,7 +25,12 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from ._binary import find_wireguard4netns_bin
-from ._tunnel import DEFAULT_TIMEOUT, TunnelError, WireguardConfigLike, create_wireguard_tunnel
+from ._tunnel import (
+    DEFAULT_TIMEOUT,
+    TunnelError,
+    WireguardConfigLike,
+    create_wireguard_tunnel,
+)
 
 try:
     __version__ = version("wireguard4netns")

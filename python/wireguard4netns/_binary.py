@@ -17,7 +17,7 @@ import os
 import sys
 import sysconfig
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Iterator
 
 BINARY_NAME = "wireguard4netns"
 
@@ -72,20 +72,20 @@ def _scripts_dirs(site_dir: Path) -> Iterator[Path]:
     yield site_dir / "bin"
 
 
-def _scheme_names() -> list:
+def _scheme_names() -> list[str]:
     """The interpreter's preferred schemes first (distributions add their own)."""
-    preferred = []
+    preferred: list[str] = []
     if sys.version_info >= (3, 10):
         for key in ("prefix", "user", "home"):
             try:
-                preferred.append(sysconfig.get_preferred_scheme(key))  # type: ignore[arg-type]
+                preferred.append(sysconfig.get_preferred_scheme(key))
             except (KeyError, ValueError):
                 pass
     rest = [name for name in sysconfig.get_scheme_names() if name not in preferred]
     return preferred + rest
 
 
-def _scheme_paths(scheme: str, base: Optional[str]) -> Optional[Dict[str, str]]:
+def _scheme_paths(scheme: str, base: str | None) -> dict[str, str] | None:
     variables = None
     if base is not None:
         variables = {

@@ -28,7 +28,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
-from typing import List, Optional, Protocol, Sequence, Tuple, Union
+from typing import Protocol, Sequence, Union
 
 _log = logging.getLogger("wireguard4netns")
 
@@ -80,9 +80,9 @@ class TunnelError(subprocess.CalledProcessError):
         self,
         returncode: int,
         cmd: Sequence[str],
-        output: Optional[bytes] = None,
-        stderr: Optional[bytes] = None,
-        message: Optional[str] = None,
+        output: bytes | None = None,
+        stderr: bytes | None = None,
+        message: str | None = None,
     ) -> None:
         super().__init__(returncode, list(cmd), output, stderr)
         self.message = message or _last_line(stderr) or _fallback_message(returncode)
@@ -101,7 +101,7 @@ def create_wireguard_tunnel(
     ns_pid: int,
     interface: str,
     wg_config: ConfigSource,
-    tmpdir: Union[str, "os.PathLike[str]", None] = None,
+    tmpdir: str | os.PathLike[str] | None = None,
     *,
     timeout: float = DEFAULT_TIMEOUT,
 ) -> None:
@@ -169,7 +169,7 @@ def create_wireguard_tunnel(
     _forward_log(stderr)
 
 
-def _config_source(wg_config: ConfigSource) -> Tuple[str, Optional[bytes]]:
+def _config_source(wg_config: ConfigSource) -> tuple[str, bytes | None]:
     """(the CONFIG argument, the text to send on its pipe or None)."""
     to_wgconfig = getattr(wg_config, "to_wgconfig", None)
     if callable(to_wgconfig):
@@ -196,8 +196,8 @@ def _config_source(wg_config: ConfigSource) -> Tuple[str, Optional[bytes]]:
 
 
 def _run_bounded(
-    cmd: List[str], config_text: Optional[bytes], deadline: float, timeout: float
-) -> Tuple[bytes, bytes, int]:
+    cmd: list[str], config_text: bytes | None, deadline: float, timeout: float
+) -> tuple[bytes, bytes, int]:
     """Run ``cmd`` with ``config_text`` on stdin; kill it at ``deadline``."""
     proc = subprocess.Popen(
         cmd,
@@ -226,7 +226,7 @@ def _run_bounded(
     return stdout, stderr, proc.returncode
 
 
-def _kill(proc: "subprocess.Popen[bytes]") -> Tuple[bytes, bytes]:
+def _kill(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
     """Kill our child by its PID and collect what it wrote, bounded."""
     proc.kill()
     try:
@@ -278,7 +278,7 @@ def _same_file(a: Path, b: Path) -> bool:
     return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
-def _forward_log(stderr: Optional[bytes]) -> None:
+def _forward_log(stderr: bytes | None) -> None:
     """The binary's log lines of a successful start (warnings about settings
     it ignores, say) to the ``wireguard4netns`` logger, at their level."""
     for line in _lines(stderr):
@@ -289,12 +289,12 @@ def _forward_log(stderr: Optional[bytes]) -> None:
             _log.warning("%s", line)
 
 
-def _lines(data: Optional[bytes]) -> List[str]:
+def _lines(data: bytes | None) -> list[str]:
     text = (data or b"").decode("utf-8", errors="replace")
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _last_line(data: Optional[bytes]) -> Optional[str]:
+def _last_line(data: bytes | None) -> str | None:
     lines = _lines(data)
     return lines[-1] if lines else None
 

@@ -13,6 +13,7 @@ import json
 import socket
 import sys
 import urllib.request
+from pathlib import Path
 
 
 def main() -> int:
@@ -23,7 +24,7 @@ def main() -> int:
 
     result: dict[str, object] = {
         "interfaces": sorted(name for _, name in socket.if_nameindex()),
-        "resolv_conf": open("/etc/resolv.conf").read(),
+        "resolv_conf": Path("/etc/resolv.conf").read_text(),
     }
     try:
         infos = socket.getaddrinfo(args.lookup, None, socket.AF_INET, socket.SOCK_STREAM)

@@ -56,9 +56,7 @@ def main() -> int:
     ip("route", "add", "default", "dev", args.interface)
     if any(":" in address for address in args.address):
         ip("-6", "route", "add", "default", "dev", args.interface)
-    subprocess.run(
-        ["mount", "--bind", args.resolvconf, "/etc/resolv.conf"], check=True, timeout=10
-    )
+    subprocess.run(["mount", "--bind", args.resolvconf, "/etc/resolv.conf"], check=True, timeout=10)
     os.execvp(args.application[0], args.application)
     return 127
 

@@ -77,11 +77,30 @@ def flow(spec: dict[str, Any]) -> dict[str, Any]:
         wg = f"wg-{spec['name']}"[:15]
         wg_config = config_argument(spec.get("form", "object"), config, tmpdir)
         addresses = [arg for address in config.addresses for arg in ("--address", str(address))]
-        app = [sys.executable, str(HELPERS / "app.py"), "--lookup", spec["lookup"], "--url", spec["url"]]
+        app = [
+            sys.executable,
+            str(HELPERS / "app.py"),
+            "--lookup",
+            spec["lookup"],
+            "--url",
+            spec["url"],
+        ]
         with subprocess.Popen(
-            [unshare, "--user", "--map-root-user", "--net", "--mount", "--", sys.executable,
-             str(HELPERS / "netns_helper.py"), "--resolvconf", str(resolv_conf.resolve()),
-             *addresses, wg, *app],
+            [
+                unshare,
+                "--user",
+                "--map-root-user",
+                "--net",
+                "--mount",
+                "--",
+                sys.executable,
+                str(HELPERS / "netns_helper.py"),
+                "--resolvconf",
+                str(resolv_conf.resolve()),
+                *addresses,
+                wg,
+                *app,
+            ],
             stdout=subprocess.PIPE,
         ) as netns_proc:
             started = time.monotonic()
@@ -99,12 +118,11 @@ def flow(spec: dict[str, Any]) -> dict[str, Any]:
             result["engines"] = len(engines)
             result["socket_while_up"] = socket.exists()
             result["key_in_files"] = [
-                str(path.relative_to(tmpdir)) for path in tmpdir.rglob("*")
+                str(path.relative_to(tmpdir))
+                for path in tmpdir.rglob("*")
                 if path.is_file() and private_key in path.read_text(errors="replace")
             ]
-            result["key_in_engine_cmdline"] = any(
-                private_key in cmdline(pid) for pid in engines
-            )
+            result["key_in_engine_cmdline"] = any(private_key in cmdline(pid) for pid in engines)
             try:
                 out, _ = netns_proc.communicate(timeout=APP_TIMEOUT)
             except subprocess.TimeoutExpired:
@@ -208,7 +226,7 @@ def fail(spec: dict[str, Any]) -> dict[str, Any]:
 
 def make_target(kind: str) -> tuple[int, Any]:
     """A PID to attach to, and how to clean up after it."""
-    nothing = lambda: None  # noqa: E731
+    nothing = lambda: None
     if kind == "no-such-pid":
         return int(Path("/proc/sys/kernel/pid_max").read_text()) + 1, nothing
     if kind == "another-user":
