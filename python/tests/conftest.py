@@ -207,19 +207,40 @@ def stop(proc: subprocess.Popen, grace: float = 2.0) -> None:
         proc.wait()
 
 
-def run_client(helpers: Path, spec: dict, timeout: float = CLIENT_TIMEOUT) -> dict:
+def run_client(
+    helpers: Path, spec: dict, timeout: float = CLIENT_TIMEOUT, hosts: str | None = None
+) -> dict:
     """helpers/sinfonia_client.py as uid 65534, spec on stdin; its JSON result.
 
-    It runs in a session of its own, so when it overruns the whole group it
-    started (unshare, the application) is killed with it, by process group
-    id; the engine then ends with its target."""
+    With ``hosts``, it runs in a mount namespace of its own where that text
+    is /etc/hosts (the host's file untouched), so endpoint names resolve
+    without a DNS server. It runs in a session of its own, so when it
+    overruns the whole group it started (unshare, the application) is killed
+    with it, by process group id; the engine then ends with its target."""
     env = {
         "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "HOME": "/nonexistent",
         "LANG": "C.UTF-8",
     }
+    command = [*AS_NOBODY, sys.executable, str(helpers / "sinfonia_client.py")]
+    if hosts is not None:
+        hosts_file = helpers / f"hosts-{os.getpid()}-{secrets.token_hex(4)}"
+        hosts_file.write_text(hosts)
+        hosts_file.chmod(0o644)
+        bind = 'mount --bind "$0" /etc/hosts && exec "$@"'
+        command = [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            bind,
+            str(hosts_file),
+            *command,
+        ]
     proc = subprocess.Popen(
-        [*AS_NOBODY, sys.executable, str(helpers / "sinfonia_client.py")],
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -76,13 +76,19 @@ def test_config_as_text_bytes_or_path(make_peer, helpers_dir, form):
     assert result["key_in_files"] == expected_files, result
 
 
-def test_preshared_key_works_and_warnings_go_to_the_logger(make_peer, helpers_dir):
-    # 0.1.6 failed on any preshared key.
+def test_preshared_key_and_hostname_endpoint_work_and_warnings_go_to_the_logger(
+    make_peer, helpers_dir
+):
+    # 0.1.6 failed on any preshared key, and raised AssertionError on an
+    # endpoint given by name.
     private, public = wg_genkey()
     psk = wg_genkey()[0]
     peer = make_peer(public, preshared_key=psk)
-    config = peer.client_config(private, peer={"preshared_key": psk}, postup=["echo up"])
-    result = run_client(helpers_dir, flow_spec(peer, config))
+    host, port = peer.endpoint.rsplit(":", 1)
+    endpoint = {"preshared_key": psk, "endpoint": f"peer.sinfonia.test:{port}"}
+    config = peer.client_config(private, peer=endpoint, postup=["echo up"])
+    hosts = f"127.0.0.1 localhost\n{host} peer.sinfonia.test\n"
+    result = run_client(helpers_dir, flow_spec(peer, config), hosts=hosts)
     assert_flow_ok(result, peer)
     # The binary's warning about the hook it does not run reaches the
     # caller's logging, once, and the call still succeeds.

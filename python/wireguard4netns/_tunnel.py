@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Protocol, Sequence, Union
 
+from ._binary import find_wireguard4netns_bin
+
 _log = logging.getLogger("wireguard4netns")
 
 DEFAULT_TIMEOUT = 30.0
@@ -145,8 +147,6 @@ def create_wireguard_tunnel(
             missing.
         TypeError: ``wg_config`` or ``ns_pid`` has a type not listed above.
     """
-    from ._binary import find_wireguard4netns_bin
-
     pid = operator.index(ns_pid)
     config_arg, config_text = _config_source(wg_config)
     socket_dir = Path.cwd() if tmpdir is None else Path(tmpdir)
