@@ -7,6 +7,11 @@
 //!
 //! rewrites them. It also renders each with `man -l` (man-db and groff, which
 //! `.ci/run` installs; outside CI a missing `man` is a printed SKIP).
+//!
+//! The Python package installs them too (`share/man/man1` under the
+//! environment's prefix): maturin's `data` directory, `doc/wheel-data`, holds
+//! one relative symlink per page into `doc/man` (maturin follows a file
+//! symlink but not a directory one), kept in step here as well.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,6 +25,31 @@ const REGENERATE: &str = "UPDATE_MAN=1 cargo test --test man";
 
 fn man_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/man")
+}
+
+/// Where the wheel's man pages are: `pyproject.toml`'s `data`, then the
+/// wheel's `data/share/man/man1`.
+fn wheel_man_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("doc/wheel-data/data/share/man/man1")
+}
+
+/// The symlink in [`wheel_man_dir`] for page `name`.
+fn wheel_link(name: &str) -> PathBuf {
+    Path::new("../../../../../man").join(name)
+}
+
+/// The wheel's pages, by name, with where their symlinks point.
+fn wheel_links() -> BTreeMap<String, Option<PathBuf>> {
+    let Ok(entries) = fs::read_dir(wheel_man_dir()) else {
+        return BTreeMap::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            Some((name, fs::read_link(entry.path()).ok()))
+        })
+        .collect()
 }
 
 /// The pages as clap_mangen makes them, by file name.
@@ -55,6 +85,13 @@ fn man_pages_are_up_to_date() {
         for (name, page) in &want {
             fs::write(dir.join(name), page).expect("write a page");
         }
+        let wheel = wheel_man_dir();
+        let _ = fs::remove_dir_all(&wheel);
+        fs::create_dir_all(&wheel).expect("create the wheel's man directory");
+        for name in want.keys() {
+            std::os::unix::fs::symlink(wheel_link(name), wheel.join(name))
+                .expect("link a page for the wheel");
+        }
         return;
     }
     let have = pages_in(&dir);
@@ -70,6 +107,15 @@ fn man_pages_are_up_to_date() {
             "doc/man/{name} is out of date with the clap definitions; regenerate with: {REGENERATE}"
         );
     }
+    let links: BTreeMap<String, Option<PathBuf>> = want
+        .keys()
+        .map(|name| (name.clone(), Some(wheel_link(name))))
+        .collect();
+    assert_eq!(
+        wheel_links(),
+        links,
+        "doc/wheel-data does not link each page for the wheel; regenerate with: {REGENERATE}"
+    );
 }
 
 /// The page of every command renders with `man -l` without a warning, and

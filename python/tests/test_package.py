@@ -49,6 +49,14 @@ def test_python_dash_m_runs_the_binary():
     assert out.stdout.strip() == f"wireguard4netns {wireguard4netns.__version__}"
 
 
+def test_man_pages_are_installed_under_the_prefix():
+    man1 = Path(sysconfig.get_path("data")) / "share" / "man" / "man1"
+    page = man1 / "wireguard4netns.1"
+    assert page.is_file() and not page.is_symlink(), sorted(man1.glob("*"))
+    assert b".SH SYNOPSIS" in page.read_bytes()
+    assert (man1 / "wireguard4netns-run.1").is_file()
+
+
 def test_typed_package():
     assert (Path(wireguard4netns.__file__).parent / "py.typed").is_file()
 
