@@ -83,6 +83,27 @@ def test_wrong_config_type_is_a_type_error(bad):
         create_wireguard_tunnel(os.getpid(), "wg0", bad)
 
 
+def test_an_ipv6_endpoint_from_wireguard_tools_is_accepted(tmp_path):
+    # wireguard_tools writes it without brackets (`Endpoint = fd00::1:51820`);
+    # the config must get past our parser: the refusal is about the target.
+    import io
+
+    from wireguard_tools import WireguardConfig
+
+    config = WireguardConfig.from_wgconfig(
+        io.StringIO(
+            "[Interface]\nPrivateKey = yAnz5TF+lXXJte14tji3zlMNq+hd2rYUIgJBgB3fBmk=\n"
+            "[Peer]\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\n"
+            "Endpoint = [fd00::1]:51820\nAllowedIPs = 0.0.0.0/0\n"
+        )
+    )
+    assert "Endpoint = fd00::1:51820" in config.to_wgconfig(wgquick_format=True)
+    with pytest.raises(TunnelError) as raised:
+        create_wireguard_tunnel(os.getpid(), "wg0", config, tmp_path)
+    message = str(raised.value)
+    assert "Endpoint" not in message and "own network namespace" in message, message
+
+
 def test_config_text_goes_on_stdin_and_errors_name_its_line(tmp_path):
     # Our own PID is in our own namespaces: refused before anything is made,
     # but after the config has been read from the pipe and checked.

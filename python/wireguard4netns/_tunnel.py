@@ -179,7 +179,7 @@ def _config_source(wg_config: ConfigSource) -> tuple[str, bytes | None]:
                 f"{type(wg_config).__name__}.to_wgconfig() returned "
                 f"{type(text).__name__}, not the config text"
             )
-        return "/dev/stdin", text.encode()
+        return "/dev/stdin", _bracket_ipv6_endpoints(text).encode()
     if isinstance(wg_config, bytes):
         return "/dev/stdin", wg_config
     if isinstance(wg_config, str):
@@ -193,6 +193,30 @@ def _config_source(wg_config: ConfigSource) -> tuple[str, bytes | None]:
         "to_wgconfig()), wg-quick config text, or the path of a config file, "
         f"not {type(wg_config).__name__}"
     )
+
+
+def _bracket_ipv6_endpoints(text: str) -> str:
+    """``Endpoint = fd00::1:51820`` as ``Endpoint = [fd00::1]:51820``.
+
+    ``wireguard_tools.WireguardConfig.to_wgconfig`` writes an IPv6 endpoint
+    without the brackets that ``wg`` (and we) need to tell the port from the
+    address. It always appends ``:PORT`` to the host, so the last colon is
+    the port's; text a user wrote is left to the parser as it is.
+    """
+    lines = []
+    for line in text.splitlines(keepends=True):
+        key, sep, value = line.partition("=")
+        endpoint = value.strip()
+        if (
+            sep
+            and key.strip().lower() == "endpoint"
+            and endpoint.count(":") > 1
+            and not endpoint.startswith("[")
+        ):
+            host, _, port = endpoint.rpartition(":")
+            line = f"{key}{sep} [{host}]:{port}\n"
+        lines.append(line)
+    return "".join(lines)
 
 
 def _run_bounded(
