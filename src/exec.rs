@@ -23,8 +23,11 @@
 //! goes back to the caller's working directory by path if that exists there,
 //! else stays at `/`.
 //!
-//! TARGET is a PID or, with `--netns-type=path`, a namespace path. A word that
-//! is neither is refused; it is free to become a tunnel name later.
+//! TARGET is a PID or, with `--netns-type=path`, a namespace path; any other
+//! word is the name of a tunnel started with `up`, whose holder's PID its
+//! state file gives (see `named`): that PID is checked again once its
+//! namespaces are open, so a holder that exited meanwhile is not mistaken
+//! for whatever took its PID.
 
 #![forbid(unsafe_code)]
 
@@ -40,18 +43,23 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::{ForkResult, Pid, getpid};
 
-use crate::cli::ExecArgs;
+use crate::cli::{ExecArgs, NetnsType};
 use crate::command;
 use crate::lifecycle::{self, BlockedSignals, PidFd};
-use crate::netns::{self, ExecNamespaces};
+use crate::netns::{self, ExecNamespaces, Target};
 
 /// The status of `exec` when it could not join the namespaces.
 const JOIN_FAILED: i32 = 1;
 
 /// Run `wireguard4netns exec` to the end; returns the command's exit status.
 pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
-    let target =
-        crate::attach::parse_target(&args.target, args.netns_type, args.userns_path.as_deref())?;
+    let named = named_target(args);
+    let target = match named {
+        Some(name) => Target::Pid(crate::named::holder_pid(args.tmpdir.as_deref(), name)?),
+        None => {
+            crate::attach::parse_target(&args.target, args.netns_type, args.userns_path.as_deref())?
+        }
+    };
     let command = args
         .command
         .iter()
@@ -62,6 +70,9 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
         bail!("no command given: wireguard4netns exec TARGET -- CMD [ARGS…]");
     }
     let ns = netns::open_for_exec(&target)?;
+    if let (Some(name), Target::Pid(pid)) = (named, &target) {
+        crate::named::still_the_holder(args.tmpdir.as_deref(), name, *pid)?;
+    }
     tracing::debug!(
         "joining {}{}",
         ns.target(),
@@ -92,6 +103,14 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
         return Err(Failed { code, report }.into());
     }
     wait(child, &signals)
+}
+
+/// The tunnel name TARGET is, if it is one: a word that is no PID, without
+/// `--netns-type=path` or `--userns-path`.
+fn named_target(args: &ExecArgs) -> Option<&str> {
+    let word = args.target.as_str();
+    let pid_like = !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit());
+    (args.netns_type == NetnsType::Pid && args.userns_path.is_none() && !pid_like).then_some(word)
 }
 
 /// The child's own failure: its message and status, printed by `main` as

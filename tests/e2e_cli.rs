@@ -372,9 +372,9 @@ fn a_newcomer_s_first_commands() {
             .expect("run our binary")
     };
     for (args, code, config) in [
-        (&["up", "wg.conf"][..], 2, "wg.conf"),
+        (&["begin", "wg.conf"][..], 2, "wg.conf"),
         (&["start", "wg.conf"][..], 2, "wg.conf"),
-        (&["up", "wg.conf", "wg0"][..], 1, "wg.conf"),
+        (&["begin", "wg.conf", "wg0"][..], 1, "wg.conf"),
         (&["connect"][..], 2, "CONFIG"),
     ] {
         let out = ours(args);
