@@ -105,12 +105,14 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
     wait(child, &signals)
 }
 
-/// The tunnel name TARGET is, if it is one: a word that is no PID, without
-/// `--netns-type=path` or `--userns-path`.
+/// The tunnel name TARGET is, if it is one: a word that is no PID but could
+/// be an interface name, without `--netns-type=path` or `--userns-path`.
 fn named_target(args: &ExecArgs) -> Option<&str> {
     let word = args.target.as_str();
     let pid_like = !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit());
-    (args.netns_type == NetnsType::Pid && args.userns_path.is_none() && !pid_like).then_some(word)
+    let nameable = crate::tun::validate_ifname(word).is_ok();
+    (args.netns_type == NetnsType::Pid && args.userns_path.is_none() && !pid_like && nameable)
+        .then_some(word)
 }
 
 /// The child's own failure: its message and status, printed by `main` as

@@ -481,6 +481,11 @@ fn bad_input_to_named_tunnels() {
         "cannot name the tunnel \"bad/name\"",
         "up --name bad/name",
     );
+    let garbled = s
+        .dir
+        .write("garbled.conf", "[Interface]\nNoSuchKey = 1\n", 0o600);
+    let out = named("up", &dir, &[garbled.to_str().expect("utf-8")]);
+    assert_refused(&out, "garbled.conf", "up with a garbled config");
     assert!(dir_entries(&dir).is_empty(), "{:?}", dir_entries(&dir));
 
     // Already up.
@@ -534,4 +539,64 @@ fn bad_input_to_named_tunnels() {
     named_ok("up", &dir, &[config, "--name", "t2"]);
     named_ok("down", &dir, &["t2"]);
     assert!(dir_entries(&dir).is_empty(), "{:?}", dir_entries(&dir));
+}
+
+/// A process inside that ignores SIGTERM (and its child, which inherits
+/// that) gets SIGKILL after the 5 s grace period `down` states; then
+/// everything is gone as usual.
+#[test]
+fn down_kills_what_ignores_sigterm_after_the_grace_period() {
+    let Some(id) = require_root_env("down_kills_what_ignores_sigterm_after_the_grace_period")
+    else {
+        return;
+    };
+    let s = Scenario::new(id, ScenarioOpts::default());
+    let config = s.write_config();
+    let dir = sock_dir(&s);
+    named_ok(
+        "up",
+        &dir,
+        &[config.to_str().expect("utf-8"), "--name", "stubborn"],
+    );
+    let (engine, holder) = state_pids(&dir, "stubborn");
+    let ns = netns_of(holder).expect("the holder's namespace");
+    let mut stubborn = Spawned::start(named_cmd(
+        "exec",
+        &dir,
+        &[
+            "stubborn",
+            "--",
+            "sh",
+            "-c",
+            "trap '' TERM; sleep 60; echo survived",
+        ],
+    ));
+    assert!(
+        wait_for(Duration::from_secs(10), || processes_in(ns).len() == 3),
+        "sh and sleep never started inside: {:?}\n{}",
+        processes_in(ns),
+        stubborn.report()
+    );
+    let t = Instant::now();
+    let out = named("down", &dir, &["stubborn"]);
+    let took = t.elapsed();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        (Duration::from_secs(5)..Duration::from_secs(8)).contains(&took),
+        "down took {took:?}, not the 5 s grace period and a little"
+    );
+    assert_eq!(
+        stubborn.wait_exit(DOWN_BUDGET).and_then(|s| s.code()),
+        Some(137),
+        "{}",
+        stubborn.report()
+    );
+    assert!(!stubborn.stdout().contains("survived"));
+    assert!(
+        wait_for(DOWN_BUDGET, || !running(engine)
+            && dir_entries(&dir).is_empty()),
+        "{:?}",
+        dir_entries(&dir)
+    );
+    assert!(processes_in(ns).is_empty(), "{:?}", processes_in(ns));
 }

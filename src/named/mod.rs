@@ -243,6 +243,14 @@ fn not_running(dir: &Path, name: &str, status: Status) -> NamedError {
 pub fn down(args: &DownArgs) -> anyhow::Result<u8> {
     let dir = socket_dir(args.tmpdir.as_deref())?;
     let name = &args.name;
+    // Not a file name to look up: `../x` names no tunnel.
+    if crate::tun::validate_ifname(name).is_err() {
+        return Err(NamedError::NotUp {
+            name: name.clone(),
+            dir,
+        }
+        .into());
+    }
     let stop_err = |what: String| NamedError::Stop {
         name: name.clone(),
         what,
