@@ -12,6 +12,9 @@
 //!   itself, so the command runs as the caller and holds no capability over the
 //!   network namespace: it cannot take the tunnel down or add a way around it.
 //!
+//! `up` (see `named`) is this with a holder for the command, in the
+//! background: [`exec_held`].
+//!
 //! The command keeps our stdio, terminal, environment and working directory.
 //! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it (but not a
 //! terminal's Ctrl-C, which reaches its process group, and so the command,

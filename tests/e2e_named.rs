@@ -147,6 +147,7 @@ fn up_exec_list_down_leaves_nothing() {
     let up_took = t.elapsed();
     assert!(out.status.success(), "up: {out:?}");
     assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    assert_engines_confined(s.dir.path(), "up");
     // The name defaults to the config's file name.
     let (engine, holder) = state_pids(&dir, "client");
     let ns = netns_of(holder).expect("the holder's namespace");
@@ -475,6 +476,13 @@ fn bad_input_to_named_tunnels() {
     assert_refused(&out, "no tunnel named nosuch is up", "exec nosuch");
     let out = named("down", &dir, &["nosuch"]);
     assert_refused(&out, "no tunnel named nosuch is up", "down nosuch");
+    // A directory of someone else's could hold a state file pointing anywhere.
+    let out = named("exec", Path::new("/etc"), &["nosuch", "--", "true"]);
+    assert_refused(
+        &out,
+        "socket directory /etc is unsafe: it belongs to uid 0",
+        "exec with --tmpdir /etc",
+    );
     let out = named("up", &dir, &[config, "--name", "bad/name"]);
     assert_refused(
         &out,

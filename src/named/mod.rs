@@ -38,6 +38,7 @@ pub mod state;
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::os::fd::RawFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -104,10 +105,35 @@ pub enum NamedError {
     Stop { name: String, what: String },
 }
 
-/// The socket directory from `--tmpdir` or the default, absolute.
+/// The socket directory from `--tmpdir` or the default, absolute. Where it
+/// exists it must be as `up` makes it (see `uapi`): a directory of ours,
+/// not a symlink, that nobody else may write to, or a state file there could
+/// have been put by someone else to send `exec` and `down` elsewhere.
 fn socket_dir(tmpdir: Option<&Path>) -> anyhow::Result<PathBuf> {
     let dir = tmpdir.map_or_else(uapi::default_dir, Path::to_path_buf);
-    std::path::absolute(&dir).context("cannot find the current directory for --tmpdir")
+    let dir =
+        std::path::absolute(&dir).context("cannot find the current directory for --tmpdir")?;
+    let meta = match std::fs::symlink_metadata(&dir) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(dir),
+        Err(e) => anyhow::bail!("cannot inspect the socket directory {}: {e}", dir.display()),
+    };
+    let reason = if !meta.is_dir() {
+        Some("it is not a directory".to_owned())
+    } else if meta.uid() != nix::unistd::geteuid().as_raw() {
+        Some(format!("it belongs to uid {}", meta.uid()))
+    } else if meta.mode() & 0o022 != 0 {
+        Some(format!(
+            "others may write to it (mode {:o})",
+            meta.mode() & 0o7777
+        ))
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(uapi::UapiError::UnsafeDir { path: dir, reason }.into()),
+        None => Ok(dir),
+    }
 }
 
 /// The tunnel's name: `--name`, else the config file's (`vpn.conf` makes
