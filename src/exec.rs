@@ -210,6 +210,30 @@ pub fn status_of(err: &anyhow::Error) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn exec_args(line: &str) -> ExecArgs {
+        let words = ["wireguard4netns", "exec"]
+            .into_iter()
+            .chain(line.split(' '))
+            .chain(["--", "true"]);
+        match crate::cli::Cli::try_parse_from(words).map(|cli| cli.command) {
+            Ok(Some(crate::cli::Command::Exec(args))) => args,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    /// A word that is no PID but could be an interface name is a tunnel
+    /// name; a PID, a path target and a word that cannot be a name are not.
+    #[test]
+    fn which_targets_are_tunnel_names() {
+        assert_eq!(named_target(&exec_args("vpn")), Some("vpn"));
+        assert_eq!(named_target(&exec_args("--tmpdir /x wg-0")), Some("wg-0"));
+        assert_eq!(named_target(&exec_args("1234")), None);
+        assert_eq!(named_target(&exec_args("--netns-type=path vpn")), None);
+        assert_eq!(named_target(&exec_args("../vpn")), None);
+        assert_eq!(named_target(&exec_args("sixteen-chars-xx")), None);
+    }
 
     #[test]
     fn a_failed_child_keeps_its_status() {
