@@ -146,7 +146,7 @@ impl Plan {
         // The daemon works from `/`: every path it uses later is made
         // absolute here, against the caller's directory.
         let parsed = parse_target(target, args.netns_type, args.userns_path.as_deref());
-        // `wireguard4netns up wg.conf wg0` parses, as TARGET "up".
+        // `wireguard4netns start wg.conf wg0` parses, as TARGET "start".
         let parsed = match (parsed, args.netns_type) {
             (Err(e), NetnsType::Pid) => Err(crate::cli::not_a_target(target, Some(ifname))
                 .map_or(e, |hint| anyhow::anyhow!(hint))),

@@ -4,7 +4,7 @@
 //! Without a subcommand the arguments are the original's attach form,
 //! `wireguard4netns [OPTIONS] TARGET IFNAME CONFIG`, so existing launchers keep
 //! working; the subcommands are the tools around it. That makes a mistyped or
-//! guessed subcommand (`wireguard4netns up wg.conf`) an attach TARGET, and
+//! guessed subcommand (`wireguard4netns start wg.conf`) an attach TARGET, and
 //! clap's answer ("required argument CONFIG not provided") a puzzle:
 //! [`misread_subcommand`] turns it into a pointer to `run`.
 
@@ -17,8 +17,10 @@ use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 /// The usage lines: the `run` form first, the one a newcomer wants.
 const USAGE: &str = "wireguard4netns run -c CONFIG [OPTIONS] -- CMD [ARGS]...
+       wireguard4netns up CONFIG [--name NAME]
+       wireguard4netns exec NAME|TARGET -- CMD [ARGS]...
+       wireguard4netns down NAME
        wireguard4netns [OPTIONS] TARGET IFNAME CONFIG
-       wireguard4netns exec TARGET -- CMD [ARGS]...
        wireguard4netns <COMMAND>";
 
 /// Give an unprivileged network namespace its network through a WireGuard tunnel.
@@ -56,16 +58,34 @@ pub enum Command {
     /// then runs CMD there with your terminal, environment and working
     /// directory. Exits with CMD's status (128+N if a signal N killed it).
     Run(RunArgs),
-    /// Run a command inside the namespaces of a tunnel you attached.
+    /// Start a named tunnel that several commands can share.
     ///
-    /// Joins TARGET's user and network namespaces, and its mount namespace when
-    /// it has one of its own, and runs CMD there with your environment,
-    /// terminal and working directory (`/` if that does not exist there), as
+    /// Makes the same namespaces as `run` (user, network and mount; `lo` and the
+    /// tunnel only; DNS= as /etc/resolv.conf), held by a small process, starts
+    /// the engine, and returns once the tunnel is up. Run commands in it with
+    /// `exec NAME`, see it with `list` and `show NAME`, stop it with `down NAME`.
+    Up(UpArgs),
+    /// Run a command inside a named tunnel, or the namespaces of one you attached.
+    ///
+    /// With a NAME from `up`: runs CMD in that tunnel's namespaces as your own
+    /// uid, without any capability over its network, as `run` runs its command.
+    /// With a TARGET PID (or --netns-type=path): joins TARGET's user and network
+    /// namespaces, and its mount namespace when it has one of its own, as
     /// `nsenter --preserve-credentials -U -n -t PID` would: your uid is what
     /// the target's user namespace maps it to (root for a target made with
-    /// `unshare --map-root-user`). Exits with CMD's status (128+N if a signal N
-    /// killed it).
+    /// `unshare --map-root-user`). Either way CMD gets your environment,
+    /// terminal and working directory (`/` if that does not exist there), and
+    /// its status is ours (128+N if a signal N killed it).
     Exec(ExecArgs),
+    /// Stop a named tunnel.
+    ///
+    /// Sends SIGTERM to every process still inside, and SIGKILL to those left
+    /// after 5 seconds; then the holder and the engine exit and the tunnel's
+    /// socket, state and lock files are removed.
+    Down(DownArgs),
+    /// List the named tunnels: their peers' latest handshakes and the number
+    /// of processes inside.
+    List(ListArgs),
     /// Print a new private key (base64), like `wg genkey`.
     Genkey,
     /// Print a new preshared key (base64), like `wg genpsk`.
@@ -127,8 +147,13 @@ impl Cli {
                 default_level: "warn",
                 file: run.log_file.clone(),
             },
+            Some(Command::Up(up)) => Logging {
+                level: up.log_level.clone(),
+                default_level: "warn",
+                file: up.log_file.clone(),
+            },
             // Likewise: `exec` speaks only to say why it failed.
-            Some(Command::Exec(_)) => Logging {
+            Some(Command::Exec(_) | Command::Down(_) | Command::List(_)) => Logging {
                 level: None,
                 default_level: "warn",
                 file: None,
@@ -164,7 +189,7 @@ pub fn print_help(path: &[String]) -> Result<(), String> {
 
 /// When clap could not read `args` (the whole command line, program name
 /// first) and the reason is that a word meant as a subcommand was taken for
-/// the attach form's TARGET (`wireguard4netns up wg.conf`), the message to
+/// the attach form's TARGET (`wireguard4netns start wg.conf`), the message to
 /// print instead of clap's, pointing at `run`.
 pub fn misread_subcommand(args: &[OsString]) -> Option<String> {
     let matches = Cli::command()
@@ -186,7 +211,7 @@ pub fn misread_subcommand(args: &[OsString]) -> Option<String> {
 }
 
 /// The message for an attach TARGET that is no process ID and no path, but
-/// looks like a subcommand (`up`, `start`, `connect`, a typo): say so and show
+/// looks like a subcommand (`start`, `connect`, a typo): say so and show
 /// the `run` line, with the config if the next word names one. `None` for a
 /// word that may well be a TARGET.
 pub fn not_a_target(word: &str, next: Option<&str>) -> Option<String> {
@@ -205,7 +230,9 @@ pub fn not_a_target(word: &str, next: Option<&str>) -> Option<String> {
 /// The `run` form.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// WireGuard configuration file (wg-quick format)
+    /// WireGuard configuration file (wg-quick format), or a NAME for NAME.conf
+    /// in $XDG_CONFIG_HOME/wireguard4netns/ (~/.config/wireguard4netns/) or
+    /// /etc/wireguard/
     #[arg(short, long, value_name = "CONFIG")]
     pub config: PathBuf,
 
@@ -262,9 +289,69 @@ pub enum NetnsType {
     Path,
 }
 
+/// The `up` subcommand.
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    /// WireGuard configuration file (wg-quick format), or a NAME for NAME.conf
+    /// in $XDG_CONFIG_HOME/wireguard4netns/ (~/.config/wireguard4netns/) or
+    /// /etc/wireguard/
+    #[arg(value_name = "CONFIG")]
+    pub config: PathBuf,
+
+    /// The tunnel's name, also its interface's and UAPI socket's [default: the
+    /// config file's name, as wg-quick does]
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Directory for the UAPI socket NAME.sock and the tunnel's state
+    /// [default: /var/run/wireguard as root, else
+    /// $XDG_RUNTIME_DIR/wireguard4netns, else /tmp/wireguard4netns-UID]
+    #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
+    pub tmpdir: Option<PathBuf>,
+
+    /// Do not confine the engine (seccomp, Landlock, capabilities); for
+    /// debugging only, e.g. to run it under strace
+    #[arg(long)]
+    pub no_sandbox: bool,
+
+    /// Log level: error, warn, info, debug, trace, or a tracing filter
+    /// [default: $RUST_LOG, else warn]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+
+    /// Append the engine's log to PATH (created 0600); in the background the
+    /// log otherwise goes nowhere
+    #[arg(long, value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// The `down` subcommand.
+#[derive(Debug, Args)]
+pub struct DownArgs {
+    /// Directory of the tunnel's socket and state [default: as for `up`]
+    #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
+    pub tmpdir: Option<PathBuf>,
+
+    /// The tunnel's name
+    #[arg(value_name = "NAME")]
+    pub name: String,
+}
+
+/// The `list` subcommand.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Directory of the tunnels' sockets and state [default: as for `up`]
+    #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
+    pub tmpdir: Option<PathBuf>,
+}
+
 /// The `exec` subcommand.
 #[derive(Debug, Args)]
 pub struct ExecArgs {
+    /// With a NAME: the directory of its socket and state [default: as for `up`]
+    #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
+    pub tmpdir: Option<PathBuf>,
+
     /// What TARGET is
     #[arg(long, value_enum, default_value_t = NetnsType::Pid)]
     pub netns_type: NetnsType,
@@ -274,9 +361,10 @@ pub struct ExecArgs {
     #[arg(long, value_name = "PATH")]
     pub userns_path: Option<PathBuf>,
 
-    /// PID of a process in the namespaces (the attach form's TARGET), or with
-    /// --netns-type=path a network namespace path
-    #[arg(value_name = "TARGET")]
+    /// The NAME of a tunnel started with `up`, or the PID of a process in the
+    /// namespaces (the attach form's TARGET), or with --netns-type=path a
+    /// network namespace path
+    #[arg(value_name = "NAME|TARGET")]
     pub target: String,
 
     /// The command and its arguments
@@ -418,12 +506,12 @@ mod tests {
         line.split_whitespace().map(OsString::from).collect()
     }
 
-    /// `up wg.conf`, `start wg.conf`: clap would say CONFIG is missing; we
-    /// point at `run`, with the config the user gave.
+    /// `start wg.conf`, `connect wg.conf`: clap would say CONFIG is missing;
+    /// we point at `run`, with the config the user gave. (`up` is one now.)
     #[test]
     fn a_guessed_subcommand_points_at_run() {
         for line in [
-            "wireguard4netns up wg.conf",
+            "wireguard4netns begin wg.conf",
             "wireguard4netns start wg.conf",
             "wireguard4netns --configure connect wg.conf",
         ] {
@@ -435,7 +523,7 @@ mod tests {
                 "{line}: {hint}"
             );
         }
-        let hint = misread_subcommand(&args("wireguard4netns up")).unwrap();
+        let hint = misread_subcommand(&args("wireguard4netns start")).unwrap();
         assert!(hint.contains("run -c CONFIG --"), "{hint}");
     }
 
@@ -491,7 +579,7 @@ mod tests {
         }
         let err = print_help(&["nope".to_owned()]).unwrap_err();
         assert!(
-            err.starts_with("no subcommand \"nope\" (there are: run, exec"),
+            err.starts_with("no subcommand \"nope\" (there are: run, up, exec, down, list"),
             "{err}"
         );
     }

@@ -23,8 +23,11 @@
 //! goes back to the caller's working directory by path if that exists there,
 //! else stays at `/`.
 //!
-//! TARGET is a PID or, with `--netns-type=path`, a namespace path. A word that
-//! is neither is refused; it is free to become a tunnel name later.
+//! TARGET is a PID or, with `--netns-type=path`, a namespace path; any other
+//! word is the name of a tunnel started with `up`, whose holder's PID its
+//! state file gives (see `named`): that PID is checked again once its
+//! namespaces are open, so a holder that exited meanwhile is not mistaken
+//! for whatever took its PID.
 
 #![forbid(unsafe_code)]
 
@@ -40,18 +43,23 @@ use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::{ForkResult, Pid, getpid};
 
-use crate::cli::ExecArgs;
+use crate::cli::{ExecArgs, NetnsType};
 use crate::command;
 use crate::lifecycle::{self, BlockedSignals, PidFd};
-use crate::netns::{self, ExecNamespaces};
+use crate::netns::{self, ExecNamespaces, Target};
 
 /// The status of `exec` when it could not join the namespaces.
 const JOIN_FAILED: i32 = 1;
 
 /// Run `wireguard4netns exec` to the end; returns the command's exit status.
 pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
-    let target =
-        crate::attach::parse_target(&args.target, args.netns_type, args.userns_path.as_deref())?;
+    let named = named_target(args);
+    let target = match named {
+        Some(name) => Target::Pid(crate::named::holder_pid(args.tmpdir.as_deref(), name)?),
+        None => {
+            crate::attach::parse_target(&args.target, args.netns_type, args.userns_path.as_deref())?
+        }
+    };
     let command = args
         .command
         .iter()
@@ -62,6 +70,9 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
         bail!("no command given: wireguard4netns exec TARGET -- CMD [ARGS…]");
     }
     let ns = netns::open_for_exec(&target)?;
+    if let (Some(name), Target::Pid(pid)) = (named, &target) {
+        crate::named::still_the_holder(args.tmpdir.as_deref(), name, *pid)?;
+    }
     tracing::debug!(
         "joining {}{}",
         ns.target(),
@@ -92,6 +103,16 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
         return Err(Failed { code, report }.into());
     }
     wait(child, &signals)
+}
+
+/// The tunnel name TARGET is, if it is one: a word that is no PID but could
+/// be an interface name, without `--netns-type=path` or `--userns-path`.
+fn named_target(args: &ExecArgs) -> Option<&str> {
+    let word = args.target.as_str();
+    let pid_like = !word.is_empty() && word.bytes().all(|b| b.is_ascii_digit());
+    let nameable = crate::tun::validate_ifname(word).is_ok();
+    (args.netns_type == NetnsType::Pid && args.userns_path.is_none() && !pid_like && nameable)
+        .then_some(word)
 }
 
 /// The child's own failure: its message and status, printed by `main` as
@@ -189,6 +210,30 @@ pub fn status_of(err: &anyhow::Error) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    fn exec_args(line: &str) -> ExecArgs {
+        let words = ["wireguard4netns", "exec"]
+            .into_iter()
+            .chain(line.split(' '))
+            .chain(["--", "true"]);
+        match crate::cli::Cli::try_parse_from(words).map(|cli| cli.command) {
+            Ok(Some(crate::cli::Command::Exec(args))) => args,
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    /// A word that is no PID but could be an interface name is a tunnel
+    /// name; a PID, a path target and a word that cannot be a name are not.
+    #[test]
+    fn which_targets_are_tunnel_names() {
+        assert_eq!(named_target(&exec_args("vpn")), Some("vpn"));
+        assert_eq!(named_target(&exec_args("--tmpdir /x wg-0")), Some("wg-0"));
+        assert_eq!(named_target(&exec_args("1234")), None);
+        assert_eq!(named_target(&exec_args("--netns-type=path vpn")), None);
+        assert_eq!(named_target(&exec_args("../vpn")), None);
+        assert_eq!(named_target(&exec_args("sixteen-chars-xx")), None);
+    }
 
     #[test]
     fn a_failed_child_keeps_its_status() {

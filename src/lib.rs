@@ -20,6 +20,7 @@ pub mod fdpass;
 pub mod inspector;
 pub mod keys;
 pub mod lifecycle;
+pub mod named;
 pub mod netlink;
 pub mod netns;
 pub mod offload;

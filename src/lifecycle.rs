@@ -273,6 +273,45 @@ impl PidFd {
         self.pid
     }
 
+    /// Send `signal` to this very process (`pidfd_send_signal`), never to one
+    /// that took its PID since. `ESRCH` means it has exited.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) -> io::Result<()> {
+        // SAFETY: the descriptor is an open pidfd owned by `self`; a null
+        // siginfo asks the kernel to fill one in as kill(2) would, so the
+        // call reads no memory of ours.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal as libc::c_int,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Wait up to `timeout` for the process to exit; whether it did.
+    pub fn wait_exited(&self, timeout: std::time::Duration) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            let mut fds = [PollFd::new(self.fd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(n) if n > 0 => return true,
+                Err(nix::errno::Errno::EINTR) => {}
+                Ok(_) if left.is_zero() => return false,
+                Ok(_) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// Has the process exited (without waiting)? A failed poll reads as "no".
     pub fn has_exited(&self) -> bool {
         self.poll_exited().unwrap_or(false)

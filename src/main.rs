@@ -25,6 +25,10 @@ fn main() -> ExitCode {
     if let Some(code) = wireguard4netns::resolver::main_if_asked() {
         return ExitCode::from(code);
     }
+    // Likewise a named tunnel's holder (see `named::holder`).
+    if let Some(code) = wireguard4netns::named::holder::main_if_asked() {
+        return ExitCode::from(code);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -42,7 +46,7 @@ fn main() -> ExitCode {
     // process that our namespaces' inhabitants may inspect (see the
     // function's comment). Not the tools: the UAPI server refuses a client it
     // cannot inspect unless it is root, and a non-dumpable `show` is one.
-    let engine = matches!(cli.command, None | Some(Command::Run(_)));
+    let engine = matches!(cli.command, None | Some(Command::Run(_) | Command::Up(_)));
     if engine && let Err(e) = wireguard4netns::lifecycle::make_undumpable() {
         eprintln!("wireguard4netns: cannot make the process non-dumpable: {e}");
         return ExitCode::FAILURE;
@@ -117,6 +121,9 @@ fn run(cli: Cli, log_fd: Option<RawFd>) -> anyhow::Result<u8> {
     match cli.command {
         Some(Command::Run(args)) => wireguard4netns::run::exec(&args),
         Some(Command::Exec(args)) => wireguard4netns::exec::exec(&args),
+        Some(Command::Up(args)) => wireguard4netns::named::up(&args, log_fd),
+        Some(Command::Down(args)) => wireguard4netns::named::down(&args),
+        Some(Command::List(args)) => wireguard4netns::named::list(&args),
         Some(Command::Completions(args)) => {
             // Into a buffer first: clap_complete panics when its writer fails.
             let mut script = Vec::new();

@@ -12,6 +12,9 @@
 //!   itself, so the command runs as the caller and holds no capability over the
 //!   network namespace: it cannot take the tunnel down or add a way around it.
 //!
+//! `up` (see `named`) is this with a holder for the command, in the
+//! background: [`exec_held`].
+//!
 //! The command keeps our stdio, terminal, environment and working directory.
 //! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it (but not a
 //! terminal's Ctrl-C, which reaches its process group, and so the command,
@@ -63,12 +66,12 @@ const FALLBACK_IFNAME: &str = "wg0";
 /// valid interface name (`wg-quick up vpn.conf` makes `vpn`), else `wg0`,
 /// with a warning saying why (two such configs would both be `wg0`, and their
 /// sockets collide).
-fn ifname(args: &RunArgs) -> anyhow::Result<(String, Option<String>)> {
+fn ifname(args: &RunArgs, config: &Path) -> anyhow::Result<(String, Option<String>)> {
     if let Some(name) = &args.ifname {
         tun::validate_ifname(name)?;
         return Ok((name.clone(), None));
     }
-    Ok(ifname_from_config(&args.config))
+    Ok(ifname_from_config(config))
 }
 
 /// The name `wg-quick` would take from the config file's name, or the
@@ -168,14 +171,34 @@ struct ChildPlan<'a> {
     up_warnings: Vec<String>,
 }
 
+/// What `up` (see `named`) adds to `run`: its command is the holder, whose
+/// PID goes into a state file of its own in the socket directory before the
+/// engine confines itself, and `up`'s caller is told once the holder runs.
+pub struct Held<'a> {
+    /// The state file's name in the socket directory; removed with the
+    /// socket, by us or by the janitor.
+    pub state_name: String,
+    /// Writes the state file for the holder (our child), while we may still
+    /// create files.
+    pub write_state: Box<dyn FnOnce(Pid) -> anyhow::Result<()> + 'a>,
+    /// The holder runs: the tunnel is up.
+    pub on_up: Box<dyn FnOnce() -> anyhow::Result<()> + 'a>,
+}
+
 /// Run `wireguard4netns run` to the end; returns the command's exit status.
 pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
+    exec_held(args, None)
+}
+
+/// [`exec`], for `up` when `held` is given.
+pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
     lifecycle::check_handed_fds(&[("--ready-fd", args.ready_fd)])?;
-    let (ifname, ifname_warning) = ifname(args)?;
-    let config = Config::from_file(&args.config)?;
+    let config_path = crate::named::lookup::resolve(&args.config)?;
+    let (ifname, ifname_warning) = ifname(args, &config_path)?;
+    let config = Config::from_file(&config_path)?;
     let host_resolv = fs::read_to_string("/etc/resolv.conf").ok();
     for warning in &config.warnings {
-        tracing::warn!("{}: {warning}", args.config.display());
+        tracing::warn!("{}: {warning}", config_path.display());
     }
     // Said once the tunnel is up, so that a start that fails says only why.
     let up_warnings: Vec<String> = ifname_warning
@@ -183,19 +206,19 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         .chain(
             form_warnings(&config, host_resolv.as_deref())
                 .into_iter()
-                .map(|w| format!("{}: {w}", args.config.display())),
+                .map(|w| format!("{}: {w}", config_path.display())),
         )
         .collect();
     if config.mtu() > tun::MAX_MTU {
         bail!(
             "{}: MTU {} is larger than this engine supports ({}); lower it",
-            args.config.display(),
+            config_path.display(),
             config.mtu(),
             tun::MAX_MTU
         );
     }
     let endpoints =
-        resolve_endpoints(&config).with_context(|| format!("in {}", args.config.display()))?;
+        resolve_endpoints(&config).with_context(|| format!("in {}", config_path.display()))?;
     let ready_fd = args
         .ready_fd
         .map(|fd| ReadyFd::take(fd, "--ready-fd"))
@@ -220,15 +243,18 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
     };
     // Removed through the socket directory's descriptor, by us or (should we
     // be killed) by the janitor, which keeps that descriptor.
-    let resolv_guard = RemoveOnDrop {
+    let files_guard = RemoveOnDrop {
         socket: &socket,
-        name: resolv_path.as_ref().map(|_| resolv_name.clone()),
+        names: (resolv_path.as_ref().map(|_| resolv_name.clone()))
+            .into_iter()
+            .chain(held.as_ref().map(|held| held.state_name.clone()))
+            .collect(),
     };
     let janitor = {
-        let (socket, resolv) = (&socket, resolv_guard.name.clone());
+        let (socket, names) = (&socket, files_guard.names.clone());
         Janitor::spawn(&socket.raw_fds(), move || {
             socket.remove_files();
-            if let Some(name) = &resolv {
+            for name in &names {
                 socket.remove_in_dir(name);
             }
         })
@@ -241,7 +267,7 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
         routes: routes(&config),
         resolv: resolv_path.as_deref(),
         socket_dir: &dir,
-        config_file: fs::canonicalize(&args.config)
+        config_file: fs::canonicalize(&config_path)
             .ok()
             .filter(|path| path.is_file()),
         map_root: args.map_root,
@@ -263,23 +289,31 @@ pub fn exec(args: &RunArgs) -> anyhow::Result<u8> {
     drop(theirs);
     let sandbox =
         Sandbox::new(!args.no_sandbox, &dir, &config).signalling(child.as_raw().unsigned_abs());
-    let result = parent_main(&plan, &ours, child, &socket, &endpoints, ready_fd, &sandbox);
-    drop(resolv_guard);
+    let result = parent_main(
+        &plan,
+        &ours,
+        child,
+        &socket,
+        &endpoints,
+        (ready_fd, held),
+        &sandbox,
+    );
+    drop(files_guard);
     drop(socket);
     janitor.dismiss();
     result
 }
 
-/// Removes a file of ours in the socket directory when dropped, through the
+/// Removes files of ours in the socket directory when dropped, through the
 /// directory's descriptor (the only place the confined engine may unlink).
 struct RemoveOnDrop<'a> {
     socket: &'a UapiSocket,
-    name: Option<String>,
+    names: Vec<String>,
 }
 
 impl Drop for RemoveOnDrop<'_> {
     fn drop(&mut self) {
-        if let Some(name) = &self.name {
+        for name in &self.names {
             self.socket.remove_in_dir(name);
         }
     }
@@ -306,7 +340,7 @@ fn parent_main(
     child: Pid,
     socket: &UapiSocket,
     endpoints: &[Option<std::net::SocketAddr>],
-    ready_fd: Option<ReadyFd>,
+    (ready_fd, held): (Option<ReadyFd>, Option<Held<'_>>),
     sandbox: &Sandbox,
 ) -> anyhow::Result<u8> {
     let reply = channel.recv();
@@ -323,6 +357,17 @@ fn parent_main(
     };
     // Watch the child from now on; a pidfd cannot be fooled by PID reuse.
     let pidfd = PidFd::open(child.as_raw()).context("cannot watch the command")?;
+    let on_up = match held {
+        Some(held) => match (held.write_state)(child) {
+            Ok(()) => Some(held.on_up),
+            Err(e) => {
+                let _ = kill(child, Signal::SIGKILL);
+                let _ = waitpid(child, None);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
 
     let sidecars = match sandbox.before_threads() {
         Ok(check) => check,
@@ -356,6 +401,13 @@ fn parent_main(
         tracing::warn!("{warning}");
     }
     channel.send(GO, None).context("cannot start the command")?;
+    if let Some(on_up) = on_up
+        && let Err(e) = holder_started(channel, &pidfd).and_then(|()| on_up())
+    {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e);
+    }
     if let Some(ready) = ready_fd {
         ready.notify();
     }
@@ -425,6 +477,21 @@ fn parent_main(
         return Err(failure.into());
     }
     Ok(exit_code(wait_status(child)))
+}
+
+/// Wait until the child has exec'd the holder: its end of the channel is
+/// close-on-exec, so end-of-file there means the exec happened (or the child
+/// died, which its pidfd then says). Before that it still runs as root of the
+/// namespace, with our memory: nobody may be told to join it yet.
+fn holder_started(channel: &Channel, pidfd: &PidFd) -> anyhow::Result<()> {
+    match channel.recv() {
+        Ok(None) => {}
+        other => bail!("the holder process did not start ({other:?})"),
+    }
+    if pidfd.has_exited() {
+        bail!("the holder process ended as it started");
+    }
+    Ok(())
 }
 
 /// The child: make the namespaces, the TUN and the resolv.conf, hand the TUN

@@ -212,14 +212,17 @@ fn exec_bad_targets_fail_in_one_line() {
     let own_pid = own.pid.to_string();
     let missing = dir.path().join("no-such-netns");
     let missing = missing.to_str().expect("utf-8");
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 7] = [
         (
             &["99999999", "--", "true"],
             "there is no process with PID 99999999",
         ),
+        // A word that is no PID is a tunnel's name (see e2e_named), one
+        // that cannot be a name is neither.
+        (&["abc", "--", "true"], "no tunnel named abc is up"),
         (
-            &["abc", "--", "true"],
-            "invalid TARGET \"abc\": expected a process ID",
+            &["a b", "--", "true"],
+            "invalid TARGET \"a b\": expected a process ID",
         ),
         (&["0", "--", "true"], "invalid TARGET \"0\""),
         (
@@ -372,9 +375,9 @@ fn a_newcomer_s_first_commands() {
             .expect("run our binary")
     };
     for (args, code, config) in [
-        (&["up", "wg.conf"][..], 2, "wg.conf"),
+        (&["begin", "wg.conf"][..], 2, "wg.conf"),
         (&["start", "wg.conf"][..], 2, "wg.conf"),
-        (&["up", "wg.conf", "wg0"][..], 1, "wg.conf"),
+        (&["begin", "wg.conf", "wg0"][..], 1, "wg.conf"),
         (&["connect"][..], 2, "CONFIG"),
     ] {
         let out = ours(args);

@@ -8,7 +8,8 @@
 //! tokio's threads exist). What the running engine still does with paths,
 //! checked with `strace -f` over the e2e tests:
 //! - at exit, `lstat` + `unlink` of `DIR/IFNAME.sock`, `DIR/IFNAME.lock` and
-//!   (`run`) `DIR/IFNAME.resolv.conf`: `RemoveFile` beneath the socket
+//!   (`run`, `up`) `DIR/IFNAME.resolv.conf`, (`up`) `DIR/NAME.state`:
+//!   `RemoveFile` beneath the socket
 //!   directory (`lstat` is not governed by Landlock);
 //!
 //! Nothing else: the UAPI peer check, which reads other processes' `/proc`
