@@ -616,6 +616,10 @@ fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
     // which is gid 0 of this user namespace.
     fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0")
         .map_err(|e| format!("cannot allow ping in the namespace: {e}"))?;
+    // Any port for the command, as for root: the namespace is its own, and
+    // `--publish 8080:80` should reach a web UI on port 80 inside.
+    fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+        .map_err(|e| format!("cannot allow low ports in the namespace: {e}"))?;
 
     let request = TunRequest {
         ifname: plan.ifname,
