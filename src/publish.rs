@@ -6,9 +6,13 @@
 //! - the **forwarder** lives in the caller's network namespace. It holds the
 //!   listeners, bound by `run`/`up` before anything else starts (so a port in
 //!   use is a one-line error that leaves nothing behind), accepts, and copies.
-//!   It is forked from the engine before any thread exists, keeps only the
-//!   listeners and its end of the pair, has no new privileges and no
-//!   capability, and dies with the engine. It is not the engine: accepting,
+//!   It is forked from the engine before any thread exists and execs this
+//!   binary afresh (so it holds no key), keeps only the listeners and its
+//!   end of the pair, has no new privileges and no capability, is
+//!   non-dumpable, and dies with the engine (parent-death signal). Landlock
+//!   takes the filesystem, TCP `bind`/`connect`, abstract unix sockets and
+//!   signals from it (`sandbox::landlock::forwarder`): it can accept and copy,
+//!   not open a connection of its own. It is not the engine: accepting,
 //!   `splice` and pipes are syscalls the confined engine has no use for, and
 //!   a bug in copying bytes for the host's clients should not be a bug in the
 //!   process that holds the keys' sockets and the TUN.
@@ -52,6 +56,8 @@ use crate::lifecycle;
 
 /// The first argument that makes this binary `run`'s connector.
 pub const ARG: &str = "__publish-connect";
+/// The first argument that makes this binary the forwarder.
+pub const FORWARD_ARG: &str = "__publish-forward";
 /// A UDP mapping without traffic in either direction for this long ends.
 pub const UDP_IDLE: Duration = Duration::from_secs(60);
 /// At most this many UDP source addresses per published port at once; a
@@ -245,7 +251,8 @@ impl Bound {
     }
 
     /// Fork the forwarder with the listeners and `channel` (the host's end of
-    /// the pair whose other end the connector gets). Must be called while the
+    /// the pair whose other end the connector gets); it execs this binary
+    /// afresh (so it holds no key) with them. Must be called while the
     /// process is single-threaded; our copies are closed on return.
     pub fn spawn_forwarder(self, channel: Channel) -> Result<nix::unistd::Pid, PublishError> {
         let keep: Vec<RawFd> = self
@@ -254,15 +261,95 @@ impl Bound {
             .map(|(_, l)| l.raw_fd())
             .chain([channel.as_raw_fd()])
             .collect();
+        let mut argv = vec![
+            c"wireguard4netns".to_owned(),
+            CString::from(c"__publish-forward"),
+        ];
+        argv.extend(CString::new(channel.as_raw_fd().to_string()));
+        for (spec, listener) in &self.listeners {
+            let arg = format!("{}:{}:{}", listener.raw_fd(), spec.port, spec.proto);
+            argv.extend(CString::new(arg));
+        }
+        let unset = keep.clone();
         crate::sidecar::spawn_keeping(&keep, crate::sandbox::caps::Keep::default(), move || {
-            forwarder_main(self.listeners, channel)
+            for &fd in &unset {
+                // SAFETY: every descriptor in `keep` is open (we own them:
+                // the listeners and the channel); clearing close-on-exec
+                // changes no ownership.
+                let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+                if fcntl(fd, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).is_err() {
+                    return;
+                }
+            }
+            let _ = nix::unistd::execv(c"/proc/self/exe", &argv);
         })
         .map_err(PublishError::Spawn)
     }
 }
 
+/// The forwarder, exec'd: take over the channel and the listeners named by
+/// `args` (`CHANNEL LISTENER:PORT:PROTO…`), confine, serve. Returns only on
+/// a bad command line or a failed confinement.
+fn forwarder_from_args(mut args: impl Iterator<Item = OsString>) -> u8 {
+    let number = |arg: &str| arg.parse::<RawFd>().ok();
+    let Some(channel_fd) = args.next().and_then(|a| number(a.to_str()?)) else {
+        return 2;
+    };
+    // SAFETY: handed over by the process that exec'd us; nothing in this
+    // fresh process owns it (checked to be a SOCK_SEQPACKET socket).
+    let Ok(channel) = (unsafe { Channel::inherited(channel_fd) }) else {
+        return 1;
+    };
+    let mut listeners = Vec::new();
+    for arg in args {
+        let Some(listener) = arg.to_str().and_then(inherited_listener) else {
+            return 2;
+        };
+        listeners.push(listener);
+    }
+    if crate::lifecycle::make_undumpable().is_err()
+        || crate::sandbox::landlock::forwarder().is_err()
+    {
+        return 1;
+    }
+    forwarder_main(listeners, channel);
+    0
+}
+
+/// `FD:PORT:PROTO` of an inherited listener, checked to be a socket of that
+/// kind before it is taken over.
+fn inherited_listener(arg: &str) -> Option<(u16, Listener)> {
+    let mut parts = arg.split(':');
+    let fd: RawFd = parts.next()?.parse().ok()?;
+    let port: u16 = parts.next()?.parse().ok()?;
+    let proto = parts.next()?;
+    // SAFETY: only borrowed to ask the kernel what it is; an fd that is not
+    // open fails `getsockopt` and is not taken.
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let kind = nix::sys::socket::getsockopt(&borrowed, nix::sys::socket::sockopt::SockType).ok()?;
+    let want = match proto {
+        "tcp" => SockType::Stream,
+        "udp" => SockType::Datagram,
+        _ => return None,
+    };
+    if kind != want {
+        return None;
+    }
+    nix::fcntl::fcntl(borrowed, FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC)).ok()?;
+    // SAFETY: open and a socket of the expected kind (checked above), handed
+    // over by the process that exec'd us: ours alone from here.
+    let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    Some((
+        port,
+        match want {
+            SockType::Stream => Listener::Tcp(owned.into()),
+            _ => Listener::Udp(owned.into()),
+        },
+    ))
+}
+
 /// The forwarder's life: serve every listener until the engine is gone.
-fn forwarder_main(listeners: Vec<(Spec, Listener)>, channel: Channel) {
+fn forwarder_main(listeners: Vec<(u16, Listener)>, channel: Channel) {
     let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -275,7 +362,7 @@ fn forwarder_main(listeners: Vec<(Spec, Listener)>, channel: Channel) {
         };
         let inside = Arc::new(inside);
         let mut tasks = tokio::task::JoinSet::new();
-        for (spec, listener) in listeners {
+        for (port, listener) in listeners {
             let inside = inside.clone();
             match listener {
                 Listener::Tcp(l) => {
@@ -285,7 +372,7 @@ fn forwarder_main(listeners: Vec<(Spec, Listener)>, channel: Channel) {
                     let Ok(l) = TcpListener::from_std(l) else {
                         return;
                     };
-                    tasks.spawn(serve_tcp(l, spec.port, inside));
+                    tasks.spawn(serve_tcp(l, port, inside));
                 }
                 Listener::Udp(s) => {
                     if s.set_nonblocking(true).is_err() {
@@ -294,7 +381,7 @@ fn forwarder_main(listeners: Vec<(Spec, Listener)>, channel: Channel) {
                     let Ok(s) = UdpSocket::from_std(s) else {
                         return;
                     };
-                    tasks.spawn(serve_udp(Arc::new(s), spec.port, inside));
+                    tasks.spawn(serve_udp(Arc::new(s), port, inside));
                 }
             }
         }
@@ -559,12 +646,19 @@ pub fn start_connector(channel: &Channel) -> Result<(), String> {
     }
 }
 
-/// If this process was started as `run`'s connector, serve and return the
-/// exit status; `None` for every other command line.
+/// If this process was started as `run`'s connector or as the forwarder,
+/// serve and return the exit status; `None` for every other command line.
 pub fn main_if_asked() -> Option<u8> {
     let mut args = std::env::args_os().skip(1);
-    if args.next() != Some(OsString::from(ARG)) {
-        return None;
+    match args.next() {
+        Some(arg) if arg == FORWARD_ARG => {
+            if let Ok(comm) = CString::new("w4n-forward") {
+                let _ = nix::sys::prctl::set_name(&comm);
+            }
+            return Some(forwarder_from_args(args));
+        }
+        Some(arg) if arg == ARG => {}
+        _ => return None,
     }
     if let Ok(comm) = CString::new("w4n-connect") {
         let _ = nix::sys::prctl::set_name(&comm);

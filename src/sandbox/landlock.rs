@@ -93,6 +93,23 @@ pub fn scope_signals() -> Result<bool, RulesetError> {
     Ok(status.ruleset != RulesetStatus::NotEnforced)
 }
 
+/// For `--publish`'s forwarder (see [`crate::publish`]): no filesystem at
+/// all, no TCP `bind` or `connect` (it accepts on listeners bound before,
+/// and its inner sockets come connected from the namespace), no abstract
+/// unix sockets, no signals to anyone outside. So even a forwarder gone
+/// wrong opens no connection of its own on the host. Returns whether the
+/// kernel enforces it (best effort, as for the engine).
+pub fn forwarder() -> Result<bool, RulesetError> {
+    let status = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(ABI_WANTED))?
+        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)?
+        .create()?
+        .restrict_self()?;
+    Ok(status.ruleset != RulesetStatus::NotEnforced)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::in_child;
