@@ -8,8 +8,9 @@
 mod common;
 
 use std::ffi::OsString;
+use std::fs;
 use std::net::{TcpListener, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -166,6 +167,64 @@ fn assert_refused(out: &Output, want: &str, context: &str) {
     );
 }
 
+/// The network namespace of `pid`, as the link `/proc/PID/ns/net` reads.
+fn netns_of(pid: u32) -> Option<PathBuf> {
+    fs::read_link(format!("/proc/{pid}/ns/net")).ok()
+}
+
+/// Every process in the network namespace `ns`.
+fn processes_in(ns: &Path) -> Vec<(u32, String)> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| netns_of(pid).as_deref() == Some(ns))
+        .map(|pid| (pid, status_field(pid, "Name").unwrap_or_default()))
+        .collect()
+}
+
+/// The forwarder of the tunnel `client` under `dir` (the engine's child
+/// `w4n-forward`) runs as uid 65534 in the host's network namespace, with no
+/// new privileges, no capability, not dumpable (its `/proc` files are
+/// root's), and without the engine's command line.
+fn assert_forwarder_confined(dir: &Path) {
+    let state = fs::read_to_string(dir.join("client.state")).expect("state file");
+    let engine: u32 = state
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("engine ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no engine in {state:?}"));
+    let forwarder = children_of(engine)
+        .into_iter()
+        .find(|(_, comm)| comm == "w4n-forward")
+        .map(|(pid, _)| pid)
+        .unwrap_or_else(|| panic!("no forwarder among {:?}", children_of(engine)));
+    let field = |name| status_field(forwarder, name).unwrap_or_default();
+    assert!(field("Uid").starts_with("65534\t"), "{}", field("Uid"));
+    assert_eq!(field("NoNewPrivs"), "1");
+    assert_eq!(field("CapEff"), "0000000000000000");
+    assert_eq!(netns_of(forwarder), netns_of(std::process::id()));
+    let meta = fs::metadata(format!("/proc/{forwarder}/environ")).expect("environ");
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::uid(&meta),
+        0,
+        "the forwarder is dumpable"
+    );
+    let cmdline = fs::read(format!("/proc/{forwarder}/cmdline")).expect("cmdline");
+    assert!(
+        cmdline.starts_with(b"wireguard4netns\0__publish-forward\0"),
+        "{}",
+        text(&cmdline)
+    );
+}
+
 /// The bulk figure from the client's output.
 fn bulk_seconds(stdout: &str) -> f64 {
     stdout
@@ -196,6 +255,7 @@ fn up_publishes_a_tcp_port() {
         &["--publish", &spec, config.to_str().expect("utf-8")],
     );
     assert!(out.status.success(), "up: {out:?}");
+    assert_forwarder_confined(&dir);
     let mut server = Spawned::start(named_cmd(
         "exec",
         &dir,
@@ -325,6 +385,18 @@ fn run_publishes_a_udp_port() {
         };
         assert_eq!(got, format!("echo:{message}"));
     }
+    // The command and the connector next to it, which must go with run.
+    let command = children_of(running.pid)
+        .into_iter()
+        .find(|(_, comm)| comm.starts_with("python"))
+        .map(|(pid, _)| pid)
+        .expect("the command");
+    let ns = netns_of(command).expect("the command's namespace");
+    let inside = processes_in(&ns);
+    assert!(
+        inside.iter().any(|(_, name)| name == "w4n-connect"),
+        "no connector inside: {inside:?}"
+    );
     running.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(
         running.wait_exit(Duration::from_secs(5)).is_some(),
@@ -338,6 +410,11 @@ fn run_publishes_a_udp_port() {
         ))
         .is_ok()),
         "the published port is still bound after run ended"
+    );
+    assert!(
+        wait_for(Duration::from_secs(2), || processes_in(&ns).is_empty()),
+        "left inside after run ended: {:?}",
+        processes_in(&ns)
     );
 }
 
