@@ -528,7 +528,17 @@ type Flows = Arc<Mutex<HashMap<SocketAddr, Arc<Flow>>>>;
 /// Receive datagrams on the host listener and send each through its source's
 /// flow, opening one for a new source.
 async fn serve_udp(host: Arc<UdpSocket>, port: u16, inside: Arc<Inside>) {
-    let flows: Flows = Arc::new(Mutex::new(HashMap::new()));
+    serve_udp_flows(host, port, inside, Flows::default(), UDP_IDLE).await;
+}
+
+/// [`serve_udp`] with its table of flows and idle timeout given (tests).
+async fn serve_udp_flows(
+    host: Arc<UdpSocket>,
+    port: u16,
+    inside: Arc<Inside>,
+    flows: Flows,
+    idle_timeout: Duration,
+) {
     let epoch = Instant::now();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -549,18 +559,21 @@ async fn serve_udp(host: Arc<UdpSocket>, port: u16, inside: Arc<Inside>) {
                 if let Ok(mut f) = flows.lock() {
                     f.insert(source, flow.clone());
                 }
-                tokio::spawn(udp_replies(
-                    flow.clone(),
-                    host.clone(),
+                let reply = Reply {
+                    host: host.clone(),
                     source,
-                    flows.clone(),
+                    flows: flows.clone(),
                     epoch,
-                ));
+                    idle_timeout,
+                };
+                tokio::spawn(udp_replies(flow.clone(), reply));
                 flow
             }
         };
         touch(&flow, epoch);
-        let _ = flow.socket.try_send(&buf[..len]);
+        // Awaited: a fresh socket's readiness is not known yet, so `try_send`
+        // would drop the first datagram of every flow.
+        let _ = flow.socket.send(&buf[..len]).await;
     }
 }
 
@@ -578,23 +591,34 @@ fn touch(flow: &Flow, epoch: Instant) {
     flow.last.store(now, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Send what comes back from inside to `source`, until [`UDP_IDLE`] passes
-/// without traffic either way; then forget the flow.
-async fn udp_replies(
-    flow: Arc<Flow>,
+/// Where a flow's replies go, and when it ends.
+struct Reply {
     host: Arc<UdpSocket>,
     source: SocketAddr,
     flows: Flows,
     epoch: Instant,
-) {
+    idle_timeout: Duration,
+}
+
+/// Send what comes back from inside to the flow's source, until its idle
+/// timeout ([`UDP_IDLE`]) passes without traffic either way; then forget
+/// the flow.
+async fn udp_replies(flow: Arc<Flow>, reply: Reply) {
+    let Reply {
+        host,
+        source,
+        flows,
+        epoch,
+        idle_timeout,
+    } = reply;
     let mut buf = vec![0u8; 65536];
     loop {
         let last = Duration::from_millis(flow.last.load(std::sync::atomic::Ordering::Relaxed));
         let idle = epoch.elapsed().saturating_sub(last);
-        if idle >= UDP_IDLE {
+        if idle >= idle_timeout {
             break;
         }
-        match tokio::time::timeout(UDP_IDLE - idle, flow.socket.recv(&mut buf)).await {
+        match tokio::time::timeout(idle_timeout - idle, flow.socket.recv(&mut buf)).await {
             Ok(Ok(len)) => {
                 touch(&flow, epoch);
                 let _ = host.send_to(&buf[..len], source).await;
@@ -807,6 +831,92 @@ mod tests {
             )) && err.contains("choose another HOSTPORT"),
             "{err}"
         );
+    }
+
+    /// The forwarder's side against a connector serving in a thread of this
+    /// process (so "inside" is this network namespace): a TCP relay passes
+    /// a half-close on both ways, a refused inner port closes the client, and
+    /// a UDP flow answers its source and is forgotten once idle.
+    #[test]
+    fn the_forwarder_relays_and_forgets_idle_flows() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (host_end, inner_end) = crate::fdpass::channel_pair().unwrap();
+        std::thread::spawn(move || serve(&inner_end));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let inside = Arc::new(Inside::new(host_end).unwrap());
+            // TCP: an inner server that answers after the client's EOF.
+            let inner = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let inner_port = inner.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let (mut c, _) = inner.accept().await.unwrap();
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).await.unwrap();
+                c.write_all(&[got.as_slice(), b" back"].concat())
+                    .await
+                    .unwrap();
+            });
+            let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let front_addr = front.local_addr().unwrap();
+            tokio::spawn(serve_tcp(front, inner_port, inside.clone()));
+            let mut client = TcpStream::connect(front_addr).await.unwrap();
+            client.write_all(b"there").await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            client.read_to_end(&mut answer).await.unwrap();
+            assert_eq!(answer, b"there back");
+
+            // Nothing listens inside: the client sees its connection end.
+            let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let closed_port = closed.local_addr().unwrap().port();
+            drop(closed);
+            let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let front_addr = front.local_addr().unwrap();
+            tokio::spawn(serve_tcp(front, closed_port, inside.clone()));
+            let mut client = TcpStream::connect(front_addr).await.unwrap();
+            let mut rest = Vec::new();
+            let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut rest));
+            assert!(matches!(read.await, Ok(Ok(0)) | Ok(Err(_))));
+
+            // UDP: an echo inside, a flow per source, gone when idle.
+            let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            let echo_port = echo.local_addr().unwrap().port();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 64];
+                while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+                    let _ = echo.send_to(&buf[..n], from).await;
+                }
+            });
+            let host = Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+            let host_addr = host.local_addr().unwrap();
+            let flows = Flows::default();
+            let idle = Duration::from_millis(300);
+            tokio::spawn(serve_udp_flows(
+                host,
+                echo_port,
+                inside,
+                flows.clone(),
+                idle,
+            ));
+            let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+            client.send_to(b"ping", host_addr).await.unwrap();
+            let mut buf = [0u8; 64];
+            let n = tokio::time::timeout(Duration::from_secs(5), client.recv(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&buf[..n], b"ping");
+            assert_eq!(flows.lock().unwrap().len(), 1);
+            tokio::time::sleep(idle * 3).await;
+            assert_eq!(
+                flows.lock().unwrap().len(),
+                0,
+                "the idle flow is still there"
+            );
+        });
     }
 
     #[test]
