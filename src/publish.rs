@@ -63,6 +63,9 @@ pub const UDP_IDLE: Duration = Duration::from_secs(60);
 /// At most this many UDP source addresses per published port at once; a
 /// datagram from a new one beyond that is dropped.
 pub const UDP_FLOWS: usize = 1024;
+/// At most this many TCP connections at once per published port; more wait
+/// in the listener's backlog (each costs two sockets and two pipes).
+pub const TCP_CONNECTIONS: usize = 1024;
 /// How long the forwarder waits for the connector to answer.
 const ASK_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pipe size for `splice`: fewer round trips than the default 64 KiB, and
@@ -449,9 +452,14 @@ impl Inside {
     }
 }
 
-/// Accept forever; each connection is relayed in its own task.
+/// Accept forever; each connection is relayed in its own task, at most
+/// [`TCP_CONNECTIONS`] at once.
 async fn serve_tcp(listener: TcpListener, port: u16, inside: Arc<Inside>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let client = match listener.accept().await {
             Ok((client, _)) => client,
             // Out of descriptors, or a connection reset before we took it:
@@ -464,6 +472,7 @@ async fn serve_tcp(listener: TcpListener, port: u16, inside: Arc<Inside>) {
         let inside = inside.clone();
         tokio::spawn(async move {
             let _ = relay_tcp(client, port, &inside).await;
+            drop(slot);
         });
     }
 }
