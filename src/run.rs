@@ -15,6 +15,14 @@
 //! `up` (see `named`) is this with a holder for the command, in the
 //! background: [`exec_held`].
 //!
+//! With `--publish` (see `publish`) the listeners are bound first (a port in
+//! use stops us before anything exists), the engine forks the forwarder that
+//! holds them, and the child, once it is the caller again, starts the
+//! connector inside next to the command (for `up` the holder is the
+//! connector). The command may bind any port in its namespace
+//! (`ip_unprivileged_port_start` 0 there), so a web UI on port 80 inside
+//! can be published.
+//!
 //! The command keeps our stdio, terminal, environment and working directory.
 //! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it (but not a
 //! terminal's Ctrl-C, which reaches its process group, and so the command,
