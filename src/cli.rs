@@ -247,6 +247,13 @@ pub struct RunArgs {
     #[arg(long, visible_alias = "socket-dir", value_name = "DIR")]
     pub tmpdir: Option<PathBuf>,
 
+    /// Publish PORT of the namespace's loopback on the host: a listener on
+    /// HOSTADDR (default 127.0.0.1) port HOSTPORT whose connections reach
+    /// 127.0.0.1:PORT inside (TCP unless /udp); repeatable. Inside gains no
+    /// way out: the connections go host → inside only
+    #[arg(long, value_name = "[HOSTADDR:]HOSTPORT:PORT[/tcp|/udp]")]
+    pub publish: Vec<String>,
+
     /// Run CMD as root inside its user namespace (like `unshare -r`), allowed to
     /// change the namespace's network; by default it runs as your own uid
     #[arg(long)]
@@ -302,6 +309,13 @@ pub struct UpArgs {
     /// config file's name, as wg-quick does]
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
+
+    /// Publish PORT of the namespace's loopback on the host: a listener on
+    /// HOSTADDR (default 127.0.0.1) port HOSTPORT whose connections reach
+    /// 127.0.0.1:PORT inside (TCP unless /udp); repeatable. Inside gains no
+    /// way out: the connections go host → inside only
+    #[arg(long, value_name = "[HOSTADDR:]HOSTPORT:PORT[/tcp|/udp]")]
+    pub publish: Vec<String>,
 
     /// Directory for the UAPI socket NAME.sock and the tunnel's state
     /// [default: /var/run/wireguard as root, else

@@ -25,6 +25,7 @@ pub mod netlink;
 pub mod netns;
 pub mod offload;
 pub mod peer;
+pub mod publish;
 pub mod resolver;
 pub mod run;
 pub mod sandbox;

@@ -25,6 +25,10 @@ fn main() -> ExitCode {
     if let Some(code) = wireguard4netns::resolver::main_if_asked() {
         return ExitCode::from(code);
     }
+    // Likewise `run`'s --publish connector (see `publish`).
+    if let Some(code) = wireguard4netns::publish::main_if_asked() {
+        return ExitCode::from(code);
+    }
     // Likewise a named tunnel's holder (see `named::holder`).
     if let Some(code) = wireguard4netns::named::holder::main_if_asked() {
         return ExitCode::from(code);

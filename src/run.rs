@@ -15,6 +15,14 @@
 //! `up` (see `named`) is this with a holder for the command, in the
 //! background: [`exec_held`].
 //!
+//! With `--publish` (see `publish`) the listeners are bound first (a port in
+//! use stops us before anything exists), the engine forks the forwarder that
+//! holds them, and the child, once it is the caller again, starts the
+//! connector inside next to the command (for `up` the holder is the
+//! connector). The command may bind any port in its namespace
+//! (`ip_unprivileged_port_start` 0 there), so a web UI on port 80 inside
+//! can be published.
+//!
 //! The command keeps our stdio, terminal, environment and working directory.
 //! SIGINT, SIGTERM and SIGHUP sent to us are forwarded to it (but not a
 //! terminal's Ctrl-C, which reaches its process group, and so the command,
@@ -27,7 +35,7 @@
 use std::ffi::CString;
 use std::fs;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -49,6 +57,7 @@ use crate::engine::Engine;
 use crate::fdpass::{self, Channel};
 use crate::lifecycle::{self, PidFd, ReadyFd};
 use crate::netns::{self, Configure, TunRequest};
+use crate::publish::{self, Bound};
 use crate::sandbox::Sandbox;
 use crate::tun::{self, TunDevice};
 use crate::uapi::{self, UapiSocket};
@@ -169,6 +178,10 @@ struct ChildPlan<'a> {
     /// For the engine, to log at warn once the tunnel is up (before the
     /// command starts).
     up_warnings: Vec<String>,
+    /// `--publish`'s inner end of the pair (see `publish`), for the connector.
+    connector: Option<&'a Channel>,
+    /// The command (`up`'s holder) is the connector; else one is started.
+    connector_is_command: bool,
 }
 
 /// What `up` (see `named`) adds to `run`: its command is the holder, whose
@@ -223,7 +236,7 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
         .ready_fd
         .map(|fd| ReadyFd::take(fd, "--ready-fd"))
         .transpose()?;
-    let command = args
+    let mut command = args
         .command
         .iter()
         .map(|arg| CString::new(arg.as_bytes()))
@@ -235,6 +248,8 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
 
     let dir = args.tmpdir.clone().unwrap_or_else(uapi::default_dir);
     refuse_cwd_in(&dir)?;
+    // Bound first: a port in use stops us before anything exists.
+    let published = Bound::bind(&publish::parse_all(&args.publish)?)?;
     let socket = UapiSocket::bind(&dir, &ifname)?;
     let resolv_name = format!("{ifname}.resolv.conf");
     let resolv_path = match resolv_conf(&config) {
@@ -261,6 +276,18 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
         .context("cannot start the cleanup process")?
     };
 
+    // The pair between the forwarder (host) and the connector (inside); for
+    // `up` the holder is the connector, and learns its descriptor as an
+    // argument.
+    let (mut outside, inside) = if published.is_empty() {
+        (None, None)
+    } else {
+        let (host_end, inner_end) = fdpass::channel_pair().context("cannot make a socketpair")?;
+        if held.is_some() {
+            command.push(CString::new(inner_end.as_raw_fd().to_string())?);
+        }
+        (Some((published, host_end)), Some(inner_end))
+    };
     let plan = ChildPlan {
         ifname: &ifname,
         config: &config,
@@ -275,6 +302,8 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
         gid: getgid(),
         command,
         up_warnings,
+        connector: inside.as_ref(),
+        connector_is_command: held.is_some(),
     };
     let (ours, theirs) = fdpass::channel_pair().context("cannot make a socketpair")?;
     let parent = nix::unistd::getpid();
@@ -282,11 +311,20 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
     let child = match lifecycle::fork_before_threads().context("cannot fork")? {
         ForkResult::Child => {
             drop(ours);
+            // The host's listeners are not for the namespace.
+            drop(outside.take());
             child_main(&plan, &theirs, parent)
         }
         ForkResult::Parent { child } => child,
     };
     drop(theirs);
+    if let Some((published, host_end)) = outside.take()
+        && let Err(e) = published.spawn_forwarder(host_end)
+    {
+        let _ = kill(child, Signal::SIGKILL);
+        let _ = waitpid(child, None);
+        return Err(e.into());
+    }
     let sandbox =
         Sandbox::new(!args.no_sandbox, &dir, &config).signalling(child.as_raw().unsigned_abs());
     let result = parent_main(
@@ -535,6 +573,19 @@ fn child_main(plan: &ChildPlan<'_>, channel: &Channel, parent: Pid) -> ! {
     }
     // Credential changes clear the parent-death signal: set it again.
     lifecycle::die_with(parent);
+    if let Some(channel) = plan.connector {
+        let started = if plan.connector_is_command {
+            channel
+                .keep_across_exec()
+                .map_err(|e| format!("cannot hand the --publish channel on: {e}"))
+        } else {
+            publish::start_connector(channel)
+        };
+        if let Err(msg) = started {
+            eprintln!("wireguard4netns: {msg}");
+            lifecycle::exit_now(1);
+        }
+    }
     let (code, why) = exec_command(&plan.command);
     eprintln!(
         "wireguard4netns: {}: {why}",
@@ -573,6 +624,10 @@ fn setup_namespaces(plan: &ChildPlan<'_>) -> Result<OwnedFd, String> {
     // which is gid 0 of this user namespace.
     fs::write("/proc/sys/net/ipv4/ping_group_range", "0 0")
         .map_err(|e| format!("cannot allow ping in the namespace: {e}"))?;
+    // Any port for the command, as for root: the namespace is its own, and
+    // `--publish 8080:80` should reach a web UI on port 80 inside.
+    fs::write("/proc/sys/net/ipv4/ip_unprivileged_port_start", "0")
+        .map_err(|e| format!("cannot allow low ports in the namespace: {e}"))?;
 
     let request = TunRequest {
         ifname: plan.ifname,

@@ -24,7 +24,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::Duration;
 
 use nix::fcntl::{FcntlArg, OFlag, fcntl};
@@ -131,6 +131,36 @@ impl Sidecar {
         tokio::time::timeout(timeout, answer)
             .await
             .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+    }
+}
+
+/// Fork a process that confines itself as a sidecar does but keeps the
+/// descriptors in `keep` (instead of one channel), runs `job` and exits when
+/// it returns: for a process the engine never asks, such as `--publish`'s
+/// forwarder (see [`crate::publish`]). Must be called while the process is
+/// single-threaded.
+///
+/// # Errors
+///
+/// When the fork fails.
+pub fn spawn_keeping(keep: &[RawFd], caps: caps::Keep, job: impl FnOnce()) -> io::Result<Pid> {
+    let parent = nix::unistd::getpid();
+    match lifecycle::fork_before_threads()? {
+        ForkResult::Child => {
+            lifecycle::die_with(parent);
+            // SAFETY: this forked child never returns into code that owns
+            // descriptors (it exits after `job`), and `job` uses none but
+            // those in `keep`, which are kept.
+            if unsafe { crate::daemon::keep_only(keep) }.is_err()
+                || crate::sandbox::set_no_new_privs().is_err()
+                || caps::drop_all_but(caps).is_err()
+            {
+                lifecycle::exit_now(1);
+            }
+            job();
+            lifecycle::exit_now(0)
+        }
+        ForkResult::Parent { child } => Ok(child),
     }
 }
 

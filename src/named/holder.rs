@@ -12,8 +12,10 @@
 //! which is what lets `exec NAME` and `list` (the caller's own processes)
 //! open its `/proc/PID/ns/*`.
 //!
-//! This is where `--publish`'s inner half will live: a process in the
-//! namespace that opens connections to its loopback and hands them out.
+//! With `--publish` it is also the connector (see `publish`): it opens the
+//! connections to the namespace's loopback and hands them out, its channel's
+//! descriptor given as the argument after the name. That keeps it out of
+//! `list`'s count and `down`'s signals, which spare the holder.
 
 #![forbid(unsafe_code)]
 
@@ -41,6 +43,10 @@ pub fn main_if_asked() -> Option<u8> {
     // `ps` and `top` show "w4n-hold NAME" rather than "exe".
     if let Ok(comm) = CString::new("w4n-hold") {
         let _ = nix::sys::prctl::set_name(&comm);
+    }
+    let _name = args.next();
+    if let Some(fd) = args.next() {
+        return Some(crate::publish::serve_inherited(Some(fd)));
     }
     // SIGTERM, SIGINT and SIGHUP keep their default action, which ends us;
     // nothing else is waited for.

@@ -178,6 +178,9 @@ pub fn up(args: &UpArgs, log_fd: Option<RawFd>) -> anyhow::Result<u8> {
     let config = std::path::absolute(&config)
         .with_context(|| format!("cannot make {} absolute", config.display()))?;
     let name = tunnel_name(args.name.as_deref(), &config)?;
+    // Said here, not through the daemon (binding waits for it: the daemon
+    // holds the listeners).
+    crate::publish::parse_all(&args.publish)?;
     let dir = socket_dir(args.tmpdir.as_deref())?;
     check_not_up(&dir, &name)?;
     // Its errors, said here rather than into the daemon's /dev/null.
@@ -198,6 +201,7 @@ pub fn up(args: &UpArgs, log_fd: Option<RawFd>) -> anyhow::Result<u8> {
         ifname: Some(name.clone()),
         tmpdir: Some(dir.clone()),
         map_root: false,
+        publish: args.publish.clone(),
         no_sandbox: args.no_sandbox,
         ready_fd: None,
         log_level: None,

@@ -93,6 +93,26 @@ pub fn scope_signals() -> Result<bool, RulesetError> {
     Ok(status.ruleset != RulesetStatus::NotEnforced)
 }
 
+/// For `--publish`'s forwarder (see [`crate::publish`]): no filesystem at
+/// all, no TCP `bind` or `connect` (it accepts on listeners bound before,
+/// and its inner sockets come connected from the namespace), no abstract
+/// unix sockets, no signals to anyone outside. So even a forwarder gone
+/// wrong opens no connection of its own on the host. Returns whether the
+/// kernel enforces it (best effort, as for the engine).
+pub fn forwarder() -> Result<bool, RulesetError> {
+    Ok(apply_forwarder()?.ruleset != RulesetStatus::NotEnforced)
+}
+
+fn apply_forwarder() -> Result<RestrictionStatus, RulesetError> {
+    Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(ABI_WANTED))?
+        .handle_access(AccessNet::BindTcp | AccessNet::ConnectTcp)?
+        .scope(Scope::AbstractUnixSocket | Scope::Signal)?
+        .create()?
+        .restrict_self()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::testing::in_child;
@@ -170,5 +190,38 @@ mod tests {
         }
         // The parent is not confined: the file outside is still there.
         assert!(theirs.exists());
+    }
+
+    /// The forwarder: no file, no TCP connect of its own.
+    #[test]
+    fn the_forwarder_opens_nothing() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let status = in_child(|| {
+            let Ok(status) = apply_forwarder() else {
+                return 2;
+            };
+            if !landlock_or_skip("the_forwarder_opens_nothing", &status) {
+                return 10;
+            }
+            if !denied(fs::read("/etc/hostname")) {
+                return 3;
+            }
+            let tcp_handled = matches!(
+                status.landlock,
+                landlock::LandlockStatus::Available { effective_abi, .. } if effective_abi >= ABI::V4
+            );
+            if tcp_handled && !denied(std::net::TcpStream::connect(addr)) {
+                return 4;
+            }
+            0
+        });
+        match status {
+            WaitStatus::Exited(_, 0 | 10) => {}
+            other => panic!("child failed: {other:?}"),
+        }
+        // Accepting on a listener bound before is not governed: e2e_publish
+        // shows it end to end.
+        drop(listener);
     }
 }
