@@ -701,9 +701,17 @@ impl Parity<'_> {
         self.check_session(step, session, &before);
     }
 
-    /// Both views equal.
+    /// Both views equal, within 2 s: the engines' timers act on a new
+    /// peer at different moments (wireguard-go sends a persistent keepalive
+    /// at the `set` itself, gotatun at its next 250 ms tick), so a view taken
+    /// at once may catch one side's first packet and not the other's.
     fn same(&self, step: &str) {
-        let [ours, go] = self.sides.each_ref().map(Side::view);
+        let mut views = self.sides.each_ref().map(Side::view);
+        wait_for(Duration::from_secs(2), || {
+            views = self.sides.each_ref().map(Side::view);
+            views[0] == views[1]
+        });
+        let [ours, go] = views;
         assert_eq!(
             ours, go,
             "after {step}: ours (left) and wireguard-go (right) differ"
