@@ -157,7 +157,7 @@ fn inspector_main(channel: Channel) {
             (Err(e), _) => Err(PeerError::Delegated(e.to_string())),
             (_, None) => Err(PeerError::Delegated("no socket in the question".to_owned())),
         };
-        encode(&answer)
+        (encode(&answer), None)
     })
 }
 

@@ -38,7 +38,7 @@ use std::ffi::{CString, OsString};
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -48,11 +48,11 @@ use nix::sys::socket::{
     AddressFamily, Shutdown, SockFlag, SockType, SockaddrIn, connect, shutdown, socket,
 };
 use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use crate::fdpass::Channel;
 use crate::lifecycle;
+use crate::sidecar::Asker;
 
 /// The first argument that makes this binary `run`'s connector.
 pub const ARG: &str = "__publish-connect";
@@ -395,60 +395,42 @@ fn forwarder_main(listeners: Vec<(u16, Listener)>, channel: Channel) {
 
 /// The forwarder's end of the pair: one question at a time, each with a
 /// sequence number that its answer repeats, so a late answer to a question
-/// that timed out is not taken for the next one's.
+/// that timed out is not taken for the next one's ([`Asker`]).
 struct Inside {
-    channel: tokio::sync::Mutex<(AsyncFd<Channel>, u32)>,
+    asker: tokio::sync::Mutex<Asker>,
 }
 
 impl Inside {
     fn new(channel: Channel) -> io::Result<Self> {
-        fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-        // SAFETY: the channel owns its descriptor, which stays open and keeps
-        // its number for as long as the `AsyncFd` owns the channel.
-        let channel = unsafe { AsyncFd::register(channel) }?;
         Ok(Self {
-            channel: tokio::sync::Mutex::new((channel, 0)),
+            asker: tokio::sync::Mutex::new(Asker::new(channel)?),
         })
     }
 
     /// A socket in the namespace, connected (or connecting) to
     /// 127.0.0.1:`port`.
     async fn open(&self, proto: Proto, port: u16) -> io::Result<OwnedFd> {
-        let mut guard = self.channel.lock().await;
-        let (channel, seq) = &mut *guard;
-        *seq = seq.wrapping_add(1);
-        let seq = *seq;
-        let mut question = seq.to_le_bytes().to_vec();
-        question.push(match proto {
+        let kind = match proto {
             Proto::Tcp => b't',
             Proto::Udp => b'u',
-        });
-        question.extend_from_slice(&port.to_le_bytes());
-        channel.get_ref().send(&question, None)?;
-        let answer = async {
-            loop {
-                let mut ready = channel.readable().await?;
-                let msg = match ready.try_io(|c| c.get_ref().recv()) {
-                    Ok(Ok(Some(msg))) => msg,
-                    Ok(Ok(None)) => return Err(io::Error::other("the connector has exited")),
-                    Ok(Err(e)) => return Err(e),
-                    Err(_would_block) => continue,
-                };
-                let Some((answered, text)) = msg.data.split_first_chunk::<4>() else {
-                    return Err(io::ErrorKind::InvalidData.into());
-                };
-                if u32::from_le_bytes(*answered) != seq {
-                    continue;
-                }
-                return match msg.fd {
-                    Some(fd) if text == ANSWER_OK => Ok(fd),
-                    _ => Err(io::Error::other(String::from_utf8_lossy(text).into_owned())),
-                };
-            }
         };
-        tokio::time::timeout(ASK_TIMEOUT, answer)
+        let [lo, hi] = port.to_le_bytes();
+        let answer = self
+            .asker
+            .lock()
             .await
-            .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+            .ask(&[kind, lo, hi], None, ASK_TIMEOUT)
+            .await
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => io::Error::other("the connector has exited"),
+                _ => e,
+            })?;
+        match answer.fd {
+            Some(fd) if answer.data == ANSWER_OK => Ok(fd),
+            _ => Err(io::Error::other(
+                String::from_utf8_lossy(&answer.data).into_owned(),
+            )),
+        }
     }
 }
 
@@ -730,25 +712,10 @@ pub fn serve_inherited(fd: Option<OsString>) -> u8 {
 
 /// Answer each question with a socket, until end-of-file.
 fn serve(channel: &Channel) {
-    loop {
-        let msg = match channel.recv() {
-            Ok(Some(msg)) => msg,
-            Ok(None) | Err(_) => return,
-        };
-        let Some((seq, question)) = msg.data.split_first_chunk::<4>() else {
-            continue;
-        };
-        let mut reply = seq.to_vec();
-        let socket = open_inside(question);
-        match &socket {
-            Ok(_) => reply.extend_from_slice(ANSWER_OK),
-            Err(e) => reply.extend_from_slice(format!("cannot connect inside: {e}").as_bytes()),
-        }
-        let fd = socket.as_ref().ok().map(|fd| fd.as_fd());
-        if channel.send(&reply, fd).is_err() {
-            return;
-        }
-    }
+    crate::sidecar::serve(channel, |question, _| match open_inside(question) {
+        Ok(socket) => (ANSWER_OK.to_vec(), Some(socket)),
+        Err(e) => (format!("cannot connect inside: {e}").into_bytes(), None),
+    })
 }
 
 /// A question's socket: `t`/`u` and a port (little-endian) make a TCP or UDP

@@ -19,7 +19,7 @@
 //!   costs one question an error, not the engine a hang.
 //!
 //! What a question and an answer mean is the job's business; here they are
-//! bytes (and, for a question, an optional descriptor).
+//! bytes and an optional descriptor.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -31,19 +31,15 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::unistd::{ForkResult, Pid};
 use tokio::io::unix::AsyncFd;
 
-use crate::fdpass::{self, Channel};
+use crate::fdpass::{self, Channel, Received};
 use crate::lifecycle;
 use crate::sandbox::caps;
 
 /// The engine's side of a sidecar process.
 #[derive(Debug)]
 pub struct Sidecar {
-    /// The channel, non-blocking; registered with the runtime at the first
-    /// question (sidecars are forked before the runtime exists).
-    channel: Option<Channel>,
-    registered: Option<AsyncFd<Channel>>,
+    asker: Asker,
     pid: Pid,
-    seq: u32,
 }
 
 impl Sidecar {
@@ -57,25 +53,13 @@ impl Sidecar {
     /// When the socketpair or the fork fails.
     pub fn spawn(keep: caps::Keep, job: impl FnOnce(Channel)) -> io::Result<Self> {
         let (ours, theirs) = fdpass::channel_pair()?;
-        let parent = nix::unistd::getpid();
-        match lifecycle::fork_before_threads()? {
-            ForkResult::Child => {
-                drop(ours);
-                confine(&theirs, parent, keep);
-                job(theirs);
-                lifecycle::exit_now(0)
-            }
-            ForkResult::Parent { child } => {
-                drop(theirs);
-                fcntl(&ours, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
-                Ok(Self {
-                    channel: Some(ours),
-                    registered: None,
-                    pid: child,
-                    seq: 0,
-                })
-            }
-        }
+        let kept = theirs.as_raw_fd();
+        // In the parent the closure, and with it `theirs`, is dropped here.
+        let pid = spawn_keeping(&[kept], keep, move || job(theirs))?;
+        Ok(Self {
+            asker: Asker::new(ours)?,
+            pid,
+        })
     }
 
     /// The sidecar's process ID, for messages.
@@ -83,21 +67,65 @@ impl Sidecar {
         self.pid
     }
 
-    /// Send `question` (with `fd`, when given) and wait at most `timeout` for
-    /// its answer. Needs a tokio runtime.
+    /// [`Asker::ask`], for the answer's bytes.
     ///
     /// # Errors
     ///
-    /// `TimedOut` when no answer came in time, `UnexpectedEof` when the
-    /// sidecar is gone, `InvalidData` for an answer that does not parse, and
-    /// whatever sending the question failed with (a stopped sidecar whose queue
-    /// is full fails at once: the channel is non-blocking).
+    /// As [`Asker::ask`].
     pub async fn ask(
         &mut self,
         question: &[u8],
         fd: Option<BorrowedFd<'_>>,
         timeout: Duration,
     ) -> io::Result<Vec<u8>> {
+        Ok(self.asker.ask(question, fd, timeout).await?.data)
+    }
+}
+
+/// The asking end of a pair: one question at a time, each with a sequence
+/// number that its answer repeats (see the module documentation). Used for
+/// sidecars, and by `--publish`'s forwarder to ask the connector inside for
+/// sockets ([`crate::publish`]).
+#[derive(Debug)]
+pub struct Asker {
+    /// The channel, non-blocking; registered with the runtime at the first
+    /// question (sidecars are forked before the runtime exists).
+    channel: Option<Channel>,
+    registered: Option<AsyncFd<Channel>>,
+    seq: u32,
+}
+
+impl Asker {
+    /// Ask over `channel` (made non-blocking here).
+    ///
+    /// # Errors
+    ///
+    /// When the channel cannot be made non-blocking.
+    pub fn new(channel: Channel) -> io::Result<Self> {
+        fcntl(&channel, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+        Ok(Self {
+            channel: Some(channel),
+            registered: None,
+            seq: 0,
+        })
+    }
+
+    /// Send `question` (with `fd`, when given) and wait at most `timeout` for
+    /// its answer: its bytes (without the sequence number) and the descriptor
+    /// that came with it. Needs a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// `TimedOut` when no answer came in time, `UnexpectedEof` when the
+    /// other end is gone, `InvalidData` for an answer that does not parse,
+    /// and whatever sending the question failed with (a stopped sidecar whose
+    /// queue is full fails at once: the channel is non-blocking).
+    pub async fn ask(
+        &mut self,
+        question: &[u8],
+        fd: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> io::Result<Received> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         if let Some(channel) = self.channel.take() {
@@ -121,7 +149,12 @@ impl Sidecar {
                     Err(_would_block) => continue,
                 };
                 match split_seq(&msg.data) {
-                    Some((answered, answer)) if answered == seq => return Ok(answer.to_vec()),
+                    Some((answered, answer)) if answered == seq => {
+                        return Ok(Received {
+                            data: answer.to_vec(),
+                            fd: msg.fd,
+                        });
+                    }
                     // A late answer to an earlier question that timed out.
                     Some(_) => continue,
                     None => return Err(io::Error::from(io::ErrorKind::InvalidData)),
@@ -164,39 +197,28 @@ pub fn spawn_keeping(keep: &[RawFd], caps: caps::Keep, job: impl FnOnce()) -> io
     }
 }
 
-/// In the sidecar: die with the engine, hold only `channel`, no new
-/// privileges, no capability but `keep`. Exits at once if any of it fails.
-fn confine(channel: &Channel, parent: Pid, keep: caps::Keep) {
-    // Do not even start if the engine is already gone.
-    lifecycle::die_with(parent);
-    // SAFETY: this forked child never returns into code that owns
-    // descriptors (its job never returns) and uses no descriptor after this
-    // but `channel`, which is kept.
-    if unsafe { crate::daemon::keep_only(&[channel.as_fd().as_raw_fd()]) }.is_err()
-        || crate::sandbox::set_no_new_privs().is_err()
-        || caps::drop_all_but(keep).is_err()
-    {
-        lifecycle::exit_now(1);
-    }
-}
-
-/// A sidecar's loop: answer every question with `answer` (its bytes and the
-/// descriptor that came with it) until the engine goes away. Never returns.
-pub fn serve(channel: &Channel, mut answer: impl FnMut(&[u8], Option<OwnedFd>) -> Vec<u8>) -> ! {
+/// A sidecar's loop: answer every question with `answer` (given its bytes and
+/// the descriptor that came with it, it returns the answer's bytes and a
+/// descriptor to send along); returns when the asking end goes away.
+pub fn serve(
+    channel: &Channel,
+    mut answer: impl FnMut(&[u8], Option<OwnedFd>) -> (Vec<u8>, Option<OwnedFd>),
+) {
     loop {
         let msg = match channel.recv() {
             Ok(Some(msg)) => msg,
-            // The engine is gone (or the channel broke): nothing left to do.
-            Ok(None) | Err(_) => lifecycle::exit_now(0),
+            // The asking end is gone (or the channel broke): nothing left to do.
+            Ok(None) | Err(_) => return,
         };
         let Some((seq, question)) = split_seq(&msg.data) else {
             continue;
         };
         let mut reply = seq.to_le_bytes().to_vec();
-        reply.extend(answer(question, msg.fd));
+        let (bytes, fd) = answer(question, msg.fd);
+        reply.extend(bytes);
         reply.truncate(fdpass::MAX_MESSAGE);
-        if channel.send(&reply, None).is_err() {
-            lifecycle::exit_now(0);
+        if channel.send(&reply, fd.as_ref().map(AsFd::as_fd)).is_err() {
+            return;
         }
     }
 }
@@ -226,7 +248,7 @@ mod tests {
         serve(&channel, |question, fd| {
             let mut answer = question.to_vec();
             answer.push(if fd.is_some() { b'+' } else { b'-' });
-            answer
+            (answer, fd)
         })
     }
 
@@ -240,13 +262,25 @@ mod tests {
             let mut sidecar = Sidecar::spawn(caps::Keep::default(), echo).unwrap();
             let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
             let second = Duration::from_secs(1);
-            let answers = block_on(async {
+            let (answers, handed_back) = block_on(async {
                 (
-                    sidecar.ask(b"one", None, second).await.unwrap(),
-                    sidecar.ask(b"two", Some(a.as_fd()), second).await.unwrap(),
+                    (
+                        sidecar.ask(b"one", None, second).await.unwrap(),
+                        sidecar.ask(b"two", Some(a.as_fd()), second).await.unwrap(),
+                    ),
+                    // The echo sends the descriptor back with its answer.
+                    sidecar
+                        .asker
+                        .ask(b"three", Some(a.as_fd()), second)
+                        .await
+                        .unwrap(),
                 )
             });
-            i32::from(answers != (b"one-".to_vec(), b"two+".to_vec()))
+            i32::from(
+                answers != (b"one-".to_vec(), b"two+".to_vec())
+                    || handed_back.data != b"three+"
+                    || handed_back.fd.is_none(),
+            )
         }));
     }
 
