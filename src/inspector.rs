@@ -221,17 +221,9 @@ fn decode(data: &[u8]) -> Option<Result<Peer, PeerError>> {
 mod tests {
     use super::*;
     use crate::lifecycle;
+    use crate::sandbox::testing::block_on;
     use nix::unistd::ForkResult;
     use std::os::unix::net::UnixStream;
-
-    /// A current-thread runtime (the tests fork, so no other thread may exist).
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
 
     #[test]
     fn answers_round_trip() {

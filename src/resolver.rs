@@ -402,17 +402,10 @@ mod tests {
     /// end (tests/e2e_faults.rs, a hostname endpoint whose address changes).
     #[test]
     fn in_process_lookup_finds_localhost() {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let found = rt
-            .block_on(Resolver::InProcess.lookup("localhost", 7))
-            .unwrap();
+        use crate::sandbox::testing::block_on;
+        let found = block_on(Resolver::InProcess.lookup("localhost", 7)).unwrap();
         assert!(found.iter().all(|a| a.ip().is_loopback() && a.port() == 7));
-        let err = rt
-            .block_on(Resolver::InProcess.lookup("no-such-host.invalid", 7))
-            .unwrap_err();
+        let err = block_on(Resolver::InProcess.lookup("no-such-host.invalid", 7)).unwrap_err();
         assert!(!err.is_empty());
     }
 }

@@ -232,17 +232,9 @@ fn split_seq(data: &[u8]) -> Option<(u32, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sandbox::testing::block_on;
     use nix::sys::signal::{Signal, kill};
     use nix::sys::wait::WaitStatus;
-
-    /// A current-thread runtime (the tests fork, so no other thread may exist).
-    fn block_on<F: std::future::Future>(f: F) -> F::Output {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
-            .block_on(f)
-    }
 
     fn echo(channel: Channel) {
         serve(&channel, |question, fd| {

@@ -233,7 +233,7 @@ pub fn set_no_new_privs() -> io::Result<()> {
 pub(crate) mod testing {
     //! A fork scaffold for the sandbox tests: the body runs in a child (so
     //! the filter or ruleset it installs never reaches the test harness) and
-    //! the parent sees how the child ended.
+    //! the parent sees how the child ended; and a runtime for such a child.
 
     use nix::sys::wait::{WaitStatus, waitpid};
     use nix::unistd::{ForkResult, fork};
@@ -254,6 +254,16 @@ pub(crate) mod testing {
             }
             ForkResult::Parent { child } => waitpid(child, None).expect("waitpid"),
         }
+    }
+
+    /// Run `f` on a current-thread runtime: a test that forks (sidecars,
+    /// [`in_child`]) may not have started other threads.
+    pub(crate) fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime")
+            .block_on(f)
     }
 }
 
