@@ -12,7 +12,7 @@
 
 #![forbid(unsafe_code)]
 
-use std::ffi::CString;
+use std::ffi::{CString, OsString};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -22,6 +22,35 @@ use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::{Pid, execv, getpgid, getpgrp, getpid, getsid};
 
 use crate::lifecycle::ReceivedSignal;
+
+/// Why a command line cannot be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ArgvError {
+    #[error("the command contains a NUL byte")]
+    Nul(#[source] std::ffi::NulError),
+    /// None given; the form's synopsis says how.
+    #[error("no command given: {0}")]
+    Empty(&'static str),
+}
+
+/// The command's arguments as `execv` takes them; `synopsis` is the form's
+/// (`wireguard4netns run --config CONFIG -- CMD [ARGS…]`), for the error
+/// when there are none.
+///
+/// # Errors
+///
+/// [`ArgvError`] for an argument with a NUL byte, or no command.
+pub fn argv(args: &[OsString], synopsis: &'static str) -> Result<Vec<CString>, ArgvError> {
+    let argv = args
+        .iter()
+        .map(|arg| CString::new(arg.as_bytes()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ArgvError::Nul)?;
+    if argv.is_empty() {
+        return Err(ArgvError::Empty(synopsis));
+    }
+    Ok(argv)
+}
 
 /// Exit statuses of a shell that cannot run a command.
 pub const NOT_FOUND: i32 = 127;

@@ -35,10 +35,9 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use nix::fcntl::OFlag;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::unistd::{ForkResult, Pid, getpid};
@@ -60,15 +59,8 @@ pub fn exec(args: &ExecArgs) -> anyhow::Result<u8> {
             crate::attach::parse_target(&args.target, args.netns_type, args.userns_path.as_deref())?
         }
     };
-    let command = args
-        .command
-        .iter()
-        .map(|arg| CString::new(arg.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .context("the command contains a NUL byte")?;
-    if command.is_empty() {
-        bail!("no command given: wireguard4netns exec TARGET -- CMD [ARGS…]");
-    }
+    let command =
+        crate::command::argv(&args.command, "wireguard4netns exec TARGET -- CMD [ARGS…]")?;
     let ns = netns::open_for_exec(&target)?;
     if let (Some(name), Target::Pid(pid)) = (named, &target) {
         crate::named::still_the_holder(args.tmpdir.as_deref(), name, *pid)?;

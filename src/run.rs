@@ -36,7 +36,6 @@ use std::ffi::CString;
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
@@ -236,15 +235,10 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
         .ready_fd
         .map(|fd| ReadyFd::take(fd, "--ready-fd"))
         .transpose()?;
-    let mut command = args
-        .command
-        .iter()
-        .map(|arg| CString::new(arg.as_bytes()))
-        .collect::<Result<Vec<_>, _>>()
-        .context("the command contains a NUL byte")?;
-    if command.is_empty() {
-        bail!("no command given: wireguard4netns run --config CONFIG -- CMD [ARGS…]");
-    }
+    let mut command = crate::command::argv(
+        &args.command,
+        "wireguard4netns run --config CONFIG -- CMD [ARGS…]",
+    )?;
 
     let dir = args.tmpdir.clone().unwrap_or_else(uapi::default_dir);
     refuse_cwd_in(&dir)?;
