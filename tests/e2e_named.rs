@@ -48,23 +48,6 @@ fn named_ok(subcommand: &str, dir: &Path, args: &[&str]) -> String {
     text(&out.stdout)
 }
 
-/// A refusal: status 1, one line on stderr that contains `want`, nothing on
-/// stdout.
-fn assert_refused(out: &Output, want: &str, context: &str) {
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{context}: {out:?}");
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "{context}: not one line:\n{stderr}"
-    );
-    assert!(
-        stderr.starts_with("wireguard4netns: ") && stderr.contains(want),
-        "{context}: expected {want:?} in:\n{stderr}"
-    );
-    assert!(out.stdout.is_empty(), "{context}: {}", text(&out.stdout));
-}
-
 /// The socket directory of a test: inside the work dir, made by `up`.
 fn sock_dir(s: &Scenario) -> PathBuf {
     s.dir.path().join("uapi")

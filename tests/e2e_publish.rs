@@ -152,21 +152,6 @@ fn named(subcommand: &str, dir: &Path, args: &[&str]) -> Output {
         .unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// A refusal: status 1, one line on stderr that contains `want`.
-fn assert_refused(out: &Output, want: &str, context: &str) {
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{context}: {out:?}");
-    assert_eq!(
-        stderr.lines().count(),
-        1,
-        "{context}: not one line:\n{stderr}"
-    );
-    assert!(
-        stderr.starts_with("wireguard4netns: ") && stderr.contains(want),
-        "{context}: expected {want:?} in:\n{stderr}"
-    );
-}
-
 /// The network namespace of `pid`, as the link `/proc/PID/ns/net` reads.
 fn netns_of(pid: u32) -> Option<PathBuf> {
     fs::read_link(format!("/proc/{pid}/ns/net")).ok()

@@ -871,6 +871,23 @@ pub fn describe(cmd: &Command) -> String {
     format!("`{s}`")
 }
 
+/// A refusal: status 1, one line on stderr that contains `want`, nothing on
+/// stdout.
+pub fn assert_refused(out: &Output, want: &str, context: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{context}: {out:?}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "{context}: not one line:\n{stderr}"
+    );
+    assert!(
+        stderr.starts_with("wireguard4netns: ") && stderr.contains(want),
+        "{context}: expected {want:?} in:\n{stderr}"
+    );
+    assert!(out.stdout.is_empty(), "{context}: {}", text(&out.stdout));
+}
+
 /// `program args…` in the current namespaces, as the current user (root).
 pub fn cmd<S: AsRef<OsStr>>(
     program: impl AsRef<OsStr>,
