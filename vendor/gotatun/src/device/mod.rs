@@ -329,9 +329,8 @@ impl<T: DeviceTransports> Connection<T> {
                 Some(Arc::clone(&device.tun_tx)),
             ),
             Some(pool) => {
-                let depth = datapath::in_flight(device.crypto_workers.get());
-                let (out_tickets, out_rx) = mpsc::channel(depth);
-                let (in_tickets, in_rx) = mpsc::channel(depth);
+                let (out_tickets, out_rx) = mpsc::channel(datapath::IN_FLIGHT);
+                let (in_tickets, in_rx) = mpsc::channel(datapath::IN_FLIGHT);
                 ordered.push(Task::spawn(
                     "send_sealed",
                     watched(
