@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -77,13 +78,15 @@ fn peers(config: &Config, endpoints: &[Option<SocketAddr>]) -> Vec<Peer> {
 }
 
 impl Engine {
-    /// Start the device on `tun` with the config's key, port and peers. Needs a
-    /// tokio runtime.
+    /// Start the device on `tun` with the config's key, port and peers,
+    /// encrypting and decrypting on `threads` threads (`--threads`; with 1, on
+    /// the runtime's). Needs a tokio runtime.
     pub async fn start(
         tun: TunDevice,
         config: &Config,
         endpoints: &[Option<SocketAddr>],
         uapi: UapiServer,
+        threads: NonZeroUsize,
     ) -> Result<Self, EngineError> {
         let port = config.interface.listen_port.unwrap_or(0);
         let mut builder = device::build()
@@ -92,6 +95,7 @@ impl Engine {
             .with_private_key(StaticSecret::from(*config.interface.private_key.as_bytes()))
             .with_listen_port(port)
             .with_peers(peers(config, endpoints))
+            .with_crypto_workers(threads)
             .with_uapi(uapi);
         if let Some(mark) = config.interface.fwmark {
             builder = builder.with_fwmark(mark);
