@@ -1021,6 +1021,89 @@ mod tests {
         assert_eq!(sent.as_bytes(), received.as_bytes());
     }
 
+    // wireguard4netns: the crypto apart from the peer's state (`SealJob`, `OpenJob`).
+
+    /// A packet prepared on a session that a new private key then drops (as a handshake
+    /// replacing its slot would) is still sealed with it, and the peer, which still has
+    /// that session, opens it.
+    #[test]
+    fn a_seal_job_outlives_its_session_in_the_tunnel() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let sent = create_ipv4_udp_packet();
+        let Some(Outgoing::Seal(job)) =
+            my_tun.prepare_outgoing_packet(sent.clone().into_bytes(), None)
+        else {
+            panic!("expected a data packet to seal");
+        };
+        let key = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        let public = x25519_dalek::PublicKey::from(&key);
+        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        my_tun.set_static_private(key, public, limiter);
+        assert!(my_tun.sessions.iter().all(Option::is_none));
+        let sealed = job.seal();
+        let TunnResult::WriteToTunnel(received) = their_tun.handle_incoming_packet(sealed.into())
+        else {
+            panic!("the peer cannot open it");
+        };
+        assert_eq!(sent.as_bytes(), received.as_bytes());
+    }
+
+    /// A packet opened while a handshake replaced its session's slot is delivered, counted
+    /// in the old session's replay window, and makes neither the old nor a stranger
+    /// session current.
+    #[test]
+    fn an_opened_packet_of_a_replaced_session_is_delivered() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let data = their_tun
+            .handle_outgoing_packet(create_ipv4_udp_packet().into_bytes(), None)
+            .expect("sealed");
+        let WgKind::Data(data) = data else {
+            panic!("not data");
+        };
+        let replay = Packet::copy_from(&*data);
+        let job = their_tun_job(&my_tun, data);
+        // N_SESSIONS new handshakes: every slot is replaced, the old session with them.
+        for _ in 0..N_SESSIONS {
+            complete_handshake(&mut their_tun, &mut my_tun);
+        }
+        let current = my_tun.current;
+        let opened = job.open().expect("opens under the old session");
+        let plain = my_tun.finish_incoming_data(opened).expect("delivered");
+        assert!(!plain.is_empty());
+        assert_eq!(
+            my_tun.current, current,
+            "a session no longer there became current"
+        );
+        // The replayed datagram has no session any more: refused before any AEAD.
+        assert!(my_tun.prepare_incoming_data(replay).is_err());
+    }
+
+    fn their_tun_job(tun: &Tunn, data: Packet<WgData>) -> OpenJob {
+        tun.prepare_incoming_data(data)
+            .expect("a session and a fresh counter")
+    }
+
+    /// Two copies of a packet pass the quick check before either is marked (as in one
+    /// batch opened in parallel); the second is refused when it is finished.
+    #[test]
+    fn a_duplicate_that_passed_the_quick_check_is_refused_when_finished() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let data = their_tun
+            .handle_outgoing_packet(create_ipv4_udp_packet().into_bytes(), None)
+            .expect("sealed");
+        let WgKind::Data(data) = data else {
+            panic!("not data");
+        };
+        let copy = Packet::copy_from(&*data);
+        let first = their_tun_job(&my_tun, data).open().expect("opens");
+        let second = their_tun_job(&my_tun, copy).open().expect("opens");
+        assert!(my_tun.finish_incoming_data(first).is_ok());
+        assert!(matches!(
+            my_tun.finish_incoming_data(second),
+            Err(WireGuardError::InvalidCounter)
+        ));
+    }
+
     /// A handshake completes when both sides set the same preshared key.
     #[test]
     fn handshake_completes_with_matching_preshared_key() {
