@@ -4,7 +4,10 @@
 //! lives in `uapi`.
 //!
 //! gotatun runs a connection as tasks (UDP receive and decrypt, TUN read and
-//! encrypt, timers) that end for good on an I/O error: one `recvmmsg` error and
+//! encrypt, timers; with `--threads` above 1 the crypto runs on that many
+//! worker threads, and a task per direction sends or writes the results in
+//! order; see `vendor/gotatun/src/device/datapath.rs`) that end for good on an
+//! I/O error: one `recvmmsg` error and
 //! no packet flows again, while the UAPI still answers. [`Engine::failed`]
 //! reports such a death so the process can stop instead of serving a dead
 //! tunnel. A reconfiguration (`set listen_port`, `private_key`, `fwmark`)

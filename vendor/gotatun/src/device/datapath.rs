@@ -653,6 +653,8 @@ impl<T: DeviceTransports> DeviceState<T> {
         let mut packets = opened.packets.into_iter();
         for (peer_arc, n) in opened.runs {
             let mut peer = peer_arc.lock().await;
+            // The allowed-IPs check once per run of packets from one source address.
+            let mut checked: Option<(IpAddr, bool)> = None;
             for (opened, addr) in packets.by_ref().take(n) {
                 let Ok(opened) = opened else { continue };
                 let Ok(packet) = peer.tunnel.finish_incoming_data(opened) else {
@@ -685,10 +687,17 @@ impl<T: DeviceTransports> DeviceState<T> {
                     |ipv4| (ipv4.header.source().into(), ipv4.into()),
                     |ipv6| (ipv6.header.source().into(), ipv6.into()),
                 );
-                let routed_to_this_peer = device
-                    .peers_by_ip
-                    .find(source)
-                    .is_some_and(|owner| Arc::ptr_eq(owner, &peer_arc));
+                let routed_to_this_peer = match checked {
+                    Some((checked, allowed)) if checked == source => allowed,
+                    _ => {
+                        let allowed = device
+                            .peers_by_ip
+                            .find(source)
+                            .is_some_and(|owner| Arc::ptr_eq(owner, &peer_arc));
+                        checked = Some((source, allowed));
+                        allowed
+                    }
+                };
                 if !routed_to_this_peer {
                     if cfg!(debug_assertions) {
                         tracing::warn!(
