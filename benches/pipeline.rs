@@ -535,6 +535,14 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test --benches` runs us too, then
     // without it: one small round each shows the pipeline works.
     let full = std::env::args().any(|a| a == "--bench");
+    // One malloc arena, as the engine has (`lifecycle::engine_runtime`): with
+    // an arena per thread, batches freed on another thread than the one that
+    // allocated them cost page faults the engine does not have.
+    // SAFETY: mallopt only sets an allocator parameter; no thread runs yet.
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1)
+    };
     let (n, rounds) = if full { (65536, ROUNDS) } else { (512, 1) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
