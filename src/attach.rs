@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::os::fd::{OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
@@ -40,6 +41,8 @@ pub struct Plan {
     pub exit_fd: Option<ExitFd>,
     pub pid_file: Option<PidFile>,
     pub sandbox: Sandbox,
+    /// `--threads`, resolved.
+    pub threads: NonZeroUsize,
     /// The `--log-file` descriptor (opened by `main`), which the daemon keeps
     /// open when it sheds what it inherited.
     pub log_fd: Option<RawFd>,
@@ -193,6 +196,7 @@ impl Plan {
                 .map(|fd| ExitFd::take(fd, "--exit-fd"))
                 .transpose()?,
             pid_file,
+            threads: crate::cli::engine_threads(args.threads),
             log_fd: None,
         })
     }
@@ -309,7 +313,14 @@ fn serve(
         let mut signals = signals.watch().context("cannot watch signals")?;
         let tun = TunDevice::new(tun, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
-        let mut engine = Engine::start(tun.clone(), &plan.config, &plan.endpoints, server).await?;
+        let mut engine = Engine::start(
+            tun.clone(),
+            &plan.config,
+            &plan.endpoints,
+            server,
+            plan.threads,
+        )
+        .await?;
         crate::engine::spawn_watchers(&client, &plan.config, sidecars.resolver);
         let _uapi = uapi::serve(&socket, client, sidecars.peer_check)?;
         plan.sandbox.tunnel_up(socket.dir_fd())?;

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 use std::ffi::OsString;
+use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -227,6 +228,20 @@ pub fn not_a_target(word: &str, next: Option<&str>) -> Option<String> {
     ))
 }
 
+/// `--threads N`: a whole number, 1 or more.
+fn parse_threads(text: &str) -> Result<NonZeroUsize, String> {
+    text.parse::<NonZeroUsize>().map_err(|_| {
+        "the number of threads must be a whole number, 1 or more (hint: 1 encrypts on the engine's own thread; leave --threads out for one per core)".to_owned()
+    })
+}
+
+/// The engine's crypto threads: `--threads`, else one per core the process
+/// may run on. Asked before the engine confines itself (finding the cores
+/// reads cgroup files).
+pub fn engine_threads(threads: Option<NonZeroUsize>) -> NonZeroUsize {
+    threads.unwrap_or_else(|| std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN))
+}
+
 /// The `run` form.
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -267,6 +282,11 @@ pub struct RunArgs {
     /// Write "1" to this file descriptor once the tunnel is up, then close it
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,
+
+    /// Encrypt and decrypt on N threads, each peer's packets kept in order
+    /// [default: the number of cores]; 1 does it on the engine's own thread
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<NonZeroUsize>,
 
     /// Log level: error, warn, info, debug, trace, or a tracing filter
     /// [default: $RUST_LOG, else warn]
@@ -327,6 +347,11 @@ pub struct UpArgs {
     /// debugging only, e.g. to run it under strace
     #[arg(long)]
     pub no_sandbox: bool,
+
+    /// Encrypt and decrypt on N threads, each peer's packets kept in order
+    /// [default: the number of cores]; 1 does it on the engine's own thread
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<NonZeroUsize>,
 
     /// Log level: error, warn, info, debug, trace, or a tracing filter
     /// [default: $RUST_LOG, else warn]
@@ -426,6 +451,11 @@ pub struct AttachArgs {
     /// debugging only, e.g. to run it under strace
     #[arg(long)]
     pub no_sandbox: bool,
+
+    /// Encrypt and decrypt on N threads, each peer's packets kept in order
+    /// [default: the number of cores]; 1 does it on the engine's own thread
+    #[arg(long, value_name = "N", value_parser = parse_threads)]
+    pub threads: Option<NonZeroUsize>,
 
     /// Log level: error, warn, info, debug, trace, or a tracing filter
     /// [default: $RUST_LOG, else info]
@@ -632,6 +662,46 @@ mod tests {
         assert!(
             Cli::try_parse_from(["wireguard4netns", "genkey", "--log-level", "debug"]).is_err()
         );
+    }
+
+    /// `--threads` on every form that starts an engine, 1 or more; anything
+    /// else is a usage error naming the rule.
+    #[test]
+    fn threads_is_a_positive_number_on_the_engine_forms() {
+        let attach = |n: &str| {
+            let threads = format!("--threads={n}");
+            Cli::try_parse_from(["wireguard4netns", &threads, "1234", "wg0", "wg.conf"])
+        };
+        assert_eq!(attach("3").unwrap().attach.threads, NonZeroUsize::new(3));
+        let run = Cli::try_parse_from([
+            "wireguard4netns",
+            "run",
+            "--threads",
+            "1",
+            "-c",
+            "x",
+            "--",
+            "true",
+        ]);
+        match run.unwrap().command {
+            Some(Command::Run(run)) => assert_eq!(run.threads, Some(NonZeroUsize::MIN)),
+            other => panic!("{other:?}"),
+        }
+        match Cli::try_parse_from(["wireguard4netns", "up", "--threads", "2", "x"])
+            .unwrap()
+            .command
+        {
+            Some(Command::Up(up)) => assert_eq!(up.threads, NonZeroUsize::new(2)),
+            other => panic!("{other:?}"),
+        }
+        for bad in ["0", "-1", "two", "1.5", ""] {
+            let err = attach(bad).unwrap_err();
+            assert_eq!(err.kind(), clap::error::ErrorKind::ValueValidation, "{bad}");
+            assert!(err.to_string().contains("1 or more (hint:"), "{err}");
+        }
+        assert!(Cli::try_parse_from(["wireguard4netns", "genkey", "--threads", "2"]).is_err());
+        assert_eq!(engine_threads(NonZeroUsize::new(5)).get(), 5);
+        assert!(engine_threads(None).get() >= 1);
     }
 
     /// Every --tmpdir help names all three defaults, the last one included.

@@ -4,7 +4,10 @@
 //! lives in `uapi`.
 //!
 //! gotatun runs a connection as tasks (UDP receive and decrypt, TUN read and
-//! encrypt, timers) that end for good on an I/O error: one `recvmmsg` error and
+//! encrypt, timers; with `--threads` above 1 the crypto runs on that many
+//! worker threads, and a task per direction sends or writes the results in
+//! order; see `vendor/gotatun/src/device/datapath.rs`) that end for good on an
+//! I/O error: one `recvmmsg` error and
 //! no packet flows again, while the UAPI still answers. [`Engine::failed`]
 //! reports such a death so the process can stop instead of serving a dead
 //! tunnel. A reconfiguration (`set listen_port`, `private_key`, `fwmark`)
@@ -14,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -77,13 +81,15 @@ fn peers(config: &Config, endpoints: &[Option<SocketAddr>]) -> Vec<Peer> {
 }
 
 impl Engine {
-    /// Start the device on `tun` with the config's key, port and peers. Needs a
-    /// tokio runtime.
+    /// Start the device on `tun` with the config's key, port and peers,
+    /// encrypting and decrypting on `threads` threads (`--threads`; with 1, on
+    /// the runtime's). Needs a tokio runtime.
     pub async fn start(
         tun: TunDevice,
         config: &Config,
         endpoints: &[Option<SocketAddr>],
         uapi: UapiServer,
+        threads: NonZeroUsize,
     ) -> Result<Self, EngineError> {
         let port = config.interface.listen_port.unwrap_or(0);
         let mut builder = device::build()
@@ -92,6 +98,7 @@ impl Engine {
             .with_private_key(StaticSecret::from(*config.interface.private_key.as_bytes()))
             .with_listen_port(port)
             .with_peers(peers(config, endpoints))
+            .with_crypto_workers(threads)
             .with_uapi(uapi);
         if let Some(mark) = config.interface.fwmark {
             builder = builder.with_fwmark(mark);

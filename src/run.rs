@@ -181,6 +181,8 @@ struct ChildPlan<'a> {
     connector: Option<&'a Channel>,
     /// The command (`up`'s holder) is the connector; else one is started.
     connector_is_command: bool,
+    /// For the engine: `--threads`, resolved before any thread exists.
+    threads: std::num::NonZeroUsize,
 }
 
 /// What `up` (see `named`) adds to `run`: its command is the holder, whose
@@ -231,6 +233,7 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
     }
     let endpoints =
         resolve_endpoints(&config).with_context(|| format!("in {}", config_path.display()))?;
+    let threads = crate::cli::engine_threads(args.threads);
     let ready_fd = args
         .ready_fd
         .map(|fd| ReadyFd::take(fd, "--ready-fd"))
@@ -298,6 +301,7 @@ pub fn exec_held(args: &RunArgs, held: Option<Held<'_>>) -> anyhow::Result<u8> {
         up_warnings,
         connector: inside.as_ref(),
         connector_is_command: held.is_some(),
+        threads,
     };
     let (ours, theirs) = fdpass::channel_pair().context("cannot make a socketpair")?;
     let parent = nix::unistd::getpid();
@@ -414,7 +418,8 @@ fn parent_main(
     let engine = runtime.block_on(async {
         let tun = TunDevice::new(tun_fd, plan.config.mtu())?;
         let (client, server) = gotatun::device::uapi::UapiServer::new();
-        let engine = Engine::start(tun.clone(), plan.config, endpoints, server).await?;
+        let engine =
+            Engine::start(tun.clone(), plan.config, endpoints, server, plan.threads).await?;
         crate::engine::spawn_watchers(&client, plan.config, sidecars.resolver);
         let serving = uapi::serve(socket, client, sidecars.peer_check)?;
         sandbox.tunnel_up(socket.dir_fd())?;

@@ -204,6 +204,7 @@ pub fn up(args: &UpArgs, log_fd: Option<RawFd>) -> anyhow::Result<u8> {
         publish: args.publish.clone(),
         no_sandbox: args.no_sandbox,
         ready_fd: None,
+        threads: args.threads,
         log_level: None,
         log_file: None,
         command: holder::command(&name),

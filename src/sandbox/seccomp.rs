@@ -89,9 +89,11 @@ pub const GROUPS: &[Group] = &[
     },
     Group {
         why: "threads: tokio's workers park on futexes; its blocking pool \
-              starts and ends threads on demand (clone with CLONE_THREAD, \
-              robust list, rseq, the name, the alternate signal stack std \
-              sets up, the CPU mask std reads)",
+              starts and ends threads on demand, and so does a \
+              reconfiguration the engine's crypto workers (--threads), \
+              started and joined with each connection (clone with \
+              CLONE_THREAD, robust list, rseq, the name, the alternate \
+              signal stack std sets up, the CPU mask std reads)",
         calls: &[
             (libc::SYS_futex, Any),
             (libc::SYS_sched_yield, Any),

@@ -9,7 +9,7 @@
 //
 // SPDX-License-Identifier: MPL-2.0
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, num::NonZeroUsize, sync::Arc};
 
 use tokio::sync::{Mutex, RwLock, watch};
 use x25519_dalek::StaticSecret;
@@ -47,6 +47,8 @@ pub struct DeviceBuilder<Udp, TunTx, TunRx> {
     peers: Vec<Peer>,
     index_table: Option<IndexTable>,
     suspended: bool,
+    // wireguard4netns: see `with_crypto_workers`.
+    crypto_workers: Option<NonZeroUsize>,
 
     #[cfg(target_os = "linux")]
     fwmark: Option<u32>,
@@ -82,6 +84,7 @@ impl DeviceBuilder<Nul, Nul, Nul> {
             peers: Vec::new(),
             index_table: None,
             suspended: false,
+            crypto_workers: None,
             #[cfg(target_os = "linux")]
             fwmark: None,
         }
@@ -109,6 +112,7 @@ impl<X, Y> DeviceBuilder<Nul, X, Y> {
             peers: self.peers,
             index_table: self.index_table,
             suspended: self.suspended,
+            crypto_workers: self.crypto_workers,
             #[cfg(target_os = "linux")]
             fwmark: self.fwmark,
         }
@@ -185,6 +189,7 @@ impl<X> DeviceBuilder<X, Nul, Nul> {
             peers: self.peers,
             index_table: self.index_table,
             suspended: self.suspended,
+            crypto_workers: self.crypto_workers,
             #[cfg(target_os = "linux")]
             fwmark: self.fwmark,
         }
@@ -235,6 +240,17 @@ impl<X, Y, Z> DeviceBuilder<X, Y, Z> {
     /// By default, the device uses [IndexTable::from_os_rng].
     pub fn with_index_table(mut self, index_table: IndexTable) -> Self {
         self.index_table = Some(index_table);
+        self
+    }
+
+    // wireguard4netns: the data path's worker threads (see `device/datapath.rs`).
+    /// Encrypt and decrypt on `workers` threads, which each connection starts and stops
+    /// (packets of a peer still leave and arrive in order). With one, each direction
+    /// encrypts (decrypts) in its own task, without threads.
+    ///
+    /// By default, [`std::thread::available_parallelism`] when the device is built.
+    pub const fn with_crypto_workers(mut self, workers: NonZeroUsize) -> Self {
+        self.crypto_workers = Some(workers);
         self
     }
 
@@ -290,6 +306,9 @@ impl<Udp: UdpTransportFactory, TunTx: IpSend, TunRx: IpRecv> DeviceBuilder<Udp, 
             rate_limiter: None,
             port: self.port,
             connection: None,
+            crypto_workers: self.crypto_workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
+            }),
             prebound: None,
             suspended: self.suspended,
             fatal_error: watch::Sender::new(None),

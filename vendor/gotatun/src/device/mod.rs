@@ -14,8 +14,13 @@
 pub(crate) mod allowed_ips;
 mod builder;
 pub mod configure;
+// wireguard4netns: the crypto worker threads of the data path.
+mod crypto_pool;
 #[cfg(feature = "daita")]
 pub mod daita;
+// wireguard4netns: the data path (upstream's `handle_incoming`/`handle_outgoing`, batched,
+// with its crypto on `crypto_pool`'s workers).
+mod datapath;
 // wireguard4netns: upstream's `integration_tests` module is removed: all its tests are
 // marked ignore and need docker and root, so they could never run here.
 mod peer;
@@ -30,28 +35,28 @@ use builder::Nul;
 use futures::FutureExt;
 use std::collections::HashMap;
 use std::io::{self};
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::num::NonZeroUsize;
 use std::ops::BitOrAssign;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::join;
 use tokio::sync::RwLock;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::{Mutex, mpsc, watch};
 use tracing::{Level, instrument};
 
 use crate::log_limit::{LOG_INTERVAL, LogLimit, log_limited};
+use crate::noise::Tunn;
 use crate::noise::errors::WireGuardError;
-use crate::noise::handshake::parse_handshake_anon;
 use crate::noise::rate_limiter::RateLimiter;
-use crate::noise::{Tunn, TunnResult};
-use crate::packet::{Ip, Packet, PacketBufPool, WgKind};
+use crate::packet::{PacketBufPool, WgKind};
 use crate::task::Task;
-use crate::tun::{IpRecv, IpSend, MtuWatcher};
-use crate::udp::buffer::{BufferedUdpReceive, BufferedUdpSend};
-use crate::udp::{UdpRecv, UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
+use crate::tun::MtuWatcher;
+use crate::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use crate::x25519;
 use allowed_ips::AllowedIps;
+use crypto_pool::CryptoPool;
+use datapath::Crypto;
 use peer_state::{PeerState, PendingHandshake};
 
 #[cfg(feature = "tun")]
@@ -67,16 +72,9 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 // wireguard4netns: 4000 → 256. Four channels of 4000 buffers of 4 KiB let a
 // single TCP flow queue ~60 MiB (resident memory under load, and latency under
 // load). 256 packets still hold over a millisecond at 3 Gbit/s and five 64 KiB
-// GSO bursts; 512 measured no faster and 3 MiB larger.
+// GSO bursts; 512 measured no faster and 3 MiB larger. The channels are gone
+// (`datapath.rs`); the pool keeps 4 × this, which bounds the batches in flight.
 const MAX_PACKET_BUFS: usize = 256;
-
-// wireguard4netns: the most decrypted packets `handle_incoming` gathers before handing
-// them to the TUN at once (a 64 KiB GRO datagram holds ~44 packets).
-const MAX_TUN_BATCH: usize = 64;
-
-// wireguard4netns: most encrypted packets `handle_outgoing` holds before queueing them for the
-// UDP socket (a 64 KiB TCP super-packet of 1420-byte segments is ~46).
-const MAX_UDP_BATCH: usize = 64;
 
 /// Error of [`Device`]-related operations.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +203,10 @@ pub(crate) struct DeviceState<T: DeviceTransports> {
     udp_factory: T::UdpTransportFactory,
     connection: Option<Connection<T>>,
 
+    // wireguard4netns: crypto worker threads per connection (`DeviceBuilder::with_crypto_workers`);
+    // with one, each direction encrypts (decrypts) inline in its task.
+    crypto_workers: NonZeroUsize,
+
     // wireguard4netns: the socket a UAPI `set` bound for a new listen port before it
     // changed anything; the next `Connection::set_up` takes it instead of binding.
     prebound: Option<UdpPair<T>>,
@@ -238,6 +240,11 @@ pub(crate) struct Connection<T: DeviceTransports> {
 
     /// The task that reads traffic from the TUN device.
     outgoing: Task,
+
+    // wireguard4netns: with crypto workers, the tasks that send (write) the batches they
+    // sealed (opened), in order, and the workers (see `datapath.rs`).
+    ordered: Vec<Task>,
+    crypto: Option<Arc<CryptoPool>>,
 }
 
 impl<T: DeviceTransports> Connection<T> {
@@ -280,17 +287,13 @@ impl<T: DeviceTransports> Connection<T> {
             device.port = addr.port();
         }
 
-        let (buffered_ip_tx, buffered_ip_rx) = crate::tun::buffer::channel(
-            MAX_PACKET_BUFS,
-            pool.clone(),
-            Arc::clone(&device.tun_tx),
-            Arc::clone(&device.tun_rx),
-        )
-        .await;
-
-        let buffered_udp_tx = BufferedUdpSend::new(MAX_PACKET_BUFS, udp_tx.clone());
-
-        let buffered_udp_rx = BufferedUdpReceive::new(MAX_PACKET_BUFS, udp_rx, pool.clone());
+        // wireguard4netns: no buffered channels between the TUN, the crypto and the UDP
+        // socket: each direction's first task reads its source itself and hands batches on
+        // (see `datapath.rs`).
+        let crypto = match device.crypto_workers.get() {
+            1 => None,
+            _ => Some(Arc::new(CryptoPool::start(device.crypto_workers)?)),
+        };
 
         // Start DAITA/hooks tasks
         #[cfg(feature = "daita")]
@@ -299,7 +302,7 @@ impl<T: DeviceTransports> Connection<T> {
                 peer_arc,
                 pool.clone(),
                 device.tun_rx_mtu.clone(),
-                buffered_udp_tx.clone(),
+                udp_tx.clone(),
             )
             .await?;
         }
@@ -315,6 +318,50 @@ impl<T: DeviceTransports> Connection<T> {
             watch_task(task, fut, Arc::clone(&retired), device.fatal_error.clone())
         };
 
+        // wireguard4netns: with workers, each direction's second stage is a task of its own,
+        // fed through a bounded FIFO of tickets.
+        let mut ordered = Vec::new();
+        let sender = datapath::shared_sender(udp_tx.clone());
+        let (out_crypto, in_crypto, tun_tx_inline) = match &crypto {
+            None => (
+                Crypto::Inline,
+                Crypto::Inline,
+                Some(Arc::clone(&device.tun_tx)),
+            ),
+            Some(pool) => {
+                let (out_tickets, out_rx) = mpsc::channel(datapath::IN_FLIGHT);
+                let (in_tickets, in_rx) = mpsc::channel(datapath::IN_FLIGHT);
+                ordered.push(Task::spawn(
+                    "send_sealed",
+                    watched(
+                        "send_sealed",
+                        DeviceState::<T>::send_sealed(out_rx, Arc::clone(&sender)).boxed(),
+                    ),
+                ));
+                ordered.push(Task::spawn(
+                    "write_opened",
+                    watched(
+                        "write_opened",
+                        DeviceState::write_opened(
+                            Arc::downgrade(&device_arc),
+                            in_rx,
+                            Arc::clone(&device.tun_tx),
+                        )
+                        .boxed(),
+                    ),
+                ));
+                let out = Crypto::Pool {
+                    pool: Arc::clone(pool),
+                    tickets: out_tickets,
+                };
+                let inc = Crypto::Pool {
+                    pool: Arc::clone(pool),
+                    tickets: in_tickets,
+                };
+                (out, inc, None)
+            }
+        };
+
         // Start device tasks
         let outgoing = Task::spawn(
             "handle_outgoing",
@@ -322,16 +369,17 @@ impl<T: DeviceTransports> Connection<T> {
                 "handle_outgoing",
                 DeviceState::handle_outgoing(
                     Arc::downgrade(&device_arc),
-                    buffered_ip_rx,
-                    buffered_udp_tx.clone(),
+                    Arc::clone(&device.tun_rx),
+                    Arc::clone(&sender),
                     pool.clone(),
+                    out_crypto,
                 )
                 .boxed(),
             ),
         );
         let timers = Task::spawn(
             "handle_timers",
-            DeviceState::handle_timers(Arc::downgrade(&device_arc), buffered_udp_tx.clone()),
+            DeviceState::handle_timers(Arc::downgrade(&device_arc), udp_tx.clone()),
         );
         let incoming = Task::spawn(
             "handle_incoming",
@@ -339,10 +387,12 @@ impl<T: DeviceTransports> Connection<T> {
                 "handle_incoming",
                 DeviceState::handle_incoming(
                     Arc::downgrade(&device_arc),
-                    buffered_ip_tx.clone(),
-                    buffered_udp_tx,
-                    buffered_udp_rx,
+                    tun_tx_inline,
+                    udp_tx.clone(),
+                    sender,
+                    udp_rx,
                     pool.clone(),
+                    in_crypto,
                 )
                 .boxed(),
             ),
@@ -355,6 +405,8 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
+            ordered,
+            crypto,
         });
 
         Ok(())
@@ -865,304 +917,6 @@ impl<T: DeviceTransports> DeviceState<T> {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-
-    /// Read from UDP socket, decapsulate, write to tunnel device
-    #[instrument(level = Level::TRACE, skip_all)]
-    async fn handle_incoming(
-        device: Weak<RwLock<Self>>,
-        mut tun_tx: impl IpSend,
-        udp_tx: impl UdpSend,
-        mut udp_rx: impl UdpRecv,
-        mut packet_pool: PacketBufPool,
-    ) -> Result<(), Error> {
-        let (private_key, public_key, rate_limiter, mut tun_mtu) = {
-            let Some(device) = device.upgrade() else {
-                return Ok(());
-            };
-            let device = device.read().await;
-
-            let (private_key, public_key) = device.key_pair.clone().expect("Key not set");
-            let rate_limiter = device.rate_limiter.clone().unwrap();
-            let tun_mtu = device.tun_rx_mtu.clone();
-            (private_key, public_key, rate_limiter, tun_mtu)
-        };
-
-        // wireguard4netns: decrypted packets gather here while more datagrams are ready, and
-        // go to the TUN together when the burst ends. Sent one by one, the TUN's send task
-        // woke for each and wrote them almost one at a time, too few to coalesce (GRO).
-        let mut to_tun: Vec<Packet<Ip>> = Vec::with_capacity(MAX_TUN_BATCH);
-        loop {
-            let received = if to_tun.is_empty() {
-                Some(udp_rx.recv_from(&mut packet_pool).await)
-            } else if to_tun.len() < MAX_TUN_BATCH {
-                // `recv_from` of the buffered receiver is cancel safe (a channel receive).
-                udp_rx.recv_from(&mut packet_pool).now_or_never()
-            } else {
-                None
-            };
-            let Some(received) = received else {
-                if let Err(e) = tun_tx.send_many(&mut to_tun).await {
-                    tracing::trace!("buffered_tun_send.send failed");
-                    return Err(Error::IoError(e));
-                }
-                continue;
-            };
-            let (src_buf, addr) = match received {
-                Ok(received) => received,
-                Err(e) => {
-                    // The receive task has stopped; deliver what was decrypted first.
-                    let _ = tun_tx.send_many(&mut to_tun).await;
-                    return Err(Error::IoError(e));
-                }
-            };
-            let parsed_packet = match rate_limiter.verify_packet(addr, src_buf) {
-                Ok(packet) => packet,
-                Err(TunnResult::WriteToNetwork(WgKind::CookieReply(cookie))) => {
-                    // Note: Cookies should not affect counters.
-                    udp_tx
-                        .send_to(cookie.into(), addr)
-                        .await
-                        .map_err(Error::IoError)?;
-                    continue;
-                }
-                Err(_) => continue,
-            };
-
-            let Some(device) = device.upgrade() else {
-                return Ok(());
-            };
-
-            let device_guard = device.read().await;
-            let peers = &device_guard.peers;
-            let peer = match &parsed_packet {
-                WgKind::HandshakeInit(p) => parse_handshake_anon(&private_key, &public_key, p)
-                    .ok()
-                    .and_then(|hh| peers.get(&x25519::PublicKey::from(hh.peer_static_public)))
-                    .cloned(),
-                WgKind::HandshakeResp(p) => device_guard
-                    .peers_by_idx
-                    .lock()
-                    .get(&p.receiver_idx.get())
-                    .cloned(),
-                WgKind::CookieReply(p) => device_guard
-                    .peers_by_idx
-                    .lock()
-                    .get(&p.receiver_idx.get())
-                    .cloned(),
-                WgKind::Data(p) => device_guard
-                    .peers_by_idx
-                    .lock()
-                    .get(&p.header.receiver_idx.get())
-                    .cloned(),
-            };
-            let Some(peer_arc) = peer else { continue };
-            let mut peer = peer_arc.lock().await;
-
-            let result = peer.handle_incoming_packet(parsed_packet, addr);
-
-            #[cfg(feature = "daita")]
-            let PeerState { tunnel, daita, .. } = &mut *peer;
-            #[cfg(not(feature = "daita"))]
-            let PeerState { tunnel, .. } = &mut *peer;
-
-            match result {
-                TunnResult::Done => {}
-                TunnResult::Err(_) => continue,
-                // Flush pending queue
-                TunnResult::WriteToNetwork(packet) => {
-                    // Register sender_idx from outgoing handshake packets
-                    Self::register_handshake_idx(&device_guard.peers_by_idx, &packet, &peer_arc);
-
-                    // TODO: does this end up with the packets being out-of-order?
-                    let packets =
-                        std::iter::once(packet).chain(tunnel.get_queued_packets(&mut tun_mtu));
-
-                    #[cfg(feature = "daita")]
-                    let packets = packets.filter_map(|p| match daita {
-                        Some(daita) => daita.on_tunnel_sent(p),
-                        None => Some(p),
-                    });
-
-                    for packet in packets {
-                        if let Err(_err) = udp_tx.send_to(packet.into(), addr).await {
-                            tracing::trace!("udp.send_to failed");
-                            break;
-                        }
-                    }
-                }
-                #[cfg_attr(not(feature = "daita"), expect(unused_mut))]
-                TunnResult::WriteToTunnel(mut packet) => {
-                    #[cfg(feature = "daita")]
-                    if let Some(daita) = daita {
-                        match daita.on_data_recv(packet) {
-                            Some(new) => packet = new,
-                            None => continue,
-                        }
-                    }
-
-                    // keepalive
-                    if packet.is_empty() {
-                        continue;
-                    }
-                    let Ok(packet) = packet.try_into_ipvx() else {
-                        continue;
-                    };
-
-                    // Only accept the incoming packet if an outgoing packet to the source IP address
-                    // would be routed to the same peer. This is determined by the most specific
-                    // matching allowed IP range on the device.
-                    let (source, packet): (IpAddr, _) = packet.either(
-                        |ipv4| (ipv4.header.source().into(), ipv4.into()),
-                        |ipv6| (ipv6.header.source().into(), ipv6.into()),
-                    );
-                    let routed_to_this_peer = device_guard
-                        .peers_by_ip
-                        .find(source)
-                        .is_some_and(|owner| Arc::ptr_eq(owner, &peer_arc));
-                    if !routed_to_this_peer {
-                        if cfg!(debug_assertions) {
-                            let unspecified = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0).into();
-                            tracing::warn!(
-                                "peer at {} is not allowed to send us packets from: {source}",
-                                peer.endpoint().addr.unwrap_or(unspecified)
-                            );
-                        }
-                        continue;
-                    }
-
-                    to_tun.push(packet);
-                }
-            }
-        }
-    }
-
-    /// Read from tunnel device, encapsulate, and write to UDP socket for the corresponding peer
-    #[instrument(level = Level::TRACE, skip_all)]
-    async fn handle_outgoing(
-        device: Weak<RwLock<Self>>,
-        mut tun_rx: impl IpRecv,
-        udp: impl UdpSend,
-        mut packet_pool: PacketBufPool,
-    ) -> Result<(), Error> {
-        let mut tun_mtu = {
-            let Some(device) = device.upgrade() else {
-                return Ok(());
-            };
-            let device = device.read().await;
-            device.tun_rx_mtu.clone()
-        };
-
-        // wireguard4netns: a batch from the TUN is encrypted first and then queued for the UDP
-        // socket together, so its send task finds the whole run of packets (UDP GSO) instead
-        // of waking for the first one. At most MAX_UDP_BATCH wait here: a longer batch is
-        // queued in pieces, so no `recv` result, however long, grows this vector.
-        let mut to_udp = Vec::with_capacity(MAX_UDP_BATCH);
-        loop {
-            to_udp.clear();
-            let packets = match tun_rx.recv(&mut packet_pool).await {
-                Ok(packets) => packets,
-                Err(e) => {
-                    // wireguard4netns: debug, not error: a replaced connection's task ends
-                    // here on every reconfiguration; a real failure is logged by `Task`
-                    // and reported by `watch_task`.
-                    tracing::debug!("Unexpected error on tun interface: {e:?}");
-                    return Err(Error::IoError(e));
-                }
-            };
-
-            for packet in packets {
-                // Determine peer to use from the destination address
-                let Some(dst_addr) = packet.destination() else {
-                    continue;
-                };
-
-                let Some(device_arc) = device.upgrade() else {
-                    return Ok(());
-                };
-
-                let device_guard = device_arc.read().await;
-
-                let Some(peer_arc) = device_guard.peers_by_ip.find(dst_addr).cloned() else {
-                    if cfg!(debug_assertions) {
-                        tracing::trace!("Dropping packet with no routable peer");
-                    }
-
-                    // Drop packet if no peer has allowed IPs for destination
-                    drop(packet);
-                    continue;
-                };
-
-                let mut peer = peer_arc.lock().await;
-                let Some(peer_addr) = peer.endpoint().addr else {
-                    // TODO: Implement the following error handling from section 3 of the
-                    // whitepaper: If [peer_addr] matches no peer, it is dropped, and the sender is
-                    // informed by a standard ICMP “no route to host” packet, as well as returning
-                    // -ENOKEY to user space.
-                    // wireguard4netns: once per packet this flooded the log (and `run`'s
-                    // terminal); a peer that has not told us where it is yet is a normal
-                    // state for a server, so a warning, rate-limited.
-                    static NO_ENDPOINT: LogLimit = LogLimit::new(LOG_INTERVAL);
-                    log_limited!(
-                        warn,
-                        NO_ENDPOINT,
-                        "dropping packets to {dst_addr}: its peer has no endpoint (none configured, and no handshake from it yet)"
-                    );
-                    continue;
-                };
-
-                #[cfg(feature = "daita")]
-                let PeerState { tunnel, daita, .. } = &mut *peer;
-                #[cfg(not(feature = "daita"))]
-                let PeerState { tunnel, .. } = &mut *peer;
-
-                #[cfg(feature = "daita")]
-                let packet = match daita {
-                    Some(daita) => daita.on_normal_sent(packet),
-                    None => packet.into(),
-                };
-                #[cfg(not(feature = "daita"))]
-                let packet = packet.into();
-
-                let Some(packet) = tunnel.handle_outgoing_packet(packet, Some(&mut tun_mtu)) else {
-                    continue;
-                };
-
-                // Register sender_idx from outgoing handshake packets
-                Self::register_handshake_idx(&device_guard.peers_by_idx, &packet, &peer_arc);
-
-                #[cfg(feature = "daita")]
-                let packet = match daita {
-                    None => packet.into(),
-                    Some(daita) => match daita.on_tunnel_sent(packet) {
-                        Some(packet) => packet.into(),
-                        None => continue,
-                    },
-                };
-                #[cfg(not(feature = "daita"))]
-                let packet = packet.into();
-
-                drop(peer); // release lock
-                drop(device_guard);
-
-                to_udp.push((packet, peer_addr));
-                // wireguard4netns: bounded (see above).
-                if to_udp.len() == MAX_UDP_BATCH {
-                    Self::queue_for_udp(&udp, &mut to_udp).await;
-                }
-            }
-            Self::queue_for_udp(&udp, &mut to_udp).await;
-        }
-    }
-
-    // wireguard4netns: hands `to_udp` to the (bounded) UDP send queue; a closed queue drops
-    // the rest, as before.
-    async fn queue_for_udp(udp: &impl UdpSend, to_udp: &mut Vec<(Packet, std::net::SocketAddr)>) {
-        for (packet, peer_addr) in to_udp.drain(..) {
-            if udp.send_to(packet, peer_addr).await.is_err() {
-                break;
-            }
-        }
-    }
 }
 
 impl<T: DeviceTransports> Connection<T> {
@@ -1173,11 +927,23 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
+            ordered,
+            crypto,
         } = self;
         // wireguard4netns: before anything is torn down (see `retired`).
         retired.store(true, Ordering::Release);
         drop(udp);
 
-        join!(incoming.stop(), timers.stop(), outgoing.stop(),);
+        join!(
+            incoming.stop(),
+            timers.stop(),
+            outgoing.stop(),
+            futures::future::join_all(ordered.into_iter().map(Task::stop)),
+        );
+        // wireguard4netns: the tasks are gone, and with them the pool's other handles; its
+        // threads are joined here (each finishes at most one batch first).
+        if let Some(crypto) = crypto {
+            crypto.shutdown();
+        }
     }
 }

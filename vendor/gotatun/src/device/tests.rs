@@ -31,6 +31,8 @@ mod task_failure;
 mod set_rollback;
 // wireguard4netns: tests of a UAPI `set` changing a known peer in place.
 mod peer_update;
+// wireguard4netns: tests of the data path with crypto workers.
+mod datapath;
 
 /// Assert that the expected number of packets is sent.
 /// We expect there to be [`packet_count`] data packets, one handshake init,

@@ -24,6 +24,9 @@ pub mod rate_limiter;
 mod session;
 mod timers;
 
+// wireguard4netns: a data packet's crypto apart from the peer's state (see `session.rs`).
+pub use session::{OpenJob, Opened, SealJob};
+
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 use zerocopy::IntoBytes;
 
@@ -65,12 +68,33 @@ impl From<WireGuardError> for TunnResult {
     }
 }
 
+// wireguard4netns: what `Tunn::prepare_outgoing_packet` returns.
+/// A packet to send that [`Tunn::prepare_outgoing_packet`] made.
+pub enum Outgoing {
+    /// A data packet still to be sealed ([`SealJob::seal`]).
+    Seal(SealJob),
+    /// A packet ready to send (a handshake initiation).
+    Ready(WgKind),
+}
+
+impl Outgoing {
+    /// The packet to send, sealed here if need be.
+    pub fn seal(self) -> WgKind {
+        match self {
+            Outgoing::Seal(job) => job.seal().into(),
+            Outgoing::Ready(packet) => packet,
+        }
+    }
+}
+
 /// Tunnel represents a point-to-point WireGuard connection.
 pub struct Tunn<R: RngCore + Send = StdRng> {
     /// The handshake currently in progress.
     handshake: handshake::Handshake,
     /// The [`N_SESSIONS`] most recent sessions.
-    sessions: [Option<session::Session>; N_SESSIONS],
+    // wireguard4netns: shared (`Arc`), so packets being sealed or opened elsewhere keep
+    // theirs while a handshake replaces it here.
+    sessions: [Option<Arc<session::Session>>; N_SESSIONS],
     /// Index of the most recently used session.
     current: usize,
     /// Counter for slot selection when inserting new sessions.
@@ -199,22 +223,40 @@ impl<R: RngCore + Send> Tunn<R> {
     ///
     /// If `tun_mtu` is `Some`, `packet` will be padded with `0`s to a multiple of 16 bytes,
     /// clamped to not exceed MTU.
+    // wireguard4netns: `prepare_outgoing_packet`, sealed at once.
     pub fn handle_outgoing_packet(
+        &mut self,
+        packet: Packet,
+        tun_mtu: Option<&mut MtuWatcher>,
+    ) -> Option<WgKind> {
+        self.prepare_outgoing_packet(packet, tun_mtu)
+            .map(Outgoing::seal)
+    }
+
+    // wireguard4netns: `handle_outgoing_packet` without the encryption, for the device's data
+    // path, which seals the `SealJob` elsewhere (see `session.rs`). Everything that must
+    // happen in order happens here: padding, the session, the nonce counter (with its
+    // `REJECT_AFTER_MESSAGES` limit), timers, `tx_bytes`, the queue while there is no session.
+    /// Like [`Tunn::handle_outgoing_packet`], but a data packet comes back unsealed: call
+    /// [`SealJob::seal`] on it, on any thread. Packets to one peer go on the wire in the order
+    /// of their nonce counters only if they are sent in the order prepared.
+    pub fn prepare_outgoing_packet(
         &mut self,
         mut packet: Packet,
         tun_mtu: Option<&mut MtuWatcher>,
-    ) -> Option<WgKind> {
+    ) -> Option<Outgoing> {
         if let Some(tun_mtu) = tun_mtu {
             packet = pad_to_x16(packet, tun_mtu);
         }
 
-        match self.encapsulate_with_session(packet) {
-            Ok(encapsulated_packet) => Some(encapsulated_packet.into()),
+        match self.prepare_with_session(packet) {
+            Ok(job) => Some(Outgoing::Seal(job)),
             Err(packet) => {
                 // If there is no session, queue the packet for future retry
                 self.queue_packet(packet);
                 // Initiate a new handshake if none is in progress
-                self.format_handshake_initiation(false).map(Into::into)
+                self.format_handshake_initiation(false)
+                    .map(|init| Outgoing::Ready(init.into()))
             }
         }
     }
@@ -224,17 +266,22 @@ impl<R: RngCore + Send> Tunn<R> {
     /// Returns `Err(original_packet)` if there is no active session, or if the active session's
     /// sending counter has reached `REJECT_AFTER_MESSAGES`.
     pub fn encapsulate_with_session(&mut self, packet: Packet) -> Result<Packet<WgData>, Packet> {
+        self.prepare_with_session(packet).map(SealJob::seal)
+    }
+
+    // wireguard4netns: `encapsulate_with_session` up to the encryption.
+    fn prepare_with_session(&mut self, packet: Packet) -> Result<SealJob, Packet> {
         let current = self.current;
         if let Some(ref session) = self.sessions[current % N_SESSIONS] {
             // Send the packet using an established session
-            let packet = session.format_packet_data(packet)?;
+            let job = SealJob::reserve(session, packet)?;
             self.timer_tick(TimerName::TimeLastPacketSent);
             // Exclude Keepalive packets from timer update.
-            if !packet.is_keepalive() {
+            if !job.is_keepalive() {
                 self.timer_tick(TimerName::TimeLastDataPacketSent);
             }
-            self.tx_bytes += packet.as_bytes().len();
-            Ok(packet)
+            self.tx_bytes += job.sealed_len();
+            Ok(job)
         } else {
             Err(packet)
         }
@@ -292,6 +339,7 @@ impl<R: RngCore + Send> Tunn<R> {
         let mut p = p.into_bytes();
         p.truncate(0);
 
+        let session = Arc::new(session);
         let keepalive_packet = session
             .format_packet_data(p)
             .expect("a freshly established session's counter cannot be exhausted");
@@ -345,19 +393,17 @@ impl<R: RngCore + Send> Tunn<R> {
     ///
     /// If the slot was occupied, the old session (and its [`Index`](index_table::Index)) is dropped,
     /// which automatically frees the index from the shared table.
-    fn put_session(&mut self, slot: usize, session: session::Session) {
-        self.sessions[slot % N_SESSIONS] = Some(session);
+    // wireguard4netns: takes the session shared (see `sessions`).
+    fn put_session(&mut self, slot: usize, session: impl Into<Arc<session::Session>>) {
+        self.sessions[slot % N_SESSIONS] = Some(session.into());
     }
 
     /// Decrypt a data packet, and return a [`TunnResult::WriteToTunnel`] (`Ipv4` or `Ipv6`) if
     /// successful.
+    // wireguard4netns: the three steps of the device's data path, in a row.
     fn handle_data(&mut self, packet: Packet<WgData>) -> Result<TunnResult, WireGuardError> {
-        let decapsulated_packet = self.decapsulate_with_session(packet)?;
-
-        if !decapsulated_packet.is_empty() {
-            self.timer_tick(TimerName::TimeLastDataPacketReceived);
-        }
-
+        let opened = self.prepare_incoming_data(packet)?.open()?;
+        let decapsulated_packet = self.finish_incoming_data(opened)?;
         Ok(TunnResult::WriteToTunnel(decapsulated_packet))
     }
 
@@ -366,33 +412,71 @@ impl<R: RngCore + Send> Tunn<R> {
     /// # Errors
     ///
     /// Returns an error if decryption fails or no valid session exists.
+    // wireguard4netns: the three steps the device's data path runs apart, in a row.
     pub fn decapsulate_with_session(
         &mut self,
         packet: Packet<WgData>,
     ) -> Result<Packet, WireGuardError> {
+        let opened = self.prepare_incoming_data(packet)?.open()?;
+        self.finish_decapsulation(opened)
+    }
+
+    // wireguard4netns: the first step of `handle_incoming_packet` for a data packet, for the
+    // device's data path (see `session.rs`).
+    /// Find the session of a received data packet and check its counter against the replay
+    /// window; [`OpenJob::open`] decrypts it (on any thread), then
+    /// [`Tunn::finish_incoming_data`] must see the packets of a peer in the order received.
+    pub fn prepare_incoming_data(&self, packet: Packet<WgData>) -> Result<OpenJob, WireGuardError> {
         let r_idx = packet.header.receiver_idx.get();
 
         // Search for the matching session. Almost always self.current, but older
         // sessions may still receive packets during a key transition.
-        let (slot, session) = self
+        let session = self
             .sessions
             .iter()
-            .enumerate()
-            .filter_map(|(i, s)| s.as_ref().map(|s| (i, s)))
-            .find(|(_, s)| s.receiving_index.value() == r_idx)
+            .flatten()
+            .find(|s| s.receiving_index.value() == r_idx)
             .ok_or_else(|| {
                 tracing::trace!("No session available: {r_idx}");
                 WireGuardError::NoCurrentSession
             })?;
 
-        let decapsulated_packet = session.receive_packet_data(packet)?;
+        OpenJob::check(session, packet)
+    }
 
-        self.set_current_session(slot);
+    // wireguard4netns: the last step, what `handle_incoming_packet` does for a data packet
+    // after decrypting it.
+    /// Mark a decrypted packet's counter in its session's replay window (a duplicate is
+    /// refused here), and account for it: the session it came on becomes the current one if it
+    /// is the newest, timers, received bytes. Returns the plaintext (empty for a keepalive).
+    pub fn finish_incoming_data(&mut self, opened: Opened) -> Result<Packet, WireGuardError> {
+        let packet = self.finish_decapsulation(opened)?;
+        if !packet.is_empty() {
+            self.timer_tick(TimerName::TimeLastDataPacketReceived);
+        }
+        Ok(packet)
+    }
+
+    // wireguard4netns: the end of upstream's `decapsulate_with_session`. The session is found
+    // by identity, not by the slot it was in when the packet arrived: a handshake may have put
+    // another one there meanwhile (then the packet, authenticated under the old one, is still
+    // delivered, but makes nothing current).
+    fn finish_decapsulation(&mut self, opened: Opened) -> Result<Packet, WireGuardError> {
+        // After decryption is done, check counter again, and mark as received
+        opened.mark_received()?;
+
+        let slot = self
+            .sessions
+            .iter()
+            .position(|s| s.as_ref().is_some_and(|s| Arc::ptr_eq(s, &opened.session)));
+        if let Some(slot) = slot {
+            self.set_current_session(slot);
+        }
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
-        self.rx_bytes += decapsulated_packet.as_bytes().len();
+        self.rx_bytes += opened.packet.as_bytes().len();
 
-        Ok(decapsulated_packet)
+        Ok(opened.packet)
     }
 
     /// Return a new handshake if appropriate, or `None` otherwise.
@@ -935,6 +1019,89 @@ mod tests {
             panic!("session should decrypt the packet");
         };
         assert_eq!(sent.as_bytes(), received.as_bytes());
+    }
+
+    // wireguard4netns: the crypto apart from the peer's state (`SealJob`, `OpenJob`).
+
+    /// A packet prepared on a session that a new private key then drops (as a handshake
+    /// replacing its slot would) is still sealed with it, and the peer, which still has
+    /// that session, opens it.
+    #[test]
+    fn a_seal_job_outlives_its_session_in_the_tunnel() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let sent = create_ipv4_udp_packet();
+        let Some(Outgoing::Seal(job)) =
+            my_tun.prepare_outgoing_packet(sent.clone().into_bytes(), None)
+        else {
+            panic!("expected a data packet to seal");
+        };
+        let key = x25519_dalek::StaticSecret::random_from_rng(rand_core::OsRng);
+        let public = x25519_dalek::PublicKey::from(&key);
+        let limiter = Arc::new(RateLimiter::new(&public, HANDSHAKE_RATE_LIMIT));
+        my_tun.set_static_private(key, public, limiter);
+        assert!(my_tun.sessions.iter().all(Option::is_none));
+        let sealed = job.seal();
+        let TunnResult::WriteToTunnel(received) = their_tun.handle_incoming_packet(sealed.into())
+        else {
+            panic!("the peer cannot open it");
+        };
+        assert_eq!(sent.as_bytes(), received.as_bytes());
+    }
+
+    /// A packet opened while a handshake replaced its session's slot is delivered, counted
+    /// in the old session's replay window, and makes neither the old nor a stranger
+    /// session current.
+    #[test]
+    fn an_opened_packet_of_a_replaced_session_is_delivered() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let data = their_tun
+            .handle_outgoing_packet(create_ipv4_udp_packet().into_bytes(), None)
+            .expect("sealed");
+        let WgKind::Data(data) = data else {
+            panic!("not data");
+        };
+        let replay = Packet::copy_from(&*data);
+        let job = their_tun_job(&my_tun, data);
+        // N_SESSIONS new handshakes: every slot is replaced, the old session with them.
+        for _ in 0..N_SESSIONS {
+            complete_handshake(&mut their_tun, &mut my_tun);
+        }
+        let current = my_tun.current;
+        let opened = job.open().expect("opens under the old session");
+        let plain = my_tun.finish_incoming_data(opened).expect("delivered");
+        assert!(!plain.is_empty());
+        assert_eq!(
+            my_tun.current, current,
+            "a session no longer there became current"
+        );
+        // The replayed datagram has no session any more: refused before any AEAD.
+        assert!(my_tun.prepare_incoming_data(replay).is_err());
+    }
+
+    fn their_tun_job(tun: &Tunn, data: Packet<WgData>) -> OpenJob {
+        tun.prepare_incoming_data(data)
+            .expect("a session and a fresh counter")
+    }
+
+    /// Two copies of a packet pass the quick check before either is marked (as in one
+    /// batch opened in parallel); the second is refused when it is finished.
+    #[test]
+    fn a_duplicate_that_passed_the_quick_check_is_refused_when_finished() {
+        let (mut my_tun, mut their_tun) = create_two_tuns_and_handshake();
+        let data = their_tun
+            .handle_outgoing_packet(create_ipv4_udp_packet().into_bytes(), None)
+            .expect("sealed");
+        let WgKind::Data(data) = data else {
+            panic!("not data");
+        };
+        let copy = Packet::copy_from(&*data);
+        let first = their_tun_job(&my_tun, data).open().expect("opens");
+        let second = their_tun_job(&my_tun, copy).open().expect("opens");
+        assert!(my_tun.finish_incoming_data(first).is_ok());
+        assert!(matches!(
+            my_tun.finish_incoming_data(second),
+            Err(WireGuardError::InvalidCounter)
+        ));
     }
 
     /// A handshake completes when both sides set the same preshared key.

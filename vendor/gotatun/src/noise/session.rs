@@ -18,6 +18,7 @@ use crate::{
 };
 use bytes::Buf;
 use parking_lot::Mutex;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use zerocopy::FromBytes;
 
@@ -226,14 +227,29 @@ impl Session {
     /// Returns `Err(packet)` (the original, un-encapsulated packet) once the sending counter has
     /// reached `REJECT_AFTER_MESSAGES`: the session must then be replaced by a fresh handshake
     /// before more transport data can be sent, so the AEAD nonce can never wrap.
+    // wireguard4netns: now the counter's reservation and the seal, which the device's data
+    // path runs apart (see `SealJob`).
     pub(super) fn format_packet_data(&self, packet: Packet) -> Result<Packet<WgData>, Packet> {
+        match self.reserve_sending_counter() {
+            Some(counter) => Ok(self.seal_packet_data(packet, counter)),
+            None => Err(packet),
+        }
+    }
+
+    // wireguard4netns: the sequential half of `format_packet_data`: the nonce counter, or
+    // `None` once it reached `REJECT_AFTER_MESSAGES`.
+    fn reserve_sending_counter(&self) -> Option<u64> {
         // Check before incrementing so an exhausted counter is never advanced (and thus can never
         // wrap back around to a previously used value).
         if self.sending_key_counter.load(Ordering::Relaxed) >= REJECT_AFTER_MESSAGES {
-            return Err(packet);
+            return None;
         }
-        let sending_key_counter = self.sending_key_counter.fetch_add(1, Ordering::Relaxed);
+        Some(self.sending_key_counter.fetch_add(1, Ordering::Relaxed))
+    }
 
+    // wireguard4netns: the half of `format_packet_data` that may run anywhere, in any
+    // order: the header with the reserved `counter`, and the AEAD.
+    fn seal_packet_data(&self, packet: Packet, sending_key_counter: u64) -> Packet<WgData> {
         let payload_len = packet.len();
         let len = WgData::OVERHEAD + payload_len;
 
@@ -242,8 +258,7 @@ impl Session {
         // buffers have room; others reallocate once) and move the payload up past the header.
         let mut buf = packet;
         buf.buf_mut().resize(len, 0);
-        buf.buf_mut()
-            .copy_within(..payload_len, WgDataHeader::LEN);
+        buf.buf_mut().copy_within(..payload_len, WgDataHeader::LEN);
 
         let data = WgData::mut_from_bytes(buf.buf_mut())
             .expect("buffer size is at least WgData::OVERHEAD");
@@ -274,14 +289,26 @@ impl Session {
             unreachable!("is a wireguard data packet");
         };
 
-        Ok(packet)
+        packet
     }
 
     /// Decapsulate `packet` and return the decrypted data.
+    // wireguard4netns: now the three steps the device's data path runs apart (see
+    // `OpenJob`): the checks, the AEAD, the replay window. `Tunn` runs them itself.
+    #[cfg(test)]
     pub(super) fn receive_packet_data(
         &self,
-        mut packet: Packet<WgData>,
+        packet: Packet<WgData>,
     ) -> Result<Packet, WireGuardError> {
+        let counter = self.check_packet_data(&packet)?;
+        let packet = self.open_packet_data(packet)?;
+        // After decryption is done, check counter again, and mark as received
+        self.receiving_counter_mark(counter)?;
+        Ok(packet)
+    }
+
+    // wireguard4netns: the checks before the AEAD; returns the packet's counter.
+    fn check_packet_data(&self, packet: &Packet<WgData>) -> Result<u64, WireGuardError> {
         if packet.header.receiver_idx.get() != self.receiving_index.value() {
             return Err(WireGuardError::WrongIndex);
         }
@@ -295,7 +322,11 @@ impl Session {
         // Don't reuse counters, in case this is a replay attack we want to quickly check the
         // counter without running expensive decryption
         self.receiving_counter_quick_check(counter)?;
+        Ok(counter)
+    }
 
+    // wireguard4netns: the AEAD, which may run anywhere, in any order.
+    fn open_packet_data(&self, mut packet: Packet<WgData>) -> Result<Packet, WireGuardError> {
         let mut nonce = [0u8; 12];
         nonce[4..12].copy_from_slice(&packet.header.counter.to_bytes());
 
@@ -315,9 +346,6 @@ impl Session {
         let buf = packet.buf_mut();
         buf.advance(WgDataHeader::LEN);
         buf.truncate(decrypted_len);
-
-        // After decryption is done, check counter again, and mark as received
-        self.receiving_counter_mark(counter)?;
         Ok(packet)
     }
 
@@ -328,11 +356,107 @@ impl Session {
     }
 }
 
+// wireguard4netns: a data packet's crypto apart from the peer's state, so the device can
+// run it on worker threads while the steps that must be sequential stay under the peer's
+// lock, in order. Sending: `Tunn::prepare_outgoing_packet` picks the session and reserves
+// the nonce counter (a `SealJob`), `SealJob::seal` encrypts. Receiving:
+// `Tunn::prepare_incoming_data` finds the session and makes the quick replay check (an
+// `OpenJob`), `OpenJob::open` decrypts (an `Opened`), `Tunn::finish_incoming_data` marks
+// the counter in the replay window (a duplicate that passed the quick check is dropped
+// there) and does the session, timer and byte bookkeeping. Each job holds its session, so
+// a handshake replacing it meanwhile changes nothing for packets already under way.
+
+/// An outgoing data packet whose session and nonce counter are chosen: seal it anywhere.
+pub struct SealJob {
+    session: Arc<Session>,
+    packet: Packet,
+    counter: u64,
+}
+
+impl SealJob {
+    pub(super) fn reserve(session: &Arc<Session>, packet: Packet) -> Result<Self, Packet> {
+        match session.reserve_sending_counter() {
+            Some(counter) => Ok(SealJob {
+                session: Arc::clone(session),
+                packet,
+                counter,
+            }),
+            None => Err(packet),
+        }
+    }
+
+    /// The length of the sealed packet.
+    pub fn sealed_len(&self) -> usize {
+        WgData::OVERHEAD + self.packet.len()
+    }
+
+    /// Whether this is a keepalive (no payload).
+    pub fn is_keepalive(&self) -> bool {
+        self.packet.is_empty()
+    }
+
+    /// The nonce counter reserved for this packet.
+    pub fn counter(&self) -> u64 {
+        self.counter
+    }
+
+    /// Encrypt: the WireGuard data packet to send.
+    pub fn seal(self) -> Packet<WgData> {
+        self.session.seal_packet_data(self.packet, self.counter)
+    }
+}
+
+/// A received data packet whose session is found and whose counter passed the quick
+/// replay check: open it anywhere, then finish it in order with
+/// [`Tunn::finish_incoming_data`](super::Tunn::finish_incoming_data).
+pub struct OpenJob {
+    session: Arc<Session>,
+    packet: Packet<WgData>,
+    counter: u64,
+}
+
+impl OpenJob {
+    pub(super) fn check(
+        session: &Arc<Session>,
+        packet: Packet<WgData>,
+    ) -> Result<Self, WireGuardError> {
+        let counter = session.check_packet_data(&packet)?;
+        Ok(OpenJob {
+            session: Arc::clone(session),
+            packet,
+            counter,
+        })
+    }
+
+    /// Decrypt and authenticate.
+    pub fn open(self) -> Result<Opened, WireGuardError> {
+        let packet = self.session.open_packet_data(self.packet)?;
+        Ok(Opened {
+            session: self.session,
+            packet,
+            counter: self.counter,
+        })
+    }
+}
+
+/// A decrypted, authenticated data packet, not yet marked in the replay window.
+pub struct Opened {
+    pub(super) session: Arc<Session>,
+    pub(super) packet: Packet,
+    pub(super) counter: u64,
+}
+
+impl Opened {
+    pub(super) fn mark_received(&self) -> Result<(), WireGuardError> {
+        self.session.receiving_counter_mark(self.counter)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::BytesMut;
     use crate::noise::index_table::IndexTable;
+    use bytes::BytesMut;
 
     /// Build a `Session` with throwaway keys and a real receiving index.
     fn test_session() -> Session {

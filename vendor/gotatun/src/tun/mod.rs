@@ -19,8 +19,8 @@ use crate::packet::{Ip, Packet, PacketBufPool};
 use std::future::{Future, pending};
 use std::io;
 
-#[cfg(feature = "device")]
-pub(crate) mod buffer;
+// wireguard4netns: `buffer` (the device's buffered tun channel) removed; see
+// `device/datapath.rs`.
 pub mod channel;
 
 #[cfg(feature = "pcap")]

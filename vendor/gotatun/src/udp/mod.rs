@@ -23,8 +23,8 @@ use std::{
 
 use crate::packet::{Packet, PacketBufPool};
 
-#[cfg(feature = "device")]
-pub(crate) mod buffer;
+// wireguard4netns: `buffer` (the device's buffered udp channel) removed; see
+// `device/datapath.rs`.
 pub mod channel;
 #[cfg(feature = "socket")]
 pub mod socket;
