@@ -1337,7 +1337,7 @@ fn udp_datagrams_arrive_in_order_both_ways() {
         return;
     };
     let s = Scenario::new(id, ScenarioOpts::default());
-    s.attach(&["--configure"]);
+    s.attach(&["--configure", "--threads", "2"]);
     s.expect_ping(s.peer_v4(), 2);
     let script = s.dir.write("numbered.py", NUMBERED, 0o644);
     let script = script.display().to_string();
