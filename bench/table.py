@@ -3,6 +3,8 @@
 
     table.py iperf FILE       receiver's Gbit/s of an `iperf3 -J` run
                               (UDP: "Gbit/s loss%"), or "n/a (reason)"
+    table.py bytes FILE       the bytes the receiver counted in that run, or
+                              "n/a (reason)"
     table.py ping FILE        "avg mdev" (ms) from `ping -q` output, or "n/a (reason)"
     table.py table DIR        the result table of the rows under DIR
 
@@ -10,7 +12,8 @@ A row is a directory DIR/NN-id with one small text file per measurement, as
 bench/run writes them: `name`, `status` ("ok" or "n/a (reason)"), `up` and
 `down` (one Gbit/s figure or "n/a (reason)" per repetition), `udp`, `p4`,
 `ping`, `setup` ("ready_ms first_reply_ms"), `rss` ("idle_kib load_kib"),
-`cpu_up`/`cpu_down` (engine CPU seconds per run), `note`.
+`cpu_up`/`cpu_down` (engine CPU seconds per run), `bytes_up`/`bytes_down`
+(what iperf3 moved in each of those runs, line for line), `note`.
 """
 
 import json
@@ -51,6 +54,21 @@ def parse_iperf(path):
     if recv is None:
         return na("iperf3 JSON without sum_received")
     return f"{recv['bits_per_second'] / 1e9:.3f}"
+
+
+def parse_bytes(path):
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return na("no iperf3 JSON")
+    if not isinstance(data, dict) or data.get("error"):
+        return na("iperf3 failed")
+    end = data.get("end", {})
+    recv = end.get("sum_received") or end.get("sum") or {}
+    moved = recv.get("bytes")
+    if not isinstance(moved, (int, float)) or moved <= 0:
+        return na("iperf3 JSON without received bytes")
+    return str(int(moved))
 
 
 def parse_ping(path):
@@ -150,6 +168,31 @@ def cell_cpu(up, down):
     return f"{f(u)} / {f(d)}"
 
 
+def per_gb(cpu, moved):
+    """CPU seconds per 10^9 bytes of each run (the lines of the two files
+    pair up), or the first reason a run has none."""
+    vals, reason = [], ""
+    for c, b in zip(cpu.splitlines(), moved.splitlines()):
+        try:
+            seconds, count = float(c.split()[0]), float(b.split()[0])
+        except (ValueError, IndexError):
+            reason = reason or (b if b.startswith("n/a") else c).strip()
+            continue
+        if count > 0:
+            vals.append(seconds / (count / 1e9))
+    return vals, reason
+
+
+def cell_cpu_per_gb(cpu_up, bytes_up, cpu_down, bytes_down):
+    u, why_u = per_gb(cpu_up, bytes_up)
+    d, why_d = per_gb(cpu_down, bytes_down)
+    if not u and not d:
+        why = why_u or why_d or (cpu_up.splitlines() or [""])[0]
+        return why if why.startswith("n/a") else "n/a (not measured)"
+    f = lambda v: f"{statistics.median(v):.2f}" if v else "–"  # noqa: E731
+    return f"{f(u)} / {f(d)}"
+
+
 COLUMNS = [
     "row",
     "TCP up Gbit/s",
@@ -160,6 +203,7 @@ COLUMNS = [
     "setup ms",
     "RSS MiB",
     "CPU s",
+    "engine CPU s per GB",
 ]
 
 
@@ -185,6 +229,9 @@ def table(root):
             cell_setup(read(row, "setup")),
             cell_rss(read(row, "rss")),
             cell_cpu(read(row, "cpu_up"), read(row, "cpu_down")),
+            cell_cpu_per_gb(
+                read(row, "cpu_up"), read(row, "bytes_up"), read(row, "cpu_down"), read(row, "bytes_down")
+            ),
         ])
         if status and status != "ok":
             notes.append(f"{name}: {status}")
@@ -201,6 +248,8 @@ def table(root):
 def main(argv):
     if len(argv) == 3 and argv[1] == "iperf":
         print(parse_iperf(argv[2]))
+    elif len(argv) == 3 and argv[1] == "bytes":
+        print(parse_bytes(argv[2]))
     elif len(argv) == 3 and argv[1] == "ping":
         print(parse_ping(argv[2]))
     elif len(argv) == 3 and argv[1] == "table":

@@ -229,6 +229,34 @@ pub fn ones_sum(data: &[u8]) -> u16 {
     fold(tail)
 }
 
+/// Copy `src` into `dst` (of the same length) and return the one's-complement
+/// sum of the bytes, as [`ones_sum`] would: one pass over the data instead of a
+/// copy and then a second read for the checksum.
+///
+/// Blocks of 64 bytes are copied, then summed while they are still in L1 (two
+/// simple loops the compiler vectorises, where one loop that loads, stores and
+/// adds per word is not); the tail goes through [`ones_sum`].
+#[inline]
+pub fn copy_and_sum(dst: &mut [u8], src: &[u8]) -> u16 {
+    const BLOCK: usize = 64;
+    debug_assert_eq!(dst.len(), src.len());
+    let mut acc: u64 = 0;
+    let mut d = dst.chunks_exact_mut(BLOCK);
+    let mut s = src.chunks_exact(BLOCK);
+    for (d, s) in (&mut d).zip(&mut s) {
+        d.copy_from_slice(s);
+        for w in s.chunks_exact(4) {
+            acc += u64::from(u32::from_ne_bytes([w[0], w[1], w[2], w[3]]));
+        }
+    }
+    let (d, s) = (d.into_remainder(), s.remainder());
+    d.copy_from_slice(s);
+    // The blocks are a multiple of 4 bytes long, so the tail starts on a word
+    // boundary and its sum adds to theirs.
+    let bulk = u16::from_be(fold(acc));
+    fold(u64::from(bulk) + u64::from(ones_sum(s)))
+}
+
 /// The (unfolded) sum of the TCP/UDP pseudo header: addresses, protocol and
 /// the L4 length.
 #[inline]
@@ -270,12 +298,17 @@ fn addresses(pkt: &[u8]) -> (&[u8], &[u8]) {
 }
 
 /// Compute and store the full TCP/UDP checksum of `pkt`, whose L4 header
-/// starts at `l4` (the field is cleared first, so whatever it held is ignored).
-fn set_l4_checksum(pkt: &mut [u8], l4: usize, proto: u8) {
+/// starts at `l4` and whose payload, from `hdrs` on (an even distance from
+/// `l4`), sums to `payload_sum` (see [`copy_and_sum`]). The checksum field is
+/// cleared first, so whatever it held is ignored.
+fn set_l4_checksum(pkt: &mut [u8], l4: usize, hdrs: usize, payload_sum: u16, proto: u8) {
+    debug_assert_eq!((hdrs - l4) % 2, 0);
     let at = l4 + if proto == PROTO_TCP { 16 } else { 6 };
     put_u16(pkt, at, 0);
     let (src, dst) = addresses(pkt);
-    let sum = pseudo_header_sum(src, dst, proto, pkt.len() - l4) + u64::from(ones_sum(&pkt[l4..]));
+    let sum = pseudo_header_sum(src, dst, proto, pkt.len() - l4)
+        + u64::from(ones_sum(&pkt[l4..hdrs]))
+        + u64::from(payload_sum);
     // 0 means "no checksum" for UDP over IPv4; its one's-complement twin
     // 0xffff is the same value (the kernel's CSUM_MANGLED_0).
     let c = match !fold(sum) {
@@ -387,16 +420,17 @@ fn gso_layout(pkt: &[u8], hdr: &VirtioNetHdr) -> Result<Layout, OffloadError> {
     })
 }
 
-/// The number of segments `pkt` splits into, or why its GSO parameters are
-/// not ones a kernel TUN of this `mtu` produces (see [`MAX_GSO_SEGMENTS`] and
-/// [`MIN_TCP_GSO_SIZE`]): checked before a single buffer is taken.
+/// The number of segments a super-packet of `len` bytes splits into, or why
+/// its GSO parameters are not ones a kernel TUN of this `mtu` produces (see
+/// [`MAX_GSO_SEGMENTS`] and [`MIN_TCP_GSO_SIZE`]): checked before a single
+/// buffer is taken.
 fn gso_segments(
-    pkt: &[u8],
+    len: usize,
     hdr: &VirtioNetHdr,
     layout: &Layout,
     mtu: usize,
 ) -> Result<usize, OffloadError> {
-    if pkt.len() > MAX_PACKET {
+    if len > MAX_PACKET {
         return Err(OffloadError::TooLong);
     }
     if hdr.gso_size == 0 {
@@ -415,11 +449,150 @@ fn gso_segments(
         return Err(OffloadError::SegmentTooLarge(layout.hdrs + gso_size, mtu));
     }
     // A payload of zero still yields one segment (the headers alone).
-    let count = (pkt.len() - layout.hdrs).div_ceil(gso_size).max(1);
+    let count = (len - layout.hdrs).div_ceil(gso_size).max(1);
     if count > MAX_GSO_SEGMENTS {
         return Err(OffloadError::TooManySegments(count));
     }
     Ok(count)
+}
+
+/// Longest headers a segment repeats: IPv4 with options (60) and TCP with
+/// options (60).
+const MAX_HDRS: usize = 120;
+
+/// How one GSO super-packet splits, and the headers its segments share: what
+/// [`GsoPlan::finish`] writes into each segment.
+pub struct GsoPlan {
+    v6: bool,
+    proto: u8,
+    l4: usize,
+    hdrs: usize,
+    gso_size: usize,
+    count: usize,
+    /// Length of the whole super-packet.
+    len: usize,
+    ip_id: u16,
+    seq: u32,
+    flags: u8,
+    headers: [u8; MAX_HDRS],
+}
+
+/// Plan the split of a GSO super-packet `len` bytes long (described by `hdr`,
+/// read from a TUN of this `mtu`) from `head`, its first bytes, which must
+/// hold all its headers. A frame whose GSO parameters no kernel produces is
+/// refused (see [`OffloadError::is_forged_gso`]), so a plan has at most
+/// [`MAX_GSO_SEGMENTS`] segments.
+pub fn gso_plan(
+    head: &[u8],
+    len: usize,
+    hdr: &VirtioNetHdr,
+    mtu: usize,
+) -> Result<GsoPlan, OffloadError> {
+    let layout = gso_layout(head, hdr)?;
+    if len < layout.hdrs {
+        return Err(OffloadError::Truncated);
+    }
+    let count = gso_segments(len, hdr, &layout, mtu)?;
+    let Layout {
+        v6,
+        proto,
+        l4,
+        hdrs,
+    } = layout;
+    if hdrs > MAX_HDRS {
+        return Err(OffloadError::Truncated);
+    }
+    let mut headers = [0u8; MAX_HDRS];
+    headers[..hdrs].copy_from_slice(&head[..hdrs]);
+    Ok(GsoPlan {
+        v6,
+        proto,
+        l4,
+        hdrs,
+        gso_size: usize::from(hdr.gso_size),
+        count,
+        len,
+        ip_id: if v6 { 0 } else { get_u16(head, 4) },
+        seq: if proto == PROTO_TCP {
+            get_u32(head, l4 + 4)
+        } else {
+            0
+        },
+        flags: if proto == PROTO_TCP { head[l4 + 13] } else { 0 },
+        headers,
+    })
+}
+
+impl GsoPlan {
+    /// Length of the headers each segment repeats.
+    pub fn hdrs(&self) -> usize {
+        self.hdrs
+    }
+
+    /// Payload bytes per segment (the last may have fewer).
+    pub fn gso_size(&self) -> usize {
+        self.gso_size
+    }
+
+    /// Number of segments.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// Length of segment `i`, headers included.
+    pub fn segment_len(&self, i: usize) -> usize {
+        let payload = self.len - self.hdrs;
+        let start = (i * self.gso_size).min(payload);
+        self.hdrs + (payload - start).min(self.gso_size)
+    }
+
+    /// Make segment `i` (of [`GsoPlan::segment_len`]) a complete packet whose
+    /// payload is already in place after [`GsoPlan::hdrs`] bytes: write the
+    /// headers, lengths, IDs, sequence number, flags and checksums.
+    pub fn finish(&self, seg: &mut [u8], i: usize) {
+        let payload_sum = ones_sum(&seg[self.hdrs..]);
+        self.finish_summed(seg, i, payload_sum);
+    }
+
+    /// [`GsoPlan::finish`] with the payload's sum already known.
+    fn finish_summed(&self, out: &mut [u8], i: usize, payload_sum: u16) {
+        let Self {
+            v6,
+            proto,
+            l4,
+            hdrs,
+            count,
+            ..
+        } = *self;
+        let len = out.len();
+        debug_assert_eq!(len, self.segment_len(i));
+        out[..hdrs].copy_from_slice(&self.headers[..hdrs]);
+        if v6 {
+            put_u16(out, 4, (len - IPV6_HDR_LEN) as u16);
+        } else {
+            put_u16(out, 2, len as u16);
+            put_u16(out, 4, self.ip_id.wrapping_add(i as u16));
+            set_ipv4_header_checksum(out);
+        }
+        if proto == PROTO_TCP {
+            put_u32(
+                out,
+                l4 + 4,
+                self.seq.wrapping_add((i * self.gso_size) as u32),
+            );
+            let mut f = self.flags;
+            if i + 1 < count {
+                f &= !(TCP_FIN | TCP_PSH);
+            }
+            if i > 0 {
+                f &= !TCP_CWR;
+            }
+            out[l4 + 13] = f;
+        } else {
+            put_u16(out, l4 + 4, (len - l4) as u16);
+        }
+        set_l4_checksum(out, l4, hdrs, payload_sum, proto);
+    }
 }
 
 /// Split the GSO super-packet `pkt` (described by `hdr`), read from a TUN of
@@ -437,28 +610,12 @@ pub fn gso_split<B: DerefMut<Target = [u8]>>(
     mut alloc: impl FnMut(usize) -> B,
     mut emit: impl FnMut(B),
 ) -> Result<usize, OffloadError> {
-    let layout = gso_layout(pkt, hdr)?;
-    let count = gso_segments(pkt, hdr, &layout, mtu)?;
-    let gso_size = usize::from(hdr.gso_size);
-    let Layout {
-        v6,
-        proto,
-        l4,
-        hdrs,
-    } = layout;
-    let headers = &pkt[..hdrs];
+    let plan = gso_plan(pkt, pkt.len(), hdr, mtu)?;
+    let (hdrs, gso_size) = (plan.hdrs, plan.gso_size);
     let payload = &pkt[hdrs..];
-    let ip_id = if v6 { 0 } else { get_u16(pkt, 4) };
-    let seq = if proto == PROTO_TCP {
-        get_u32(pkt, l4 + 4)
-    } else {
-        0
-    };
-    let flags = if proto == PROTO_TCP { pkt[l4 + 13] } else { 0 };
-
-    for i in 0..count {
-        let start = i * gso_size;
-        let chunk = &payload[start.min(payload.len())..(start + gso_size).min(payload.len())];
+    for i in 0..plan.count {
+        let start = (i * gso_size).min(payload.len());
+        let chunk = &payload[start..(start + gso_size).min(payload.len())];
         let len = hdrs + chunk.len();
         let mut seg = alloc(len);
         let out: &mut [u8] = &mut seg;
@@ -467,33 +624,11 @@ pub fn gso_split<B: DerefMut<Target = [u8]>>(
             len,
             "alloc must return a buffer of the asked length"
         );
-        out[..hdrs].copy_from_slice(headers);
-        out[hdrs..].copy_from_slice(chunk);
-
-        if v6 {
-            put_u16(out, 4, (len - IPV6_HDR_LEN) as u16);
-        } else {
-            put_u16(out, 2, len as u16);
-            put_u16(out, 4, ip_id.wrapping_add(i as u16));
-            set_ipv4_header_checksum(out);
-        }
-        if proto == PROTO_TCP {
-            put_u32(out, l4 + 4, seq.wrapping_add(start as u32));
-            let mut f = flags;
-            if i + 1 < count {
-                f &= !(TCP_FIN | TCP_PSH);
-            }
-            if i > 0 {
-                f &= !TCP_CWR;
-            }
-            out[l4 + 13] = f;
-        } else {
-            put_u16(out, l4 + 4, (len - l4) as u16);
-        }
-        set_l4_checksum(out, l4, proto);
+        let payload_sum = copy_and_sum(&mut out[hdrs..], chunk);
+        plan.finish_summed(out, i, payload_sum);
         emit(seg);
     }
-    Ok(count)
+    Ok(plan.count)
 }
 
 // ---- GRO coalescing ---------------------------------------------------------
@@ -1140,6 +1275,23 @@ mod tests {
         assert_eq!(fold(u64::MAX), 0xffff);
         assert_eq!(fold(0x1_0000), 1);
         assert_eq!(fold(0x2_fffd), 0xffff);
+    }
+
+    #[test]
+    fn copy_and_sum_copies_and_sums_like_ones_sum() {
+        let data = pattern(0, 3000);
+        for start in 0..8 {
+            for len in (0..200).chain([1368, 1399, 1400, 1401, 2047, 2048, 2049, 2992 - start]) {
+                let src = &data[start..start + len];
+                let mut dst = vec![0u8; len];
+                let sum = copy_and_sum(&mut dst, src);
+                assert_eq!(dst, src, "start {start} len {len}");
+                assert_eq!(sum, reference_sum(&[src]), "start {start} len {len}");
+            }
+        }
+        let ff = vec![0xffu8; 65535];
+        let mut dst = vec![0u8; ff.len()];
+        assert_eq!(copy_and_sum(&mut dst, &ff), reference_sum(&[&ff]));
     }
 
     #[test]

@@ -25,14 +25,18 @@
 //!
 //! [`TunDevice`] implements gotatun's [`IpRecv`]/[`IpSend`], driven by tokio's
 //! `AsyncFd` on the non-blocking descriptor. `IpRecv::recv` reads one
-//! (super-)packet into a reused 64 KiB buffer and returns its segments, written
-//! into buffers from gotatun's pool. gotatun's send task hands `IpSend::send_many`
-//! whatever it has queued (up to [`WRITE_BATCH`], a method our vendored copy
-//! adds); we coalesce that and write each result with one `writev`, on that
-//! task, without another queue in between. An error from `IpRecv` is fatal to the engine, so packets the
-//! kernel should never hand us (too short to be IP, malformed GSO) are dropped
-//! here, and only a dead device (`EBADFD` after the interface was deleted) is
-//! reported.
+//! (super-)packet with a `readv` scattered over buffers from gotatun's pool,
+//! laid out for the shape of the last super-packet (headers and segment size,
+//! which a flow keeps): each segment's payload lands in its own buffer after
+//! room for the headers, so splitting writes only headers and checksums. A
+//! frame of another shape is gathered into a reused 64 KiB buffer and split
+//! by copying, and its shape is kept for the next read. gotatun's send task
+//! hands `IpSend::send_many` whatever it has queued (up to [`WRITE_BATCH`], a
+//! method our vendored copy adds); we coalesce that and write each result with
+//! one `writev`, on that task, without another queue in between. An error from
+//! `IpRecv` is fatal to the engine, so packets the kernel should never hand us
+//! (too short to be IP, malformed GSO) are dropped here, and only a dead device
+//! (`EBADFD` after the interface was deleted) is reported.
 
 use std::ffi::CStr;
 use std::fs::OpenOptions;
@@ -291,9 +295,14 @@ struct Inner {
 
 /// What `recv` reuses from one call to the next.
 struct RxBuf {
-    /// A read lands in a pool buffer first (no copy for ordinary packets);
-    /// the rest of a super-packet lands here after `POOL_BUF` bytes of room,
-    /// into which the first part is copied to make it contiguous for splitting.
+    /// Pool buffers a `virtio_net_hdr` read is scattered into, laid out by
+    /// `shape`: the segments of a super-packet of that shape land in place.
+    /// Those a read fills go out as packets and are replaced before the next.
+    lanes: Vec<Packet<[u8]>>,
+    shape: Shape,
+    /// What a read has beyond the lanes lands here, at its offset in the
+    /// frame; a frame that does not fit the shape is gathered here (the lanes'
+    /// parts copied in front) and split by copying.
     spill: Box<[u8]>,
     /// The packets the last `recv` returned (drained by the caller): one
     /// read's, at most `offload::MAX_GSO_SEGMENTS`.
@@ -303,9 +312,73 @@ struct RxBuf {
 impl RxBuf {
     fn new() -> Box<Self> {
         Box::new(Self {
+            lanes: Vec::with_capacity(offload::MAX_GSO_SEGMENTS),
+            shape: Shape::PLAIN,
             spill: vec![0; POOL_BUF + offload::MAX_PACKET].into_boxed_slice(),
             out: Vec::with_capacity(offload::MAX_GSO_SEGMENTS),
         })
+    }
+}
+
+/// How a `virtio_net_hdr` read is scattered, guessed from the last
+/// super-packet (a flow's next one has the same headers and segment size):
+/// the first `hdrs + gso_size` bytes into lane 0, each next `gso_size` bytes
+/// into the next lane after `hdrs` bytes of room, which is where that
+/// segment's payload belongs once its headers are written in front. The
+/// kernel's copy thus does the split, and only the headers are copied.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    hdrs: usize,
+    gso_size: usize,
+    lanes: usize,
+}
+
+impl Shape {
+    /// Before any super-packet: a plain packet lands whole in one pool buffer.
+    const PLAIN: Shape = Shape {
+        hdrs: 0,
+        gso_size: POOL_BUF,
+        lanes: 1,
+    };
+
+    /// The shape of super-packets split as `plan`, with lanes for the largest
+    /// one; `PLAIN` if a segment would not fit a pool buffer.
+    fn of(plan: &offload::GsoPlan) -> Shape {
+        let (hdrs, gso_size) = (plan.hdrs(), plan.gso_size());
+        if hdrs + gso_size > POOL_BUF {
+            return Shape::PLAIN;
+        }
+        let lanes = (offload::MAX_PACKET - hdrs)
+            .div_ceil(gso_size)
+            .clamp(1, offload::MAX_GSO_SEGMENTS);
+        Shape {
+            hdrs,
+            gso_size,
+            lanes,
+        }
+    }
+
+    /// Where in lane `k` its part of the frame goes, and how long it is.
+    fn in_lane(&self, k: usize) -> (usize, usize) {
+        if k == 0 {
+            (0, self.hdrs + self.gso_size)
+        } else {
+            (self.hdrs, self.gso_size)
+        }
+    }
+
+    /// Where in the frame lane `k`'s part starts.
+    fn in_frame(&self, k: usize) -> usize {
+        if k == 0 {
+            0
+        } else {
+            self.hdrs + k * self.gso_size
+        }
+    }
+
+    /// How many bytes of a frame the lanes hold; the rest goes to the spill.
+    fn covers(&self) -> usize {
+        self.in_frame(self.lanes)
     }
 }
 
@@ -479,45 +552,36 @@ impl IpRecv for TunDevice {
         let inner = &*self.inner;
         let rx = self.rx.get_or_insert_with(RxBuf::new);
         rx.out.clear();
-        let mut spare = None;
         loop {
             // Wait for ERROR too: a deleted interface only ever reports EPOLLERR,
             // which plain `readable()` would sleep through forever.
             let mut guard = inner.fd.ready(Interest::READABLE | Interest::ERROR).await?;
-            let mut packet = spare.take().unwrap_or_else(|| pool.get());
+            if inner.vnet {
+                rx.top_up(pool);
+            }
+            let mut plain = None;
             let mut hdr = [0u8; VNET_HDR_LEN];
             let read = guard.try_io(|fd| {
                 if inner.vnet {
-                    let first = packet.len().min(POOL_BUF);
-                    let mut iov = [
-                        IoSliceMut::new(&mut hdr),
-                        IoSliceMut::new(&mut packet[..first]),
-                        IoSliceMut::new(&mut rx.spill[POOL_BUF..]),
-                    ];
-                    Ok(nix::sys::uio::readv(fd, &mut iov)?)
+                    rx.scatter_read(fd, &mut hdr)
                 } else {
-                    Ok(nix::unistd::read(fd, &mut packet)?)
+                    let packet = plain.get_or_insert_with(|| pool.get());
+                    Ok(nix::unistd::read(fd, packet)?)
                 }
             });
             let n = match read {
-                Err(_would_block) => {
-                    spare = Some(packet);
-                    continue;
-                }
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
-                    spare = Some(packet);
-                    continue;
-                }
+                Err(_would_block) => continue,
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Ok(Err(e)) => {
                     inner.check_gone(&e);
                     return Err(e);
                 }
                 Ok(Ok(n)) => n,
             };
-            if !inner.vnet {
+            if let Some(mut packet) = plain {
                 packet.truncate(n);
                 push_ip(&mut rx.out, packet);
-            } else if let Err(e) = split_read(&hdr, n, packet, rx, pool, inner.mtu) {
+            } else if let Err(e) = split_read(&hdr, n, rx, pool, inner.mtu) {
                 inner.dropped(&e);
             }
             if !rx.out.is_empty() {
@@ -531,6 +595,47 @@ impl IpRecv for TunDevice {
     }
 }
 
+impl RxBuf {
+    /// Give every lane of the shape a pool buffer.
+    fn top_up(&mut self, pool: &PacketBufPool) {
+        self.lanes.truncate(self.shape.lanes);
+        while self.lanes.len() < self.shape.lanes {
+            self.lanes.push(pool.get());
+        }
+    }
+
+    /// One `readv` of a `virtio_net_hdr` frame: the header into `hdr`, the
+    /// frame scattered over the lanes and the spill (see [`Shape`]).
+    fn scatter_read(&mut self, fd: impl AsFd, hdr: &mut [u8]) -> io::Result<usize> {
+        let shape = self.shape;
+        let mut iov: [IoSliceMut; offload::MAX_GSO_SEGMENTS + 2] =
+            std::array::from_fn(|_| IoSliceMut::new(&mut []));
+        iov[0] = IoSliceMut::new(hdr);
+        let n = 1 + self.lanes.len();
+        for (k, (slot, lane)) in iov[1..].iter_mut().zip(&mut self.lanes).enumerate() {
+            let (at, len) = shape.in_lane(k);
+            *slot = IoSliceMut::new(&mut lane[at..at + len]);
+        }
+        iov[n] = IoSliceMut::new(&mut self.spill[shape.covers()..]);
+        Ok(nix::sys::uio::readv(fd, &mut iov[..=n])?)
+    }
+
+    /// Copy the lanes' parts of a frame `len` bytes long in front of its rest
+    /// in the spill, which then holds the whole frame.
+    fn gather(&mut self, len: usize) {
+        let shape = self.shape;
+        for (k, lane) in self.lanes.iter().enumerate() {
+            let from = shape.in_frame(k);
+            if from >= len {
+                break;
+            }
+            let (at, max) = shape.in_lane(k);
+            let part = max.min(len - from);
+            self.spill[from..from + part].copy_from_slice(&lane[at..at + part]);
+        }
+    }
+}
+
 fn push_ip(out: &mut Vec<Packet<Ip>>, packet: Packet<[u8]>) {
     match packet.try_into_ip() {
         Ok(ip) => out.push(ip),
@@ -538,13 +643,14 @@ fn push_ip(out: &mut Vec<Packet<Ip>>, packet: Packet<[u8]>) {
     }
 }
 
-/// Turn one `virtio_net_hdr` read of `n` bytes (header included) into IP
-/// packets in `rx.out`: a plain packet is already in `packet`; a super-packet
-/// is split into buffers from `pool`.
+/// Turn one `virtio_net_hdr` read of `n` bytes (header included), scattered
+/// over `rx`'s lanes and spill, into IP packets in `rx.out`: in place when it
+/// landed as its shape foresaw (a plain packet in lane 0, or a super-packet's
+/// segments each in its lane), else gathered and split into buffers from
+/// `pool`, and the shape learnt for the next read.
 fn split_read(
     hdr: &[u8; VNET_HDR_LEN],
     n: usize,
-    mut packet: Packet<[u8]>,
     rx: &mut RxBuf,
     pool: &PacketBufPool,
     mtu: u16,
@@ -553,29 +659,49 @@ fn split_read(
     let len = n
         .checked_sub(VNET_HDR_LEN)
         .ok_or(offload::OffloadError::Truncated)?;
-    let first = packet.len().min(POOL_BUF);
+    let mtu = usize::from(mtu);
+    let shape = rx.shape;
+    let first = shape.in_lane(0).1;
     if hdr.gso() == VirtioNetHdr::GSO_NONE {
-        if len > first {
+        let mut packet = if len <= first {
+            std::mem::replace(&mut rx.lanes[0], pool.get())
+        } else if len <= POOL_BUF {
+            let mut packet = pool.get();
+            rx.gather(len);
+            packet[..len].copy_from_slice(&rx.spill[..len]);
+            packet
+        } else {
             // Only with an MTU above what the engine's buffers hold.
             return Err(offload::OffloadError::TooLong);
-        }
+        };
         packet.truncate(len);
         offload::complete_checksum(&mut packet, &hdr)?;
         push_ip(&mut rx.out, packet);
         return Ok(());
     }
-    // Make the super-packet contiguous: its first part goes in front of the rest.
-    let start = POOL_BUF - first;
-    rx.spill[start..POOL_BUF].copy_from_slice(&packet[..first]);
-    let whole = &rx.spill[start..start + len];
-    let mut spare = Some(packet);
+    let head = &rx.lanes[0][..first.min(len)];
+    if let Ok(plan) = offload::gso_plan(head, len, &hdr, mtu)
+        && plan.hdrs() == shape.hdrs
+        && plan.gso_size() == shape.gso_size
+        && len <= shape.covers()
+    {
+        for (i, mut segment) in rx.lanes.drain(..plan.count()).enumerate() {
+            segment.truncate(plan.segment_len(i));
+            plan.finish(&mut segment, i);
+            push_ip(&mut rx.out, segment);
+        }
+        return Ok(());
+    }
+    rx.gather(len);
+    let whole = &rx.spill[..len];
+    let plan = offload::gso_plan(whole, len, &hdr, mtu)?;
     let out = &mut rx.out;
     offload::gso_split(
         whole,
         &hdr,
-        usize::from(mtu),
+        mtu,
         |len| {
-            let mut p = spare.take().unwrap_or_else(|| pool.get());
+            let mut p = pool.get();
             if len <= p.len() {
                 p.truncate(len);
             } else {
@@ -585,6 +711,7 @@ fn split_read(
         },
         |segment| push_ip(out, segment),
     )?;
+    rx.shape = Shape::of(&plan);
     Ok(())
 }
 
@@ -667,28 +794,49 @@ mod tests {
         assert!(err.to_string().contains(&os), "{err}");
     }
 
-    /// One read of `frame` (header + packet) as `recv` lays it out: the first
-    /// `POOL_BUF` bytes in a pool buffer, the rest in the spill area.
-    fn split_frame(
+    /// One read of `pkt` (behind `hdr`) laid out over `rx` as `recv`'s
+    /// `readv` scatters it (lanes of the current shape, then the spill), and
+    /// split: the packets that came out.
+    fn read_frame(
+        rx: &mut RxBuf,
+        pool: &PacketBufPool,
         hdr: &VirtioNetHdr,
         pkt: &[u8],
         mtu: u16,
-    ) -> (Result<(), offload::OffloadError>, usize) {
-        let pool = PacketBufPool::new(4);
-        let mut rx = RxBuf::new();
-        let mut packet = pool.get();
-        let first = pkt.len().min(POOL_BUF);
-        packet[..first].copy_from_slice(&pkt[..first]);
-        rx.spill[POOL_BUF..POOL_BUF + pkt.len() - first].copy_from_slice(&pkt[first..]);
-        let r = split_read(
-            &hdr.encode(),
-            VNET_HDR_LEN + pkt.len(),
-            packet,
-            &mut rx,
-            &pool,
-            mtu,
-        );
-        (r, rx.out.len())
+    ) -> Result<Vec<Vec<u8>>, offload::OffloadError> {
+        rx.top_up(pool);
+        rx.out.clear();
+        let shape = rx.shape;
+        let mut at = 0;
+        for (k, lane) in rx.lanes.iter_mut().enumerate() {
+            let (off, len) = shape.in_lane(k);
+            let part = len.min(pkt.len() - at);
+            lane[off..off + part].copy_from_slice(&pkt[at..at + part]);
+            at += part;
+        }
+        let rest = pkt.len() - at;
+        rx.spill[shape.covers()..shape.covers() + rest].copy_from_slice(&pkt[at..]);
+        let r = split_read(&hdr.encode(), VNET_HDR_LEN + pkt.len(), rx, pool, mtu);
+        let out = rx.out.drain(..).map(|p| p.into_bytes().to_vec()).collect();
+        r.map(|()| out)
+    }
+
+    fn tso4(gso_size: u16) -> VirtioNetHdr {
+        VirtioNetHdr {
+            flags: VirtioNetHdr::F_NEEDS_CSUM,
+            gso_type: VirtioNetHdr::GSO_TCPV4,
+            hdr_len: 40,
+            gso_size,
+            csum_start: 20,
+            csum_offset: 16,
+        }
+    }
+
+    /// What `gso_split` makes of `pkt` by copying, the reference.
+    fn reference_split(hdr: &VirtioNetHdr, pkt: &[u8]) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        offload::gso_split(pkt, hdr, 1420, |len| vec![0; len], |s| out.push(s)).expect("splits");
+        out
     }
 
     #[test]
@@ -696,24 +844,75 @@ mod tests {
         use crate::offload::testing::{Flow, pattern};
         let flow = Flow::v4(1, 2);
         let pkt = flow.tcp(1, 1, 0, 0x10, 500, &[], &pattern(0, 60_000));
-        let hdr = |gso_size| VirtioNetHdr {
-            flags: VirtioNetHdr::F_NEEDS_CSUM,
-            gso_type: VirtioNetHdr::GSO_TCPV4,
-            hdr_len: 40,
-            gso_size,
-            csum_start: 20,
-            csum_offset: 16,
-        };
+        let pool = PacketBufPool::new(4);
+        let mut learnt = RxBuf::new();
         // As the kernel cuts it for MTU 1420: 44 segments.
-        assert_eq!(split_frame(&hdr(1380), &pkt, 1420), (Ok(()), 44));
+        let segments = read_frame(&mut learnt, &pool, &tso4(1380), &pkt, 1420).expect("splits");
+        assert_eq!(segments.len(), 44);
+        assert_ne!(learnt.shape, Shape::PLAIN);
         for (gso_size, mtu) in [(1, 1420), (100, 1420), (1381, 1420), (1380, 1400)] {
-            let (r, out) = split_frame(&hdr(gso_size), &pkt, mtu);
-            assert!(
-                r.is_err_and(|e| e.is_forged_gso()),
-                "gso_size {gso_size}, MTU {mtu}"
-            );
-            assert_eq!(out, 0, "nothing of a dropped frame is passed on");
+            // Whether the read was scattered for this flow's frames or not.
+            for rx in [&mut RxBuf::new(), &mut learnt] {
+                let r = read_frame(rx, &pool, &tso4(gso_size), &pkt, mtu);
+                assert!(
+                    r.is_err_and(|e| e.is_forged_gso()),
+                    "gso_size {gso_size}, MTU {mtu}"
+                );
+                assert!(rx.out.is_empty(), "nothing of a dropped frame is passed on");
+            }
         }
+    }
+
+    #[test]
+    fn split_read_splits_in_place_once_it_knows_the_shape() {
+        use crate::offload::testing::{Flow, pattern, verify};
+        let flow = Flow::v4(1, 2);
+        let pool = PacketBufPool::new(4);
+        let mut rx = RxBuf::new();
+        let frame = |seq: u32, len: usize| flow.tcp(1, seq, 0, 0x18, 500, &[], &pattern(3, len));
+        // The first super-packet is gathered and split by copying; it teaches
+        // the shape, 40 bytes of headers and 1380 of payload per segment.
+        let first = frame(1, 60_000);
+        let out = read_frame(&mut rx, &pool, &tso4(1380), &first, 1420).expect("splits");
+        assert_eq!(out, reference_split(&tso4(1380), &first));
+        let lanes = (offload::MAX_PACKET - 40).div_ceil(1380);
+        assert_eq!(
+            rx.shape,
+            Shape {
+                hdrs: 40,
+                gso_size: 1380,
+                lanes
+            }
+        );
+        // The next ones land in place: their segments are the lanes they
+        // filled (those are used up), byte for byte what copying makes.
+        for len in [60_000, 65_495, 1380 * 3, 1381, 1] {
+            let pkt = frame(60_001, len);
+            let out = read_frame(&mut rx, &pool, &tso4(1380), &pkt, 1420).expect("splits");
+            assert_eq!(out, reference_split(&tso4(1380), &pkt), "{len}");
+            assert_eq!(rx.lanes.len(), lanes - out.len(), "{len}: not in place");
+            for s in &out {
+                verify(s).expect("a valid segment");
+            }
+        }
+        // A plain packet lands whole in the first lane.
+        let plain = frame(7, 1000);
+        let out = read_frame(&mut rx, &pool, &VirtioNetHdr::default(), &plain, 1420);
+        assert_eq!(out.expect("passes"), vec![plain]);
+        assert_eq!(rx.lanes.len(), lanes, "the first lane went out, and back");
+        // Another segment size: copied, and learnt.
+        let pkt = frame(9, 30_000);
+        let out = read_frame(&mut rx, &pool, &tso4(1000), &pkt, 1420).expect("splits");
+        assert_eq!(out.len(), 30);
+        assert_eq!(rx.shape.gso_size, 1000);
+        // A plain packet longer than the first lane of a smaller shape is
+        // gathered from the lanes it spread over.
+        let small = frame(11, 300);
+        read_frame(&mut rx, &pool, &tso4(100), &small, 1420).expect("splits");
+        assert_eq!(rx.shape.in_lane(0).1, 140);
+        let plain = frame(13, 1000);
+        let out = read_frame(&mut rx, &pool, &VirtioNetHdr::default(), &plain, 1420);
+        assert_eq!(out.expect("passes"), vec![plain]);
     }
 
     #[test]

@@ -57,8 +57,12 @@ impl<const N: usize> PacketBufPool<N> {
 
     /// Try to re-use a [`Packet`] from the pool.
     fn re_use(&self) -> Option<Packet<[u8]>> {
+        // wireguard4netns: the buffer returned last comes out first (upstream: the one
+        // returned first). A device's pool holds up to 4 × 256 buffers, 4 MiB, more than
+        // the caches: taking the oldest made every packet write into a buffer long gone
+        // from them, while the newest was in use a moment ago.
         while let Some(mut pointer_to_start_of_allocation) =
-            { self.queue.lock().unwrap().pop_front() }
+            { self.queue.lock().unwrap().pop_back() }
         {
             debug_assert_eq!(pointer_to_start_of_allocation.len(), 0);
             if pointer_to_start_of_allocation.try_reclaim(N) {
@@ -245,6 +249,20 @@ mod tests {
         });
 
         assert_eq!(pool.queue.lock().unwrap().len(), CAPACITY);
+    }
+
+    // wireguard4netns: the most recently returned buffer (the one still in the caches)
+    // is handed out first.
+    #[test]
+    fn pool_reuses_the_last_returned_buffer_first() {
+        let pool = PacketBufPool::<1024>::new(2);
+        let (a, b) = (pool.get(), pool.get());
+        let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
+        drop(a);
+        drop(b);
+        assert_eq!(pool.get().as_ptr(), b_ptr);
+        let (first, second) = (pool.get(), pool.get());
+        assert_eq!((first.as_ptr(), second.as_ptr()), (b_ptr, a_ptr));
     }
 
     /// Test buffer recycle semantics of [PacketBufPool].
