@@ -290,9 +290,11 @@ impl<T: DeviceTransports> Connection<T> {
         // wireguard4netns: no buffered channels between the TUN, the crypto and the UDP
         // socket: each direction's first task reads its source itself and hands batches on
         // (see `datapath.rs`).
-        let crypto = match device.crypto_workers.get() {
-            1 => None,
-            _ => Some(Arc::new(CryptoPool::start(device.crypto_workers)?)),
+        // With N workers, the stages themselves are one (they seal or open what they do not
+        // hand over), so N - 1 threads.
+        let crypto = match NonZeroUsize::new(device.crypto_workers.get() - 1) {
+            None => None,
+            Some(threads) => Some(Arc::new(CryptoPool::start(threads)?)),
         };
 
         // Start DAITA/hooks tasks
