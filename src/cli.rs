@@ -283,8 +283,9 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub ready_fd: Option<i32>,
 
-    /// Encrypt and decrypt on N threads, each peer's packets kept in order
-    /// [default: the number of cores]; 1 does it on the engine's own thread
+    /// Encrypt and decrypt on up to N threads (used while one falls behind),
+    /// each peer's packets kept in order [default: the number of cores]; 1
+    /// does it on the engine's own thread
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<NonZeroUsize>,
 
@@ -348,8 +349,9 @@ pub struct UpArgs {
     #[arg(long)]
     pub no_sandbox: bool,
 
-    /// Encrypt and decrypt on N threads, each peer's packets kept in order
-    /// [default: the number of cores]; 1 does it on the engine's own thread
+    /// Encrypt and decrypt on up to N threads (used while one falls behind),
+    /// each peer's packets kept in order [default: the number of cores]; 1
+    /// does it on the engine's own thread
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<NonZeroUsize>,
 
@@ -452,8 +454,9 @@ pub struct AttachArgs {
     #[arg(long)]
     pub no_sandbox: bool,
 
-    /// Encrypt and decrypt on N threads, each peer's packets kept in order
-    /// [default: the number of cores]; 1 does it on the engine's own thread
+    /// Encrypt and decrypt on up to N threads (used while one falls behind),
+    /// each peer's packets kept in order [default: the number of cores]; 1
+    /// does it on the engine's own thread
     #[arg(long, value_name = "N", value_parser = parse_threads)]
     pub threads: Option<NonZeroUsize>,
 

@@ -40,10 +40,6 @@ type Job = Box<dyn FnOnce() + Send>;
 struct Queue {
     jobs: VecDeque<Job>,
     stop: bool,
-    /// Workers running a job.
-    running: usize,
-    /// Workers started.
-    threads: usize,
 }
 
 #[derive(Default)]
@@ -72,15 +68,8 @@ impl CryptoPool {
                 .stack_size(WORKER_STACK)
                 .spawn(move || work(&shared))?;
             pool.threads.lock().push(thread);
-            pool.shared.queue.lock().threads += 1;
         }
         Ok(pool)
-    }
-
-    /// Whether a job given now would start at once: a worker has nothing to do.
-    pub(crate) fn has_idle_worker(&self) -> bool {
-        let queue = self.shared.queue.lock();
-        !queue.stop && queue.running + queue.jobs.len() < queue.threads
     }
 
     /// Queue `job` for a worker; its result arrives on the returned receiver (which sees
@@ -135,7 +124,6 @@ fn work(shared: &Shared) {
                     return;
                 }
                 if let Some(job) = queue.jobs.pop_front() {
-                    queue.running += 1;
                     break job;
                 }
                 shared.ready.wait(&mut queue);
@@ -144,7 +132,6 @@ fn work(shared: &Shared) {
         if catch_unwind(AssertUnwindSafe(job)).is_err() {
             tracing::error!("a crypto job panicked; its batch is dropped");
         }
-        shared.queue.lock().running -= 1;
     }
 }
 

@@ -36,11 +36,14 @@
 //!   the endpoint), checked against the allowed IPs and written to the TUN together.
 //!
 //! With one crypto worker the crypto runs inline in the first stage and so does the
-//! second: one task per direction, no thread and no handoff. With more, the first stage
-//! submits the batch to the connection's [`CryptoPool`] and pushes the job's ticket into a
-//! bounded FIFO; a second task takes the tickets in FIFO order, awaits each, and sends or
-//! finishes and writes. Order per peer on the wire and on the TUN is therefore the order
-//! read, whichever worker finishes first. At most [`IN_FLIGHT`] batches of at most
+//! second: one task per direction, no thread and no handoff. With more, while the first
+//! stage keeps up with its source it still works inline (see `dispatch`: a handoff costs
+//! more CPU than it saves on a machine whose cores are busy anyway); once it falls behind,
+//! it submits each batch to the connection's [`CryptoPool`] and pushes the job's ticket
+//! into a bounded FIFO; a second task takes the tickets in FIFO order, awaits each, and
+//! sends or finishes and writes. A batch done inline while others are under way joins the
+//! FIFO finished. Order per peer on the wire and on the TUN is therefore the order read,
+//! whichever worker finishes first. At most [`IN_FLIGHT`] batches of at most
 //! [`MAX_BATCH`] packets wait per direction (a slot is reserved before the job is
 //! submitted), so the packet buffers under way stay within the pool's (`set_up`).
 //!
@@ -50,6 +53,7 @@
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -89,11 +93,45 @@ pub(crate) enum Crypto<B> {
     Pool {
         pool: Arc<CryptoPool>,
         tickets: mpsc::Sender<oneshot::Receiver<B>>,
+        /// Batches given to the second stage and not yet through it.
+        in_flight: Arc<AtomicUsize>,
     },
 }
 
+/// A direction's FIFO of tickets: the first stage's end (for [`Crypto::Pool`]) and the
+/// second stage's.
+pub(crate) fn ordered<B>() -> (
+    mpsc::Sender<oneshot::Receiver<B>>,
+    Arc<AtomicUsize>,
+    Tickets<B>,
+) {
+    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let tickets = Tickets {
+        rx,
+        in_flight: Arc::clone(&in_flight),
+    };
+    (tx, in_flight, tickets)
+}
+
 /// The receiving end of a direction's FIFO of tickets.
-pub(crate) type Tickets<B> = mpsc::Receiver<oneshot::Receiver<B>>;
+pub(crate) struct Tickets<B> {
+    rx: mpsc::Receiver<oneshot::Receiver<B>>,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl<B> Tickets<B> {
+    /// The next batch in order (`None`: the first stage is gone); `Err` if its job
+    /// panicked (logged by the pool). Call [`Tickets::done`] once it is through.
+    async fn next(&mut self) -> Option<Result<B, oneshot::error::RecvError>> {
+        let ticket = self.rx.recv().await?;
+        Some(ticket.await)
+    }
+
+    fn done(&self) {
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 /// Packets to send, prepared under their peer's lock, and where to.
 pub(crate) struct OutBatch {
@@ -165,26 +203,39 @@ impl InBatch {
     }
 }
 
-/// Hand `batch` to the second stage: done here with `Inline` (`inline` is that stage), else
-/// once a slot in the FIFO is free, its ticket goes there. The crypto runs on a worker
-/// only when the stage is behind (`backlog`: its source had more waiting) and a worker is
-/// free; otherwise here, and the ticket is a finished one. Handing a batch to a thread and
-/// taking its result back costs a wake-up on each side, which on two cores shared with the
-/// kernel and the applications cost more than the crypto they spread (measured: 0.6 CPU-s
-/// per GB more with two workers than with one, at the same throughput); a stage that
-/// keeps up with its source does not need help. `Err` if the second stage is gone.
+/// Hand `batch` on. With `Inline`, the crypto and `inline` (the second stage's work) run
+/// here. With a pool, the crypto runs on a worker only while the stage is behind its source
+/// (`backlog`, see [`Behind`]), the batch's ticket joining the FIFO; otherwise here, and
+/// then, if nothing is ahead of it in the FIFO and the stage may do the second stage's work
+/// (`direct`: the outgoing stage shares the UDP sender; the TUN's writing half belongs to
+/// `write_opened`), `inline` runs here too, else the ticket goes into the FIFO finished.
+/// Handing a batch to a thread and taking it back costs a wake-up on each side; on two
+/// cores shared with the kernel and the applications that cost more than the crypto it
+/// spread (measured with bench/run: 0.6 CPU-s per GB more with two workers than with one,
+/// at the same throughput). A stage that keeps up with its source needs no help, and one
+/// that falls behind gets it. `Err` if the second stage is gone.
 async fn dispatch<B: Send + 'static, R: Send + 'static>(
     crypto: &Crypto<R>,
     batch: B,
     work: fn(B) -> R,
     backlog: bool,
+    direct: bool,
     inline: impl AsyncFnOnce(R) -> Result<(), Error>,
 ) -> Result<(), Error> {
     match crypto {
         Crypto::Inline => inline(work(batch)).await,
-        Crypto::Pool { pool, tickets } => {
+        Crypto::Pool {
+            pool,
+            tickets,
+            in_flight,
+        } => {
+            if !backlog && direct && in_flight.load(Ordering::Acquire) == 0 {
+                // Nothing ahead of it: through the second stage's work here, as `Inline`.
+                return inline(work(batch)).await;
+            }
             let slot = tickets.reserve().await.map_err(|_| stage_gone())?;
-            if backlog && pool.has_idle_worker() {
+            in_flight.fetch_add(1, Ordering::AcqRel);
+            if backlog {
                 slot.send(pool.run(move || work(batch)));
             } else {
                 let (done, ticket) = oneshot::channel();
@@ -193,6 +244,29 @@ async fn dispatch<B: Send + 'static, R: Send + 'static>(
             }
             Ok(())
         }
+    }
+}
+
+/// Reads in a row that found their data already waiting before a stage counts as behind
+/// its source. A stage that keeps up finds its source empty after a burst; one that does
+/// not finds data every time. (3 and 8 measured alike with bench/run.)
+const BEHIND_AFTER: u32 = 3;
+
+/// Whether a stage is behind its source (see [`BEHIND_AFTER`]).
+#[derive(Default)]
+struct Behind {
+    ready_in_a_row: u32,
+}
+
+impl Behind {
+    /// Count a read (`waited`: it had to wait for data); `true` while behind.
+    fn after_read(&mut self, waited: bool) -> bool {
+        self.ready_in_a_row = if waited {
+            0
+        } else {
+            self.ready_in_a_row.saturating_add(1)
+        };
+        self.ready_in_a_row >= BEHIND_AFTER
     }
 }
 
@@ -420,8 +494,10 @@ impl<T: DeviceTransports> DeviceState<T> {
             device.tun_rx_mtu.clone()
         };
         let mut tun_rx = lock_tun(tun_rx).await?;
+        let mut behind = Behind::default();
         loop {
             let (read, read_waited) = waited(tun_rx.recv(&mut packet_pool)).await;
+            let backlog = behind.after_read(read_waited);
             let mut packets = match read {
                 Ok(packets) => packets,
                 Err(e) if is_fatal_tun_error(&e) => {
@@ -455,10 +531,17 @@ impl<T: DeviceTransports> DeviceState<T> {
                     // this is the handshake initiation): no worker, no waiting behind data.
                     send_batch(&sender, batch.seal()).await;
                 } else {
-                    dispatch(&crypto, batch, OutBatch::seal, !read_waited, async |sealed| {
-                        send_batch(&sender, sealed).await;
-                        Ok(())
-                    })
+                    dispatch(
+                        &crypto,
+                        batch,
+                        OutBatch::seal,
+                        backlog,
+                        true,
+                        async |sealed| {
+                            send_batch(&sender, sealed).await;
+                            Ok(())
+                        },
+                    )
                     .await?;
                 }
                 if !more {
@@ -474,11 +557,11 @@ impl<T: DeviceTransports> DeviceState<T> {
         mut tickets: Tickets<SealedBatch>,
         sender: SharedSender<impl UdpSend + 'static>,
     ) -> Result<(), Error> {
-        while let Some(ticket) = tickets.recv().await {
-            // A closed ticket: its job panicked (logged by the pool).
-            if let Ok(sealed) = ticket.await {
+        while let Some(sealed) = tickets.next().await {
+            if let Ok(sealed) = sealed {
                 send_batch(&sender, sealed).await;
             }
+            tickets.done();
         }
         Ok(())
     }
@@ -602,16 +685,15 @@ impl<T: DeviceTransports> DeviceState<T> {
         };
         let mut recv_buf = Default::default();
         let mut datagrams = Vec::new();
+        let mut behind = Behind::default();
         loop {
             // wireguard4netns: its error ends the task, as upstream's buffered receiver
             // passed it on (one `recvmmsg` error is fatal; see `watch_task`).
-            let (received, received_waited) = waited(udp_rx.recv_many_from(
-                &mut recv_buf,
-                &mut packet_pool,
-                &mut datagrams,
-            ))
-            .await;
+            let (received, received_waited) =
+                waited(udp_rx.recv_many_from(&mut recv_buf, &mut packet_pool, &mut datagrams))
+                    .await;
             received?;
+            let backlog = behind.after_read(received_waited);
             let mut received = datagrams.drain(..);
             loop {
                 let mut batch = InBatch::new();
@@ -631,12 +713,17 @@ impl<T: DeviceTransports> DeviceState<T> {
                     .await
                 };
                 if !batch.packets.is_empty() {
-                    dispatch(&crypto, batch, InBatch::open, !received_waited, async |opened| {
-                        match writer.as_mut() {
+                    dispatch(
+                        &crypto,
+                        batch,
+                        InBatch::open,
+                        backlog,
+                        false,
+                        async |opened| match writer.as_mut() {
                             Some(writer) => Self::finish_and_write(&device, writer, opened).await,
                             None => Err(stage_gone()),
-                        }
-                    })
+                        },
+                    )
                     .await?;
                 }
                 if !more {
@@ -654,11 +741,11 @@ impl<T: DeviceTransports> DeviceState<T> {
         tun_tx: Arc<Mutex<T::IpSend>>,
     ) -> Result<(), Error> {
         let mut writer = TunWriter::lock(tun_tx).await?;
-        while let Some(ticket) = tickets.recv().await {
-            // A closed ticket: its job panicked (logged by the pool).
-            if let Ok(opened) = ticket.await {
+        while let Some(opened) = tickets.next().await {
+            if let Ok(opened) = opened {
                 Self::finish_and_write(&device, &mut writer, opened).await?;
             }
+            tickets.done();
         }
         Ok(())
     }
@@ -881,5 +968,36 @@ impl<T: DeviceTransports> DeviceState<T> {
         // wireguard4netns: sent while the peer's lock is held (see `SharedSender`).
         let packets: Vec<_> = packets.map(|packet| (packet, addr)).collect();
         sender.lock().await.send(packets).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stage counts as behind only after [`BEHIND_AFTER`] reads in a row found data
+    /// waiting, and no longer once a read had to wait.
+    #[test]
+    fn behind_after_a_run_of_reads_that_did_not_wait() {
+        let mut behind = Behind::default();
+        let seen: Vec<bool> = [false, false, false, false, true, false]
+            .into_iter()
+            .map(|waited| behind.after_read(waited))
+            .collect();
+        assert_eq!(seen, [false, false, true, true, false, false]);
+    }
+
+    /// `waited` tells a future that was ready from one that had to wait.
+    #[tokio::test]
+    async fn waited_tells_ready_from_pending() {
+        assert_eq!(waited(async { 1 }).await, (1, false));
+        assert_eq!(
+            waited(async {
+                tokio::task::yield_now().await;
+                2
+            })
+            .await,
+            (2, true)
+        );
     }
 }

@@ -42,7 +42,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::join;
 use tokio::sync::RwLock;
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Mutex, watch};
 use tracing::{Level, instrument};
 
 use crate::log_limit::{LOG_INTERVAL, LogLimit, log_limited};
@@ -290,11 +290,9 @@ impl<T: DeviceTransports> Connection<T> {
         // wireguard4netns: no buffered channels between the TUN, the crypto and the UDP
         // socket: each direction's first task reads its source itself and hands batches on
         // (see `datapath.rs`).
-        // With N workers, the stages themselves are one (they seal or open what they do not
-        // hand over), so N - 1 threads.
-        let crypto = match NonZeroUsize::new(device.crypto_workers.get() - 1) {
-            None => None,
-            Some(threads) => Some(Arc::new(CryptoPool::start(threads)?)),
+        let crypto = match device.crypto_workers.get() {
+            1 => None,
+            _ => Some(Arc::new(CryptoPool::start(device.crypto_workers)?)),
         };
 
         // Start DAITA/hooks tasks
@@ -331,8 +329,8 @@ impl<T: DeviceTransports> Connection<T> {
                 Some(Arc::clone(&device.tun_tx)),
             ),
             Some(pool) => {
-                let (out_tickets, out_rx) = mpsc::channel(datapath::IN_FLIGHT);
-                let (in_tickets, in_rx) = mpsc::channel(datapath::IN_FLIGHT);
+                let (out_tickets, out_in_flight, out_rx) = datapath::ordered();
+                let (in_tickets, in_in_flight, in_rx) = datapath::ordered();
                 ordered.push(Task::spawn(
                     "send_sealed",
                     watched(
@@ -355,10 +353,12 @@ impl<T: DeviceTransports> Connection<T> {
                 let out = Crypto::Pool {
                     pool: Arc::clone(pool),
                     tickets: out_tickets,
+                    in_flight: out_in_flight,
                 };
                 let inc = Crypto::Pool {
                     pool: Arc::clone(pool),
                     tickets: in_tickets,
+                    in_flight: in_in_flight,
                 };
                 (out, inc, None)
             }
