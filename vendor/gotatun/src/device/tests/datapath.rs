@@ -262,13 +262,26 @@ fn uneven(total: usize) -> Vec<usize> {
     sizes
 }
 
+/// With `pauses`, after every fourth batch the test lets the stages run dry (this runtime
+/// has one thread: they run only while the test yields), so the next batch finds its stage
+/// waiting, no longer behind, while the batches it handed to the workers are still being
+/// sealed or opened: it does that batch itself, and it must still leave after them.
+async fn pause_now_and_then(pauses: bool, batch: usize) {
+    if pauses && batch % 4 == 3 {
+        for _ in 0..4 {
+            tokio::task::yield_now().await;
+        }
+    }
+}
+
 /// Alice encrypts what her TUN gives her: on the wire the packets come in the order read,
 /// with increasing nonces, and Bob opens every one.
-async fn sends_in_order(workers: usize) {
+async fn sends_in_order(workers: usize, pauses: bool) {
     const N: u32 = 2000;
     let mut h = harness(workers).await;
     let mut number = 0;
-    for size in uneven(N as usize) {
+    for (i, size) in uneven(N as usize).into_iter().enumerate() {
+        pause_now_and_then(pauses, i).await;
         let batch = (0..size)
             .map(|_| {
                 number += 1;
@@ -302,11 +315,12 @@ async fn sends_in_order(workers: usize) {
 }
 
 /// Bob's packets, received by Alice in uneven batches, reach her TUN in the order sent.
-async fn receives_in_order(workers: usize) {
+async fn receives_in_order(workers: usize, pauses: bool) {
     const N: u32 = 2000;
     let mut h = harness(workers).await;
     let mut number = 0;
-    for size in uneven(N as usize) {
+    for (i, size) in uneven(N as usize).into_iter().enumerate() {
+        pause_now_and_then(pauses, i).await;
         let batch = (0..size)
             .map(|_| {
                 number += 1;
@@ -333,8 +347,16 @@ async fn receives_in_order(workers: usize) {
 
 #[tokio::test]
 async fn order_is_kept_with_four_workers_and_uneven_jobs() {
-    sends_in_order(4).await;
-    receives_in_order(4).await;
+    sends_in_order(4, false).await;
+    receives_in_order(4, false).await;
+}
+
+/// A stage that falls behind hands batches to the workers; one that caught up does its
+/// batch itself, and that batch still goes after those handed over before it.
+#[tokio::test]
+async fn order_is_kept_when_a_stage_falls_behind_and_catches_up() {
+    sends_in_order(2, true).await;
+    receives_in_order(2, true).await;
 }
 
 /// One worker: the crypto runs in the stages themselves, no thread is started.
@@ -345,8 +367,8 @@ async fn one_worker_runs_inline_and_keeps_order() {
     let connection = device.connection.as_ref().expect("connection");
     assert!(connection.crypto.is_none() && connection.ordered.is_empty());
     drop(device);
-    sends_in_order(1).await;
-    receives_in_order(1).await;
+    sends_in_order(1, true).await;
+    receives_in_order(1, true).await;
 }
 
 /// A datagram that comes twice in one batch passes the quick replay check twice (neither
