@@ -4,9 +4,10 @@
 //! lives in `uapi`.
 //!
 //! gotatun runs a connection as tasks (UDP receive and decrypt, TUN read and
-//! encrypt, timers; with `--threads` above 1 the crypto runs on that many
-//! worker threads, and a task per direction sends or writes the results in
-//! order; see `vendor/gotatun/src/device/datapath.rs`) that end for good on an
+//! encrypt, timers; with `--threads` above 1 a direction that falls behind
+//! hands its crypto to that many worker threads, and a task per direction
+//! sends or writes the results in order; see
+//! `vendor/gotatun/src/device/datapath.rs`) that end for good on an
 //! I/O error: one `recvmmsg` error and
 //! no packet flows again, while the UAPI still answers. [`Engine::failed`]
 //! reports such a death so the process can stop instead of serving a dead
@@ -82,8 +83,8 @@ fn peers(config: &Config, endpoints: &[Option<SocketAddr>]) -> Vec<Peer> {
 
 impl Engine {
     /// Start the device on `tun` with the config's key, port and peers,
-    /// encrypting and decrypting on `threads` threads (`--threads`; with 1, on
-    /// the runtime's). Needs a tokio runtime.
+    /// encrypting and decrypting on up to `threads` threads (`--threads`; with 1,
+    /// on the runtime's). Needs a tokio runtime.
     pub async fn start(
         tun: TunDevice,
         config: &Config,

@@ -244,9 +244,10 @@ impl<X, Y, Z> DeviceBuilder<X, Y, Z> {
     }
 
     // wireguard4netns: the data path's worker threads (see `device/datapath.rs`).
-    /// Encrypt and decrypt on `workers` threads, which each connection starts and stops
-    /// (packets of a peer still leave and arrive in order). With one, each direction
-    /// encrypts (decrypts) in its own task, without threads.
+    /// Encrypt and decrypt on up to `workers` threads, which each connection starts and
+    /// stops, and which a direction uses only while it falls behind its source (packets of a
+    /// peer still leave and arrive in order). With one, each direction encrypts (decrypts)
+    /// in its own task, without threads.
     ///
     /// By default, [`std::thread::available_parallelism`] when the device is built.
     pub const fn with_crypto_workers(mut self, workers: NonZeroUsize) -> Self {

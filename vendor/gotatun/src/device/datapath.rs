@@ -98,20 +98,21 @@ pub(crate) enum Crypto<B> {
     },
 }
 
-/// A direction's FIFO of tickets: the first stage's end (for [`Crypto::Pool`]) and the
+/// A direction's crypto on `pool` with its FIFO of tickets: the first stage's end and the
 /// second stage's.
-pub(crate) fn ordered<B>() -> (
-    mpsc::Sender<oneshot::Receiver<B>>,
-    Arc<AtomicUsize>,
-    Tickets<B>,
-) {
-    let (tx, rx) = mpsc::channel(IN_FLIGHT);
+pub(crate) fn ordered<B>(pool: &Arc<CryptoPool>) -> (Crypto<B>, Tickets<B>) {
+    let (tickets, rx) = mpsc::channel(IN_FLIGHT);
     let in_flight = Arc::new(AtomicUsize::new(0));
-    let tickets = Tickets {
+    let second = Tickets {
         rx,
         in_flight: Arc::clone(&in_flight),
     };
-    (tx, in_flight, tickets)
+    let first = Crypto::Pool {
+        pool: Arc::clone(pool),
+        tickets,
+        in_flight,
+    };
+    (first, second)
 }
 
 /// The receiving end of a direction's FIFO of tickets.
@@ -259,6 +260,12 @@ struct Behind {
 }
 
 impl Behind {
+    /// Await the read `fut` and count it: its result, and whether the stage is now behind.
+    async fn read<F: Future>(&mut self, fut: F) -> (F::Output, bool) {
+        let (out, waited) = waited(fut).await;
+        (out, self.after_read(waited))
+    }
+
     /// Count a read (`waited`: it had to wait for data); `true` while behind.
     fn after_read(&mut self, waited: bool) -> bool {
         self.ready_in_a_row = if waited {
@@ -496,8 +503,7 @@ impl<T: DeviceTransports> DeviceState<T> {
         let mut tun_rx = lock_tun(tun_rx).await?;
         let mut behind = Behind::default();
         loop {
-            let (read, read_waited) = waited(tun_rx.recv(&mut packet_pool)).await;
-            let backlog = behind.after_read(read_waited);
+            let (read, backlog) = behind.read(tun_rx.recv(&mut packet_pool)).await;
             let mut packets = match read {
                 Ok(packets) => packets,
                 Err(e) if is_fatal_tun_error(&e) => {
@@ -689,11 +695,10 @@ impl<T: DeviceTransports> DeviceState<T> {
         loop {
             // wireguard4netns: its error ends the task, as upstream's buffered receiver
             // passed it on (one `recvmmsg` error is fatal; see `watch_task`).
-            let (received, received_waited) =
-                waited(udp_rx.recv_many_from(&mut recv_buf, &mut packet_pool, &mut datagrams))
-                    .await;
+            let (received, backlog) = behind
+                .read(udp_rx.recv_many_from(&mut recv_buf, &mut packet_pool, &mut datagrams))
+                .await;
             received?;
-            let backlog = behind.after_read(received_waited);
             let mut received = datagrams.drain(..);
             loop {
                 let mut batch = InBatch::new();

@@ -329,8 +329,8 @@ impl<T: DeviceTransports> Connection<T> {
                 Some(Arc::clone(&device.tun_tx)),
             ),
             Some(pool) => {
-                let (out_tickets, out_in_flight, out_rx) = datapath::ordered();
-                let (in_tickets, in_in_flight, in_rx) = datapath::ordered();
+                let (out, out_rx) = datapath::ordered(pool);
+                let (inc, in_rx) = datapath::ordered(pool);
                 ordered.push(Task::spawn(
                     "send_sealed",
                     watched(
@@ -350,16 +350,6 @@ impl<T: DeviceTransports> Connection<T> {
                         .boxed(),
                     ),
                 ));
-                let out = Crypto::Pool {
-                    pool: Arc::clone(pool),
-                    tickets: out_tickets,
-                    in_flight: out_in_flight,
-                };
-                let inc = Crypto::Pool {
-                    pool: Arc::clone(pool),
-                    tickets: in_tickets,
-                    in_flight: in_in_flight,
-                };
                 (out, inc, None)
             }
         };
