@@ -554,6 +554,10 @@ fn main() {
     );
     // PIPELINE_ONLY=encrypt or decrypt runs one direction (for a profiler).
     let only = std::env::var("PIPELINE_ONLY").ok();
+    // PIPELINE_WORKERS=1 or 2 runs the device with that many workers only.
+    let skip_workers: Option<usize> = std::env::var("PIPELINE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok());
     for decrypt in [false, true] {
         if only
             .as_deref()
@@ -581,6 +585,10 @@ fn main() {
         );
         let mut by_workers = Vec::new();
         for workers in [1, 2] {
+            if skip_workers.is_some_and(|w| w != workers) {
+                by_workers.push(f64::NAN);
+                continue;
+            }
             let (t, cpu) = runtime.block_on(async {
                 let mut s = setup(workers).await;
                 let mut times = Vec::with_capacity(rounds);

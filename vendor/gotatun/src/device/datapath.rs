@@ -17,49 +17,52 @@
 //! Upstream ran each direction as three tasks joined by per-packet channels (TUN read →
 //! encrypt → UDP send; UDP receive → decrypt → TUN write), took the device lock, the route
 //! lookup and the peer lock once per packet, and encrypted (decrypted) in its one task, so
-//! a direction was capped by one core. Here a direction is a sequential stage that reads a
-//! batch (a TUN read's segments; a `recvmmsg`'s datagrams) and prepares it, the crypto of
-//! the batch, and a sequential stage that finishes it in order and writes it out — the
-//! ordered queues of wireguard-go, with batches for elements:
+//! a direction was capped by one core. Here a direction runs in *rounds*. A round reads
+//! its source once (a TUN read's segments; a `recvmmsg`'s datagrams) and prepares what it
+//! read while it holds the source, then seals (opens) it, then waits for its turn and
+//! finishes it and writes it out:
 //!
-//! - Outgoing: the TUN is read in the stage itself; per batch one device read lock, one
-//!   route lookup per run of packets to the same address, one peer lock per run of packets
-//!   to the same peer, under which `Tunn::prepare_outgoing_packet` pads, picks the session
-//!   and reserves the nonce counter (the nonces are thus increasing in the order read).
-//!   Then the batch is sealed and handed to the UDP socket whole (`send_many_to`).
-//! - Incoming: `recv_many_from` in the stage itself; the rate limiter and the handshake and
-//!   cookie packets are handled there, one by one, as upstream did. Data packets are
-//!   prepared (`Tunn::prepare_incoming_data`: the session by receiver index, the quick
-//!   replay check) under one peer lock per run, opened, then finished under the peer lock
-//!   again, in the order received (`Tunn::finish_incoming_data`: the replay window, where a
-//!   duplicate that passed the quick check is dropped, the current session, timers, bytes,
-//!   the endpoint), checked against the allowed IPs and written to the TUN together.
+//! - Outgoing: per read one device read lock, one route lookup per run of packets to the
+//!   same address, one peer lock per run of packets to the same peer, under which
+//!   `Tunn::prepare_outgoing_packet` pads, picks the session and reserves the nonce counter
+//!   (so the nonces increase in the order read). Sealed, the packets go to the UDP socket
+//!   whole (`send_many_to`).
+//! - Incoming: the rate limiter and the handshake and cookie packets are handled as they
+//!   are read, one by one, as upstream did. Data packets are prepared
+//!   (`Tunn::prepare_incoming_data`: the session by receiver index, the quick replay check)
+//!   under one peer lock per run, opened, then finished under the peer lock again, in the
+//!   order received (`Tunn::finish_incoming_data`: the replay window, where a duplicate
+//!   that passed the quick check is dropped, the current session, timers, bytes, the
+//!   endpoint), checked against the allowed IPs and written to the TUN together.
 //!
-//! With one crypto worker the crypto runs inline in the first stage and so does the
-//! second: one task per direction, no thread and no handoff. With more, while the first
-//! stage keeps up with its source it still works inline (see `dispatch`: a handoff costs
-//! more CPU than it saves on a machine whose cores are busy anyway); once it falls behind,
-//! it submits each batch to the connection's [`CryptoPool`] and pushes the job's ticket
-//! into a bounded FIFO; a second task takes the tickets in FIFO order, awaits each, and
-//! sends or finishes and writes. A batch done inline while others are under way joins the
-//! FIFO finished. Order per peer on the wire and on the TUN is therefore the order read,
-//! whichever worker finishes first. At most [`IN_FLIGHT`] batches of at most
-//! [`MAX_BATCH`] packets wait per direction (a slot is reserved before the job is
-//! submitted), so the packet buffers under way stay within the pool's (`set_up`).
+//! Each direction has a stage, a task that runs its rounds one after the other, and with
+//! N crypto workers N − 1 *helpers*, threads that run the same rounds. A round takes a
+//! ticket while it holds the source, and finishes only when the round before it did
+//! ([`Order`]): whoever reads first sends (writes) first, so per peer the order on the wire
+//! and on the TUN is the order read, as wireguard-go's ordered queues keep it, and no
+//! batch of packets moves between threads. A helper works only while the stage is behind
+//! its source ([`Behind`]: it asks for help), and only as long as its own reads find data
+//! waiting; then it sleeps until asked again. So a direction that keeps up runs in one
+//! task with no thread woken and no handoff, and one that falls behind spreads over the
+//! cores. (Upstream's design handed each batch to a crypto thread and back: the wake-ups
+//! and the packets' trips between the cores cost more than the crypto they spread on two
+//! busy cores.)
 //!
 //! Errors keep upstream's meaning for `watch_task`: a failing `recv_many_from` or a TUN
-//! the kernel removed ends a task with an error (the device's fatal error unless the
-//! connection was retired); a refused datagram or packet is dropped and logged.
+//! the kernel removed ends a stage with an error (the device's fatal error unless the
+//! connection was retired); a refused datagram or packet is dropped and logged. A helper
+//! that meets such an error stops helping; its stage meets it too.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, OwnedMutexGuard, RwLock, mpsc, oneshot};
+use tokio::sync::{Mutex, MutexGuard, Notify, OwnedMutexGuard, RwLock};
 
-use super::crypto_pool::CryptoPool;
 use super::peer_state::PeerState;
 use super::{DeviceState, DeviceTransports, Error};
 use crate::log_limit::{LOG_INTERVAL, LogLimit, log_limited};
@@ -69,69 +72,275 @@ use crate::noise::rate_limiter::RateLimiter;
 use crate::noise::{OpenJob, Opened, Outgoing, TunnResult};
 use crate::packet::{Ip, Packet, PacketBufPool, WgKind};
 use crate::tun::{IpRecv, IpSend, MtuWatcher};
-use crate::udp::{UdpRecv, UdpSend};
+use crate::udp::{UdpRecv, UdpSend, UdpTransportFactory};
 use crate::x25519;
 
-/// The most packets in one batch, the unit of crypto work and of hand-over: a 64 KiB TCP
-/// super-packet of 1420-byte segments is ~46, one GRO datagram of them ~44.
+/// The most packets in one batch, the unit of the peer bookkeeping: a 64 KiB TCP
+/// super-packet of 1420-byte segments is ~46, one GRO datagram of them ~44. A read that
+/// gives more makes several batches in one round.
 pub(crate) const MAX_BATCH: usize = 64;
-
-/// Batches waiting per direction between the stages when crypto runs on workers: 7 × 64
-/// packets each way, and a batch being read, stay within the 4 × 256 buffers of the pool.
-/// Fewer (workers + 1) measured slower on two cores: when a worker finishes, the stage that
-/// takes its result waits for a core, and with a short queue the workers ran dry meanwhile.
-pub(crate) const IN_FLIGHT: usize = 7;
 
 /// How long a new connection waits for the TUN halves that the previous one's tasks held.
 const TUN_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a direction's crypto runs.
-pub(crate) enum Crypto<B> {
-    /// In the first stage itself, which then also does the second.
-    Inline,
-    /// On the pool; the results go, in order, to the second stage's task.
-    Pool {
-        pool: Arc<CryptoPool>,
-        tickets: mpsc::Sender<oneshot::Receiver<B>>,
-        /// Batches given to the second stage and not yet through it.
-        in_flight: Arc<AtomicUsize>,
-    },
+/// What a direction's stage shares with its helpers: its source, the order of its rounds,
+/// and its call for help.
+pub(crate) struct Lane<R> {
+    /// `None` until the stage has taken the source (the TUN's reading half, which the
+    /// previous connection's stage may still hold for a moment; the UDP socket).
+    source: Mutex<Option<Reading<R>>>,
+    /// Set while the stage waits on an empty source, which it holds meanwhile: a helper
+    /// that finds the source taken then knows there is nothing to read.
+    idle: AtomicBool,
+    order: Order,
+    /// The stage asks its helpers for help here (one is woken per call).
+    help: Notify,
+    helpers: usize,
 }
 
-/// A direction's crypto on `pool` with its FIFO of tickets: the first stage's end and the
-/// second stage's.
-pub(crate) fn ordered<B>(pool: &Arc<CryptoPool>) -> (Crypto<B>, Tickets<B>) {
-    let (tickets, rx) = mpsc::channel(IN_FLIGHT);
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let second = Tickets {
-        rx,
-        in_flight: Arc::clone(&in_flight),
-    };
-    let first = Crypto::Pool {
-        pool: Arc::clone(pool),
-        tickets,
-        in_flight,
-    };
-    (first, second)
+/// A source, with the packet buffers its reads fill and the next round's ticket.
+struct Reading<R> {
+    rx: R,
+    pool: PacketBufPool,
+    next_ticket: u64,
 }
 
-/// The receiving end of a direction's FIFO of tickets.
-pub(crate) struct Tickets<B> {
-    rx: mpsc::Receiver<oneshot::Receiver<B>>,
-    in_flight: Arc<AtomicUsize>,
-}
-
-impl<B> Tickets<B> {
-    /// The next batch in order (`None`: the first stage is gone); `Err` if its job
-    /// panicked (logged by the pool). Call [`Tickets::done`] once it is through.
-    async fn next(&mut self) -> Option<Result<B, oneshot::error::RecvError>> {
-        let ticket = self.rx.recv().await?;
-        Some(ticket.await)
+impl<R> Lane<R> {
+    /// A direction with `helpers` helper threads.
+    pub(crate) fn new(helpers: usize) -> Self {
+        Lane {
+            source: Mutex::new(None),
+            idle: AtomicBool::new(false),
+            order: Order::default(),
+            help: Notify::new(),
+            helpers,
+        }
     }
 
-    fn done(&self) {
-        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    /// The stage gives the source to the lane (once, when it starts).
+    async fn install(&self, rx: R, pool: PacketBufPool) {
+        let next_ticket = self.order.next.load(Ordering::Acquire);
+        *self.source.lock().await = Some(Reading {
+            rx,
+            pool,
+            next_ticket,
+        });
     }
+
+    /// The source for a round: the stage waits for it; a helper too, unless the stage holds
+    /// it waiting for data (`None`: nothing to read now).
+    async fn lock(&self, read: &Read<'_>) -> Option<MutexGuard<'_, Option<Reading<R>>>> {
+        match read {
+            Read::Wait(_) => Some(self.source.lock().await),
+            Read::Try => match self.source.try_lock() {
+                Ok(source) => Some(source),
+                Err(_) if self.idle.load(Ordering::Acquire) => None,
+                Err(_) => Some(self.source.lock().await),
+            },
+        }
+    }
+
+    /// Ask a helper for help (if there is one).
+    fn ask_for_help(&self) {
+        if self.helpers > 0 {
+            self.help.notify_one();
+        }
+    }
+}
+
+/// How a round reads its source.
+enum Read<'a> {
+    /// The stage's: wait for data, and count whether it had to (`Behind`).
+    Wait(&'a mut Behind),
+    /// A helper's: take what is there, or nothing.
+    Try,
+}
+
+/// What a round did.
+#[derive(Debug, PartialEq)]
+enum Round {
+    /// It read its source (and sent or wrote what it could); `behind`: the stage is behind
+    /// its source (see [`Behind`]).
+    Read { behind: bool },
+    /// A helper found nothing to read.
+    Empty,
+    /// The device is gone.
+    Gone,
+}
+
+impl Round {
+    /// Run `read` on the locked `reading`: the stage awaits it (with `lane.idle` set while
+    /// it waits) and counts it; a helper polls it once (`None`: nothing there).
+    async fn read<R, F: Future>(
+        lane: &Lane<R>,
+        how: Read<'_>,
+        read: F,
+    ) -> Option<(F::Output, bool)> {
+        match how {
+            Read::Wait(behind) => {
+                let mut read = pin!(read);
+                let mut waited = false;
+                let out = std::future::poll_fn(|cx| {
+                    let poll = read.as_mut().poll(cx);
+                    if poll.is_pending() && !waited {
+                        waited = true;
+                        lane.idle.store(true, Ordering::Release);
+                    }
+                    poll
+                })
+                .await;
+                if waited {
+                    lane.idle.store(false, Ordering::Release);
+                }
+                Some((out, behind.after_read(waited)))
+            }
+            Read::Try => {
+                let mut read = pin!(read);
+                std::future::poll_fn(|cx| match read.as_mut().poll(cx) {
+                    Poll::Ready(out) => Poll::Ready(Some((out, false))),
+                    Poll::Pending => Poll::Ready(None),
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// The order in which a direction's rounds finish: by ticket, taken while the round held
+/// the source.
+#[derive(Default)]
+pub(crate) struct Order {
+    /// The ticket whose round may finish now.
+    next: AtomicU64,
+    /// Whether that round is finishing (has its turn) rather than still sealing or opening.
+    finishing: AtomicBool,
+    advanced: Notify,
+}
+
+/// How long a round whose predecessor is finishing waits for its turn without sleeping:
+/// a finish (sending a read's packets, or writing them to the TUN) takes a few µs to a few
+/// tens, and going to sleep and being woken costs each side more than that.
+const SPIN_FOR_TURN: Duration = Duration::from_micros(30);
+
+/// A round's turn to finish; the next round's comes when it is dropped (also if the round
+/// fails or is cancelled while it finishes).
+struct Turn<'a>(&'a Order);
+
+impl Order {
+    /// Wait until the rounds before `ticket` are finished.
+    async fn turn(&self, ticket: u64) -> Turn<'_> {
+        if self.spin_for(ticket) {
+            return self.take();
+        }
+        loop {
+            let advanced = self.advanced.notified();
+            let mut advanced = pin!(advanced);
+            // Registered before the check, so that an advance in between is not missed.
+            advanced.as_mut().enable();
+            if self.next.load(Ordering::Acquire) == ticket {
+                return self.take();
+            }
+            advanced.await;
+        }
+    }
+
+    /// Whether `ticket`'s turn came while its predecessor was finishing (see
+    /// [`SPIN_FOR_TURN`]).
+    fn spin_for(&self, ticket: u64) -> bool {
+        let mut started = None;
+        for spin in 0u32.. {
+            let next = self.next.load(Ordering::Acquire);
+            if next == ticket {
+                return true;
+            }
+            if next.wrapping_add(1) != ticket || !self.finishing.load(Ordering::Acquire) {
+                return false;
+            }
+            if spin % 64 == 0 {
+                let started = *started.get_or_insert_with(std::time::Instant::now);
+                if started.elapsed() > SPIN_FOR_TURN {
+                    return false;
+                }
+            }
+            std::hint::spin_loop();
+        }
+        false
+    }
+
+    fn take(&self) -> Turn<'_> {
+        self.finishing.store(true, Ordering::Release);
+        Turn(self)
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        // Before the next may take its turn (and set it again).
+        self.0.finishing.store(false, Ordering::Release);
+        self.0.next.fetch_add(1, Ordering::AcqRel);
+        self.0.advanced.notify_waiters();
+    }
+}
+
+/// The outgoing direction's lane: its source is the TUN's reading half.
+pub(crate) type OutLane<T> = Lane<OwnedMutexGuard<<T as DeviceTransports>::IpRecv>>;
+
+type UdpRx<T> = <<T as DeviceTransports>::UdpTransportFactory as UdpTransportFactory>::Recv;
+type UdpTx<T> = <<T as DeviceTransports>::UdpTransportFactory as UdpTransportFactory>::Send;
+
+/// The incoming direction's lane: its source is the UDP socket.
+pub(crate) type InLane<T> = Lane<InRx<UdpRx<T>>>;
+
+/// The UDP socket's receiving end with its `recvmmsg` buffers.
+pub(crate) struct InRx<U: UdpRecv> {
+    udp_rx: U,
+    recv_buf: U::RecvManyBuf,
+    datagrams: Vec<(Packet, SocketAddr)>,
+}
+
+impl<U: UdpRecv> InRx<U> {
+    fn new(udp_rx: U) -> Self {
+        InRx {
+            udp_rx,
+            recv_buf: Default::default(),
+            datagrams: Vec::new(),
+        }
+    }
+}
+
+/// Where the incoming direction's rounds write and answer: the TUN's writing half (which
+/// the stage takes when it starts), the UDP socket for cookie replies, and the shared
+/// sender for the handshake path.
+pub(crate) struct InSinks<T: DeviceTransports> {
+    tun: Arc<Mutex<Option<TunWriter<T::IpSend>>>>,
+    udp: UdpTx<T>,
+    sender: SharedSender<UdpTx<T>>,
+}
+
+impl<T: DeviceTransports> InSinks<T> {
+    pub(crate) fn new(udp: UdpTx<T>, sender: SharedSender<UdpTx<T>>) -> Self {
+        InSinks {
+            tun: Arc::new(Mutex::new(None)),
+            udp,
+            sender,
+        }
+    }
+}
+
+impl<T: DeviceTransports> Clone for InSinks<T> {
+    fn clone(&self) -> Self {
+        InSinks {
+            tun: Arc::clone(&self.tun),
+            udp: self.udp.clone(),
+            sender: Arc::clone(&self.sender),
+        }
+    }
+}
+
+/// What an incoming round needs of the device (see `incoming_context`).
+struct InContext {
+    keys: (x25519::StaticSecret, x25519::PublicKey, Arc<RateLimiter>),
+    tun_mtu: MtuWatcher,
 }
 
 /// Packets to send, prepared under their peer's lock, and where to.
@@ -204,53 +413,10 @@ impl InBatch {
     }
 }
 
-/// Hand `batch` on. With `Inline`, the crypto and `inline` (the second stage's work) run
-/// here. With a pool, the crypto runs on a worker only while the stage is behind its source
-/// (`backlog`, see [`Behind`]), the batch's ticket joining the FIFO; otherwise here, and
-/// then, if nothing is ahead of it in the FIFO and the stage may do the second stage's work
-/// (`direct`: the outgoing stage shares the UDP sender; the TUN's writing half belongs to
-/// `write_opened`), `inline` runs here too, else the ticket goes into the FIFO finished.
-/// Handing a batch to a thread and taking it back costs a wake-up on each side; on two
-/// cores shared with the kernel and the applications that cost more than the crypto it
-/// spread (measured with bench/run: 0.6 CPU-s per GB more with two workers than with one,
-/// at the same throughput). A stage that keeps up with its source needs no help, and one
-/// that falls behind gets it. `Err` if the second stage is gone.
-async fn dispatch<B: Send + 'static, R: Send + 'static>(
-    crypto: &Crypto<R>,
-    batch: B,
-    work: fn(B) -> R,
-    backlog: bool,
-    direct: bool,
-    inline: impl AsyncFnOnce(R) -> Result<(), Error>,
-) -> Result<(), Error> {
-    match crypto {
-        Crypto::Inline => inline(work(batch)).await,
-        Crypto::Pool {
-            pool,
-            tickets,
-            in_flight,
-        } => {
-            if !backlog && direct && in_flight.load(Ordering::Acquire) == 0 {
-                // Nothing ahead of it: through the second stage's work here, as `Inline`.
-                return inline(work(batch)).await;
-            }
-            let slot = tickets.reserve().await.map_err(|_| stage_gone())?;
-            in_flight.fetch_add(1, Ordering::AcqRel);
-            if backlog {
-                slot.send(pool.run(move || work(batch)));
-            } else {
-                let (done, ticket) = oneshot::channel();
-                let _ = done.send(work(batch));
-                slot.send(ticket);
-            }
-            Ok(())
-        }
-    }
-}
-
 /// Reads in a row that found their data already waiting before a stage counts as behind
-/// its source. A stage that keeps up finds its source empty after a burst; one that does
-/// not finds data every time. (3 and 8 measured alike with bench/run.)
+/// its source and asks for help. A stage that keeps up finds its source empty after a
+/// burst; one that does not finds data every time. (3 and 8 measured alike with
+/// bench/run.)
 const BEHIND_AFTER: u32 = 3;
 
 /// Whether a stage is behind its source (see [`BEHIND_AFTER`]).
@@ -260,12 +426,6 @@ struct Behind {
 }
 
 impl Behind {
-    /// Await the read `fut` and count it: its result, and whether the stage is now behind.
-    async fn read<F: Future>(&mut self, fut: F) -> (F::Output, bool) {
-        let (out, waited) = waited(fut).await;
-        (out, self.after_read(waited))
-    }
-
     /// Count a read (`waited`: it had to wait for data); `true` while behind.
     fn after_read(&mut self, waited: bool) -> bool {
         self.ready_in_a_row = if waited {
@@ -275,19 +435,6 @@ impl Behind {
         };
         self.ready_in_a_row >= BEHIND_AFTER
     }
-}
-
-/// Await `fut`, and say whether it had to wait (`false`: its result was there already).
-async fn waited<F: Future>(fut: F) -> (F::Output, bool) {
-    let mut fut = std::pin::pin!(fut);
-    let mut waited = false;
-    let out = std::future::poll_fn(|cx| {
-        let poll = fut.as_mut().poll(cx);
-        waited |= poll.is_pending();
-        poll
-    })
-    .await;
-    (out, waited)
 }
 
 fn stage_gone() -> Error {
@@ -482,28 +629,87 @@ impl<I: IpSend> TunWriter<I> {
         Ok(())
     }
 }
-
 impl<T: DeviceTransports> DeviceState<T> {
-    /// The outgoing direction's first stage: read the TUN, prepare, and seal here or hand
-    /// over (see the module).
+    /// The outgoing direction's stage: take the TUN's reading half and run rounds, asking
+    /// for help while behind (see the module).
     pub(crate) async fn handle_outgoing(
         device: Weak<RwLock<Self>>,
         tun_rx: Arc<Mutex<T::IpRecv>>,
         sender: SharedSender<impl UdpSend + 'static>,
-        mut packet_pool: PacketBufPool,
-        crypto: Crypto<SealedBatch>,
+        packet_pool: PacketBufPool,
+        lane: Arc<Lane<OwnedMutexGuard<T::IpRecv>>>,
     ) -> Result<(), Error> {
-        let mut tun_mtu = {
-            let Some(device) = device.upgrade() else {
-                return Ok(());
-            };
-            let device = device.read().await;
-            device.tun_rx_mtu.clone()
+        let Some(mut tun_mtu) = Self::tun_mtu(&device).await else {
+            return Ok(());
         };
-        let mut tun_rx = lock_tun(tun_rx).await?;
+        lane.install(lock_tun(tun_rx).await?, packet_pool).await;
         let mut behind = Behind::default();
         loop {
-            let (read, backlog) = behind.read(tun_rx.recv(&mut packet_pool)).await;
+            let read = Read::Wait(&mut behind);
+            match Self::outgoing_round(&device, &lane, &sender, &mut tun_mtu, read).await? {
+                Round::Read { behind: true } => lane.ask_for_help(),
+                Round::Read { behind: false } | Round::Empty => {}
+                Round::Gone => return Ok(()),
+            }
+        }
+    }
+
+    /// An outgoing helper (a thread of its own): when asked, run rounds while there is
+    /// something to read.
+    pub(crate) async fn help_outgoing(
+        device: Weak<RwLock<Self>>,
+        lane: Arc<Lane<OwnedMutexGuard<T::IpRecv>>>,
+        sender: SharedSender<impl UdpSend + 'static>,
+    ) {
+        let Some(mut tun_mtu) = Self::tun_mtu(&device).await else {
+            return;
+        };
+        loop {
+            lane.help.notified().await;
+            loop {
+                match Self::outgoing_round(&device, &lane, &sender, &mut tun_mtu, Read::Try).await {
+                    Ok(Round::Read { .. }) => {}
+                    Ok(Round::Empty) => break,
+                    Ok(Round::Gone) => return,
+                    Err(e) => {
+                        tracing::debug!("an outgoing helper stops: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn tun_mtu(device: &Weak<RwLock<Self>>) -> Option<MtuWatcher> {
+        let device = device.upgrade()?;
+        let device = device.read().await;
+        Some(device.tun_rx_mtu.clone())
+    }
+
+    /// One outgoing round: read the TUN, prepare what it gave, seal it, and send it in
+    /// turn.
+    async fn outgoing_round(
+        device: &Weak<RwLock<Self>>,
+        lane: &Lane<OwnedMutexGuard<T::IpRecv>>,
+        sender: &SharedSender<impl UdpSend + 'static>,
+        tun_mtu: &mut MtuWatcher,
+        how: Read<'_>,
+    ) -> Result<Round, Error> {
+        let (ticket, batches, behind) = {
+            let Some(mut source) = lane.lock(&how).await else {
+                return Ok(Round::Empty);
+            };
+            let Some(Reading {
+                rx,
+                pool,
+                next_ticket,
+            }) = source.as_mut()
+            else {
+                return Ok(Round::Empty);
+            };
+            let Some((read, behind)) = Round::read(lane, how, rx.recv(pool)).await else {
+                return Ok(Round::Empty);
+            };
             let mut packets = match read {
                 Ok(packets) => packets,
                 Err(e) if is_fatal_tun_error(&e) => {
@@ -514,62 +720,38 @@ impl<T: DeviceTransports> DeviceState<T> {
                     // wireguard4netns: rate-limited, it can come once per packet.
                     static RECV_ERROR: LogLimit = LogLimit::new(LOG_INTERVAL);
                     log_limited!(error, RECV_ERROR, "Error receiving IP packet: {e}");
-                    continue;
+                    return Ok(Round::Read { behind });
                 }
             };
+            let Some(device) = device.upgrade() else {
+                return Ok(Round::Gone);
+            };
+            let device = device.read().await;
+            let mut batches = Vec::with_capacity(1);
             loop {
                 let mut batch = OutBatch::new();
-                let more = {
-                    let Some(device) = device.upgrade() else {
-                        return Ok(());
-                    };
-                    let device = device.read().await;
-                    Self::prepare_outgoing(&device, &mut packets, &mut batch, &mut tun_mtu).await
-                };
-                if batch.packets.is_empty() {
-                    // The read ended where the last batch did.
-                } else if batch
-                    .packets
-                    .iter()
-                    .all(|(p, _)| matches!(p, Outgoing::Ready(_)))
-                {
-                    // Nothing to seal (the packets were queued for want of a session, and
-                    // this is the handshake initiation): no worker, no waiting behind data.
-                    send_batch(&sender, batch.seal()).await;
-                } else {
-                    dispatch(
-                        &crypto,
-                        batch,
-                        OutBatch::seal,
-                        backlog,
-                        true,
-                        async |sealed| {
-                            send_batch(&sender, sealed).await;
-                            Ok(())
-                        },
-                    )
-                    .await?;
+                let more = Self::prepare_outgoing(&device, &mut packets, &mut batch, tun_mtu).await;
+                if !batch.packets.is_empty() {
+                    batches.push(batch);
                 }
                 if !more {
                     break;
                 }
             }
-        }
-    }
-
-    /// The outgoing direction's second stage with a crypto pool: send the sealed batches
-    /// in the order they were read.
-    pub(crate) async fn send_sealed(
-        mut tickets: Tickets<SealedBatch>,
-        sender: SharedSender<impl UdpSend + 'static>,
-    ) -> Result<(), Error> {
-        while let Some(sealed) = tickets.next().await {
-            if let Ok(sealed) = sealed {
-                send_batch(&sender, sealed).await;
+            if batches.is_empty() {
+                return Ok(Round::Read { behind });
             }
-            tickets.done();
+            let ticket = *next_ticket;
+            *next_ticket += 1;
+            (ticket, batches, behind)
+        };
+        // The source is free for the next round while this one seals.
+        let sealed: Vec<SealedBatch> = batches.into_iter().map(OutBatch::seal).collect();
+        let _turn = lane.order.turn(ticket).await;
+        for batch in sealed {
+            send_batch(sender, batch).await;
         }
-        Ok(())
+        Ok(Round::Read { behind })
     }
 
     /// Prepare packets from `packets` into `batch` until it is full (`true`: more may
@@ -661,115 +843,146 @@ impl<T: DeviceTransports> DeviceState<T> {
         true
     }
 
-    /// The incoming direction's first stage: receive datagrams, handle the control
-    /// packets, prepare the data packets, and open and finish them here or hand them over
-    /// (see the module).
+    /// The incoming direction's stage: take the TUN's writing half and run rounds on the
+    /// UDP socket, asking for help while behind (see the module).
     pub(crate) async fn handle_incoming(
         device: Weak<RwLock<Self>>,
-        tun_tx: Option<Arc<Mutex<T::IpSend>>>,
-        udp_tx: impl UdpSend + 'static,
-        sender: SharedSender<impl UdpSend + 'static>,
-        mut udp_rx: impl UdpRecv,
-        mut packet_pool: PacketBufPool,
-        crypto: Crypto<OpenedBatch>,
+        tun_tx: Arc<Mutex<T::IpSend>>,
+        udp_rx: UdpRx<T>,
+        packet_pool: PacketBufPool,
+        lane: Arc<InLane<T>>,
+        out: InSinks<T>,
     ) -> Result<(), Error> {
-        let (keys, mut tun_mtu) = {
-            let Some(device) = device.upgrade() else {
-                return Ok(());
-            };
-            let device = device.read().await;
-
-            let (private_key, public_key) = device.key_pair.clone().expect("Key not set");
-            let rate_limiter = device.rate_limiter.clone().unwrap();
-            let tun_mtu = device.tun_rx_mtu.clone();
-            ((private_key, public_key, rate_limiter), tun_mtu)
+        let Some(mut context) = Self::incoming_context(&device).await else {
+            return Ok(());
         };
-        // With the crypto inline, this stage writes the TUN too.
-        let mut writer = match tun_tx {
-            Some(tun_tx) => Some(TunWriter::lock(tun_tx).await?),
-            None => None,
-        };
-        let mut recv_buf = Default::default();
-        let mut datagrams = Vec::new();
+        *out.tun.lock().await = Some(TunWriter::lock(tun_tx).await?);
+        lane.install(InRx::new(udp_rx), packet_pool).await;
         let mut behind = Behind::default();
         loop {
-            // wireguard4netns: its error ends the task, as upstream's buffered receiver
+            let read = Read::Wait(&mut behind);
+            match Self::incoming_round(&device, &lane, &out, &mut context, read).await? {
+                Round::Read { behind: true } => lane.ask_for_help(),
+                Round::Read { behind: false } | Round::Empty => {}
+                Round::Gone => return Ok(()),
+            }
+        }
+    }
+
+    /// An incoming helper (a thread of its own): when asked, run rounds while there is
+    /// something to receive.
+    pub(crate) async fn help_incoming(
+        device: Weak<RwLock<Self>>,
+        lane: Arc<InLane<T>>,
+        out: InSinks<T>,
+    ) {
+        let Some(mut context) = Self::incoming_context(&device).await else {
+            return;
+        };
+        loop {
+            lane.help.notified().await;
+            loop {
+                match Self::incoming_round(&device, &lane, &out, &mut context, Read::Try).await {
+                    Ok(Round::Read { .. }) => {}
+                    Ok(Round::Empty) => break,
+                    Ok(Round::Gone) => return,
+                    Err(e) => {
+                        tracing::debug!("an incoming helper stops: {e}");
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// What an incoming round needs of the device: its keys and rate limiter (a new key
+    /// makes a new connection), and the TUN's MTU.
+    async fn incoming_context(device: &Weak<RwLock<Self>>) -> Option<InContext> {
+        let device = device.upgrade()?;
+        let device = device.read().await;
+        let (private_key, public_key) = device.key_pair.clone().expect("Key not set");
+        let rate_limiter = device.rate_limiter.clone().unwrap();
+        Some(InContext {
+            keys: (private_key, public_key, rate_limiter),
+            tun_mtu: device.tun_rx_mtu.clone(),
+        })
+    }
+
+    /// One incoming round: receive datagrams, handle the control packets, prepare the data
+    /// packets, open them, and in turn finish them and write them to the TUN.
+    async fn incoming_round(
+        device: &Weak<RwLock<Self>>,
+        lane: &InLane<T>,
+        out: &InSinks<T>,
+        context: &mut InContext,
+        how: Read<'_>,
+    ) -> Result<Round, Error> {
+        let (ticket, batches, behind) = {
+            let Some(mut source) = lane.lock(&how).await else {
+                return Ok(Round::Empty);
+            };
+            let Some(reading) = source.as_mut() else {
+                return Ok(Round::Empty);
+            };
+            let InRx {
+                udp_rx,
+                recv_buf,
+                datagrams,
+            } = &mut reading.rx;
+            let read = udp_rx.recv_many_from(recv_buf, &mut reading.pool, datagrams);
+            let Some((received, behind)) = Round::read(lane, how, read).await else {
+                return Ok(Round::Empty);
+            };
+            // wireguard4netns: its error ends the stage, as upstream's buffered receiver
             // passed it on (one `recvmmsg` error is fatal; see `watch_task`).
-            let (received, backlog) = behind
-                .read(udp_rx.recv_many_from(&mut recv_buf, &mut packet_pool, &mut datagrams))
-                .await;
             received?;
+            let Some(device) = device.upgrade() else {
+                return Ok(Round::Gone);
+            };
+            let device = device.read().await;
             let mut received = datagrams.drain(..);
+            let mut batches = Vec::with_capacity(1);
             loop {
                 let mut batch = InBatch::new();
-                let more = {
-                    let Some(device) = device.upgrade() else {
-                        return Ok(());
-                    };
-                    let device = device.read().await;
-                    Self::prepare_incoming(
-                        &device,
-                        &keys,
-                        &mut received,
-                        &mut batch,
-                        (&udp_tx, &sender),
-                        &mut tun_mtu,
-                    )
-                    .await
-                };
+                let more = Self::prepare_incoming(
+                    &device,
+                    &context.keys,
+                    &mut received,
+                    &mut batch,
+                    (&out.udp, &out.sender),
+                    &mut context.tun_mtu,
+                )
+                .await;
                 if !batch.packets.is_empty() {
-                    dispatch(
-                        &crypto,
-                        batch,
-                        InBatch::open,
-                        backlog,
-                        false,
-                        async |opened| match writer.as_mut() {
-                            Some(writer) => Self::finish_and_write(&device, writer, opened).await,
-                            None => Err(stage_gone()),
-                        },
-                    )
-                    .await?;
+                    batches.push(batch);
                 }
                 if !more {
                     break;
                 }
             }
-        }
-    }
-
-    /// The incoming direction's second stage with a crypto pool: finish the opened batches
-    /// in the order they were received, and write them to the TUN.
-    pub(crate) async fn write_opened(
-        device: Weak<RwLock<Self>>,
-        mut tickets: Tickets<OpenedBatch>,
-        tun_tx: Arc<Mutex<T::IpSend>>,
-    ) -> Result<(), Error> {
-        let mut writer = TunWriter::lock(tun_tx).await?;
-        while let Some(opened) = tickets.next().await {
-            if let Ok(opened) = opened {
-                Self::finish_and_write(&device, &mut writer, opened).await?;
+            if batches.is_empty() {
+                return Ok(Round::Read { behind });
             }
-            tickets.done();
-        }
-        Ok(())
-    }
-
-    /// Finish `opened` in order under one peer lock per run, keep what may enter the TUN,
-    /// and write it.
-    async fn finish_and_write(
-        device: &Weak<RwLock<Self>>,
-        writer: &mut TunWriter<T::IpSend>,
-        opened: OpenedBatch,
-    ) -> Result<(), Error> {
-        let Some(device) = device.upgrade() else {
-            return Ok(());
+            let ticket = reading.next_ticket;
+            reading.next_ticket += 1;
+            (ticket, batches, behind)
         };
+        // The source is free for the next round while this one opens.
+        let opened: Vec<OpenedBatch> = batches.into_iter().map(InBatch::open).collect();
+        let _turn = lane.order.turn(ticket).await;
+        let Some(device) = device.upgrade() else {
+            return Ok(Round::Gone);
+        };
+        let mut tun = out.tun.lock().await;
+        let writer = tun.as_mut().ok_or_else(stage_gone)?;
         {
             let device = device.read().await;
-            Self::finish_incoming(&device, opened, &mut writer.to_tun).await;
+            for batch in opened {
+                Self::finish_incoming(&device, batch, &mut writer.to_tun).await;
+            }
         }
-        writer.flush().await
+        writer.flush().await?;
+        Ok(Round::Read { behind })
     }
 
     async fn finish_incoming(device: &Self, opened: OpenedBatch, to_tun: &mut Vec<Packet<Ip>>) {
@@ -992,17 +1205,48 @@ mod tests {
         assert_eq!(seen, [false, false, true, true, false, false]);
     }
 
-    /// `waited` tells a future that was ready from one that had to wait.
+    /// The stage's read says whether it had to wait, and marks the lane idle while it
+    /// waits; a helper's read takes what is there, or nothing.
     #[tokio::test]
-    async fn waited_tells_ready_from_pending() {
-        assert_eq!(waited(async { 1 }).await, (1, false));
+    async fn reads_tell_ready_from_pending() {
+        let lane = Lane::<()>::new(1);
+        let mut behind = Behind::default();
+        let ready = Round::read(&lane, Read::Wait(&mut behind), async { 1 }).await;
+        assert_eq!(ready, Some((1, false)));
+        let waited = Round::read(&lane, Read::Wait(&mut behind), async {
+            tokio::task::yield_now().await;
+            lane.idle.load(Ordering::Acquire)
+        })
+        .await;
+        assert_eq!(waited, Some((true, false)), "idle while it waited");
+        assert!(!lane.idle.load(Ordering::Acquire));
         assert_eq!(
-            waited(async {
-                tokio::task::yield_now().await;
-                2
-            })
-            .await,
-            (2, true)
+            Round::read(&lane, Read::Try, async { 3 }).await,
+            Some((3, false))
         );
+        let nothing = Round::read(&lane, Read::Try, std::future::pending::<u8>()).await;
+        assert_eq!(nothing, None);
+    }
+
+    /// Rounds finish by ticket, whatever order they come to their turn in.
+    #[tokio::test]
+    async fn turns_come_in_ticket_order() {
+        let order = Arc::new(Order::default());
+        let finished = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rounds: Vec<_> = (0..16u64)
+            .rev()
+            .map(|ticket| {
+                let (order, finished) = (Arc::clone(&order), Arc::clone(&finished));
+                tokio::spawn(async move {
+                    let _turn = order.turn(ticket).await;
+                    finished.lock().expect("not poisoned").push(ticket);
+                })
+            })
+            .collect();
+        for round in rounds {
+            round.await.expect("round");
+        }
+        let finished = finished.lock().expect("not poisoned").clone();
+        assert_eq!(finished, (0..16).collect::<Vec<_>>());
     }
 }

@@ -15,9 +15,9 @@ pub(crate) mod allowed_ips;
 mod builder;
 pub mod configure;
 // wireguard4netns: the crypto worker threads of the data path.
-mod crypto_pool;
 #[cfg(feature = "daita")]
 pub mod daita;
+mod helpers;
 // wireguard4netns: the data path (upstream's `handle_incoming`/`handle_outgoing`, batched,
 // with its crypto on `crypto_pool`'s workers).
 mod datapath;
@@ -55,8 +55,7 @@ use crate::tun::MtuWatcher;
 use crate::udp::{UdpSend, UdpTransportFactory, UdpTransportFactoryParams};
 use crate::x25519;
 use allowed_ips::AllowedIps;
-use crypto_pool::CryptoPool;
-use datapath::Crypto;
+use helpers::Helpers;
 use peer_state::{PeerState, PendingHandshake};
 
 #[cfg(feature = "tun")]
@@ -241,10 +240,9 @@ pub(crate) struct Connection<T: DeviceTransports> {
     /// The task that reads traffic from the TUN device.
     outgoing: Task,
 
-    // wireguard4netns: with crypto workers, the tasks that send (write) the batches they
-    // sealed (opened), in order, and the workers (see `datapath.rs`).
-    ordered: Vec<Task>,
-    crypto: Option<Arc<CryptoPool>>,
+    // wireguard4netns: with N crypto workers, N - 1 helper threads per direction (see
+    // `datapath.rs`).
+    helpers: Option<Helpers>,
 }
 
 impl<T: DeviceTransports> Connection<T> {
@@ -287,14 +285,6 @@ impl<T: DeviceTransports> Connection<T> {
             device.port = addr.port();
         }
 
-        // wireguard4netns: no buffered channels between the TUN, the crypto and the UDP
-        // socket: each direction's first task reads its source itself and hands batches on
-        // (see `datapath.rs`).
-        let crypto = match device.crypto_workers.get() {
-            1 => None,
-            _ => Some(Arc::new(CryptoPool::start(device.crypto_workers)?)),
-        };
-
         // Start DAITA/hooks tasks
         #[cfg(feature = "daita")]
         for peer_arc in device.peers.values() {
@@ -318,39 +308,38 @@ impl<T: DeviceTransports> Connection<T> {
             watch_task(task, fut, Arc::clone(&retired), device.fatal_error.clone())
         };
 
-        // wireguard4netns: with workers, each direction's second stage is a task of its own,
-        // fed through a bounded FIFO of tickets.
-        let mut ordered = Vec::new();
+        // wireguard4netns: no buffered channels between the TUN, the crypto and the UDP
+        // socket: each direction's stage reads its source itself, and with N crypto workers
+        // N - 1 helper threads per direction run rounds beside it while it falls behind
+        // (see `datapath.rs`).
         let sender = datapath::shared_sender(udp_tx.clone());
-        let (out_crypto, in_crypto, tun_tx_inline) = match &crypto {
-            None => (
-                Crypto::Inline,
-                Crypto::Inline,
-                Some(Arc::clone(&device.tun_tx)),
-            ),
-            Some(pool) => {
-                let (out, out_rx) = datapath::ordered(pool);
-                let (inc, in_rx) = datapath::ordered(pool);
-                ordered.push(Task::spawn(
-                    "send_sealed",
-                    watched(
-                        "send_sealed",
-                        DeviceState::<T>::send_sealed(out_rx, Arc::clone(&sender)).boxed(),
-                    ),
-                ));
-                ordered.push(Task::spawn(
-                    "write_opened",
-                    watched(
-                        "write_opened",
-                        DeviceState::write_opened(
-                            Arc::downgrade(&device_arc),
-                            in_rx,
-                            Arc::clone(&device.tun_tx),
-                        )
-                        .boxed(),
-                    ),
-                ));
-                (out, inc, None)
+        let extra = device.crypto_workers.get() - 1;
+        let out_lane = Arc::new(datapath::OutLane::<T>::new(extra));
+        let in_lane = Arc::new(datapath::InLane::<T>::new(extra));
+        let in_sinks = datapath::InSinks::<T>::new(udp_tx.clone(), Arc::clone(&sender));
+        let helpers = match extra {
+            0 => None,
+            _ => {
+                let helpers = Helpers::new();
+                let runtime = tokio::runtime::Handle::current();
+                for i in 0..extra {
+                    let device = Arc::downgrade(&device_arc);
+                    helpers.spawn(
+                        format!("wg-out-{i}"),
+                        &runtime,
+                        DeviceState::help_outgoing(
+                            device.clone(),
+                            Arc::clone(&out_lane),
+                            Arc::clone(&sender),
+                        ),
+                    )?;
+                    helpers.spawn(
+                        format!("wg-in-{i}"),
+                        &runtime,
+                        DeviceState::help_incoming(device, Arc::clone(&in_lane), in_sinks.clone()),
+                    )?;
+                }
+                Some(helpers)
             }
         };
 
@@ -362,9 +351,9 @@ impl<T: DeviceTransports> Connection<T> {
                 DeviceState::handle_outgoing(
                     Arc::downgrade(&device_arc),
                     Arc::clone(&device.tun_rx),
-                    Arc::clone(&sender),
+                    sender,
                     pool.clone(),
-                    out_crypto,
+                    out_lane,
                 )
                 .boxed(),
             ),
@@ -379,12 +368,11 @@ impl<T: DeviceTransports> Connection<T> {
                 "handle_incoming",
                 DeviceState::handle_incoming(
                     Arc::downgrade(&device_arc),
-                    tun_tx_inline,
-                    udp_tx.clone(),
-                    sender,
+                    Arc::clone(&device.tun_tx),
                     udp_rx,
                     pool.clone(),
-                    in_crypto,
+                    in_lane,
+                    in_sinks,
                 )
                 .boxed(),
             ),
@@ -397,8 +385,7 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
-            ordered,
-            crypto,
+            helpers,
         });
 
         Ok(())
@@ -919,23 +906,17 @@ impl<T: DeviceTransports> Connection<T> {
             incoming,
             timers,
             outgoing,
-            ordered,
-            crypto,
+            helpers,
         } = self;
         // wireguard4netns: before anything is torn down (see `retired`).
         retired.store(true, Ordering::Release);
         drop(udp);
 
-        join!(
-            incoming.stop(),
-            timers.stop(),
-            outgoing.stop(),
-            futures::future::join_all(ordered.into_iter().map(Task::stop)),
-        );
-        // wireguard4netns: the tasks are gone, and with them the pool's other handles; its
-        // threads are joined here (each finishes at most one batch first).
-        if let Some(crypto) = crypto {
-            crypto.shutdown();
+        join!(incoming.stop(), timers.stop(), outgoing.stop(),);
+        // wireguard4netns: the stages are gone; the helpers are stopped where they wait
+        // and joined (each finishes at most the crypto of one read first).
+        if let Some(helpers) = helpers {
+            helpers.shutdown();
         }
     }
 }

@@ -365,7 +365,7 @@ async fn one_worker_runs_inline_and_keeps_order() {
     let h = harness(1).await;
     let device = h.alice.inner.read().await;
     let connection = device.connection.as_ref().expect("connection");
-    assert!(connection.crypto.is_none() && connection.ordered.is_empty());
+    assert!(connection.helpers.is_none());
     drop(device);
     sends_in_order(1, true).await;
     receives_in_order(1, true).await;
@@ -408,15 +408,15 @@ async fn a_datagram_twice_in_one_batch_arrives_once() {
     }
 }
 
-/// The workers are the connection's: a reconfiguration starts new ones and joins the old,
-/// and so does stopping the device.
+/// The helper threads are the connection's: a reconfiguration starts new ones and joins
+/// the old, and so does stopping the device.
 #[tokio::test]
 async fn workers_go_with_their_connection() {
     let h = harness(3).await;
     let pool = |device: &Device<_>| {
         let device = device.inner.try_read().expect("unlocked");
         let connection = device.connection.as_ref().expect("connection");
-        Arc::downgrade(connection.crypto.as_ref().expect("workers"))
+        connection.helpers.as_ref().expect("helpers").running()
     };
     let first = pool(&h.alice);
     h.alice.set_listen_port(51821).await.expect("new port");
