@@ -8,7 +8,8 @@
 //!   super-packet splits; copied into the device's pool buffers, as our TUN
 //!   does), the UDP end counts the datagrams;
 //! - decrypt: datagrams sealed beforehand by the peer's `Tunn` (fresh counters,
-//!   outside the timing) are received 64 at a time, the TUN end counts.
+//!   outside the timing) are received 64 at a time, copied into the device's pool
+//!   buffers as `recvmmsg` writes them into its receive buffers, the TUN end counts.
 //!
 //! Each with 1 and 2 crypto workers, next to ChaCha20-Poly1305 alone on the
 //! same 1420 bytes (aws-lc, which gotatun uses, on one thread), and the two
@@ -75,44 +76,28 @@ fn ip_packet(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
     p
 }
 
-/// Counts packets until a target, then wakes the bench. Packets are kept, not
-/// dropped, so that freeing them is not part of the timing.
+/// Counts packets until a target, then wakes the bench. The packets are dropped,
+/// which returns them to the device's pool, as the kernel's TUN and UDP writes do.
 #[derive(Default)]
 struct Counter {
     count: AtomicUsize,
     target: AtomicUsize,
     done: Notify,
-    kept: Mutex<Vec<Packet>>,
-    keep: std::sync::atomic::AtomicBool,
 }
 
 impl Counter {
-    fn arm(&self, target: usize, keep: bool) {
+    fn arm(&self, target: usize) {
         self.count.store(0, Ordering::SeqCst);
-        self.keep.store(keep, Ordering::SeqCst);
         self.target.store(target, Ordering::SeqCst);
     }
 
     fn add(&self, packets: impl Iterator<Item = Packet>) {
-        let mut n = 0;
-        if self.keep.load(Ordering::Relaxed) {
-            let mut kept = self.kept.lock().expect("not poisoned");
-            for p in packets {
-                kept.push(p);
-                n += 1;
-            }
-        } else {
-            n = packets.count();
-        }
+        let n = packets.count();
         let before = self.count.fetch_add(n, Ordering::SeqCst);
         let target = self.target.load(Ordering::SeqCst);
         if before < target && before + n >= target {
             self.done.notify_one();
         }
-    }
-
-    fn release(&self) {
-        self.kept.lock().expect("not poisoned").clear();
     }
 }
 
@@ -131,6 +116,8 @@ struct UdpShared {
     captured: mpsc::UnboundedSender<Packet>,
     counter: Counter,
     incoming: Mutex<Option<mpsc::UnboundedReceiver<Datagrams>>>,
+    /// The datagrams received, once copied: freed by the bench, outside the timing.
+    spent: mpsc::UnboundedSender<Datagrams>,
 }
 
 #[derive(Clone)]
@@ -139,6 +126,7 @@ struct MemUdpSend(Arc<UdpShared>);
 struct MemUdpRecv {
     rx: mpsc::UnboundedReceiver<Datagrams>,
     pending: VecDeque<(Packet, SocketAddr)>,
+    spent: mpsc::UnboundedSender<Datagrams>,
 }
 
 impl UdpTransportFactory for MemUdp {
@@ -159,6 +147,7 @@ impl UdpTransportFactory for MemUdp {
         let recv = MemUdpRecv {
             rx,
             pending: VecDeque::new(),
+            spent: self.shared.spent.clone(),
         };
         Ok((MemUdpSend(Arc::clone(&self.shared)), recv))
     }
@@ -220,13 +209,19 @@ impl UdpRecv for MemUdpRecv {
     async fn recv_many_from(
         &mut self,
         _: &mut (),
-        _: &mut PacketBufPool,
+        pool: &mut PacketBufPool,
         packets: &mut Vec<(Packet, SocketAddr)>,
     ) -> io::Result<()> {
-        match self.rx.recv().await {
-            Some(batch) => packets.extend(batch),
-            None => std::future::pending().await,
+        let Some(batch) = self.rx.recv().await else {
+            return std::future::pending().await;
+        };
+        for (datagram, from) in &batch {
+            let mut buf = pool.get();
+            buf.truncate(datagram.len());
+            buf.copy_from_slice(datagram);
+            packets.push((buf, *from));
         }
+        let _ = self.spent.send(batch);
         Ok(())
     }
 }
@@ -303,6 +298,7 @@ struct Setup {
     peer: Tunn,
     udp: Arc<UdpShared>,
     inject: mpsc::UnboundedSender<Datagrams>,
+    spent: mpsc::UnboundedReceiver<Datagrams>,
     tun_budget: Arc<AtomicUsize>,
     tun_more: Arc<Notify>,
     tun_out: Arc<Counter>,
@@ -326,11 +322,13 @@ async fn setup(workers: usize) -> Setup {
 
     let (captured_tx, mut captured) = mpsc::unbounded_channel();
     let (inject, incoming) = mpsc::unbounded_channel();
+    let (spent_tx, spent) = mpsc::unbounded_channel();
     let udp = Arc::new(UdpShared {
         capture: true.into(),
         captured: captured_tx,
         counter: Counter::default(),
         incoming: Mutex::new(Some(incoming)),
+        spent: spent_tx,
     });
     let tun_budget = Arc::new(AtomicUsize::new(0));
     let tun_more = Arc::new(Notify::new());
@@ -384,6 +382,7 @@ async fn setup(workers: usize) -> Setup {
         peer,
         udp,
         inject,
+        spent,
         tun_budget,
         tun_more,
         tun_out,
@@ -392,7 +391,7 @@ async fn setup(workers: usize) -> Setup {
 
 /// Time for the device to encrypt `n` packets from the TUN to the UDP end.
 async fn encrypt_round(s: &Setup, n: usize, cpu: &mut Duration) -> Duration {
-    s.udp.counter.arm(n, false);
+    s.udp.counter.arm(n);
     let cpu_start = cpu_time();
     let start = Instant::now();
     s.tun_budget.store(n, Ordering::SeqCst);
@@ -425,7 +424,7 @@ async fn decrypt_round(s: &mut Setup, n: usize, cpu: &mut Duration) -> Duration 
     if !batch.is_empty() {
         batches.push(batch);
     }
-    s.tun_out.arm(n, true);
+    s.tun_out.arm(n);
     let cpu_start = cpu_time();
     let start = Instant::now();
     for batch in batches {
@@ -434,7 +433,7 @@ async fn decrypt_round(s: &mut Setup, n: usize, cpu: &mut Duration) -> Duration 
     s.tun_out.done.notified().await;
     let took = start.elapsed();
     *cpu += cpu_time() - cpu_start;
-    s.tun_out.release();
+    while s.spent.try_recv().is_ok() {}
     took
 }
 

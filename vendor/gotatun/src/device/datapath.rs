@@ -131,11 +131,11 @@ impl<R> Lane<R> {
     /// it waiting for data (`None`: nothing to read now).
     async fn lock(&self, read: &Read<'_>) -> Option<MutexGuard<'_, Option<Reading<R>>>> {
         match read {
-            Read::Wait(_) => Some(self.source.lock().await),
+            Read::Wait(_) => Some(lock_soon(&self.source).await),
             Read::Try => match self.source.try_lock() {
                 Ok(source) => Some(source),
                 Err(_) if self.idle.load(Ordering::Acquire) => None,
-                Err(_) => Some(self.source.lock().await),
+                Err(_) => Some(lock_soon(&self.source).await),
             },
         }
     }
@@ -217,11 +217,6 @@ pub(crate) struct Order {
     advanced: Notify,
 }
 
-/// How long a round whose predecessor is finishing waits for its turn without sleeping:
-/// a finish (sending a read's packets, or writing them to the TUN) takes a few µs to a few
-/// tens, and going to sleep and being woken costs each side more than that.
-const SPIN_FOR_TURN: Duration = Duration::from_micros(30);
-
 /// A round's turn to finish; the next round's comes when it is dropped (also if the round
 /// fails or is cancelled while it finishes).
 struct Turn<'a>(&'a Order);
@@ -244,32 +239,56 @@ impl Order {
         }
     }
 
-    /// Whether `ticket`'s turn came while its predecessor was finishing (see
-    /// [`SPIN_FOR_TURN`]).
+    /// Whether `ticket`'s turn came while its predecessor was finishing (see [`SPIN`]).
     fn spin_for(&self, ticket: u64) -> bool {
-        let mut started = None;
-        for spin in 0u32.. {
+        let turn = spin(|| {
             let next = self.next.load(Ordering::Acquire);
             if next == ticket {
-                return true;
+                Some(true)
+            } else if next.wrapping_add(1) == ticket && self.finishing.load(Ordering::Acquire) {
+                None
+            } else {
+                Some(false)
             }
-            if next.wrapping_add(1) != ticket || !self.finishing.load(Ordering::Acquire) {
-                return false;
-            }
-            if spin % 64 == 0 {
-                let started = *started.get_or_insert_with(std::time::Instant::now);
-                if started.elapsed() > SPIN_FOR_TURN {
-                    return false;
-                }
-            }
-            std::hint::spin_loop();
-        }
-        false
+        });
+        turn == Some(true)
     }
 
     fn take(&self) -> Turn<'_> {
         self.finishing.store(true, Ordering::Release);
         Turn(self)
+    }
+}
+
+/// How long a round tries a lock held by another round (or retries for its turn while the
+/// round before it finishes) before it waits in line: the data path holds its locks for a
+/// few µs to a few tens, and a round that goes to sleep for one, and is woken, costs each
+/// side more than that.
+const SPIN: Duration = Duration::from_micros(30);
+
+/// Call `attempt` until it gives something, for at most [`SPIN`].
+fn spin<G>(mut attempt: impl FnMut() -> Option<G>) -> Option<G> {
+    let mut started = None;
+    for spin in 0u32.. {
+        if let Some(got) = attempt() {
+            return Some(got);
+        }
+        if spin % 64 == 0 {
+            let started = *started.get_or_insert_with(std::time::Instant::now);
+            if started.elapsed() > SPIN {
+                return None;
+            }
+        }
+        std::hint::spin_loop();
+    }
+    None
+}
+
+/// Lock `mutex`, trying for a moment (see [`SPIN`]) before waiting in line.
+async fn lock_soon<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    match spin(|| mutex.try_lock().ok()) {
+        Some(guard) => guard,
+        None => mutex.lock().await,
     }
 }
 
@@ -570,7 +589,7 @@ async fn send_batch<U: UdpSend>(sender: &SharedSender<U>, batch: SealedBatch) {
     let packets = daita_on_tunnel_sent(batch).await;
     #[cfg(not(feature = "daita"))]
     let packets = batch.packets;
-    sender.lock().await.send(packets).await;
+    lock_soon(sender).await.send(packets).await;
 }
 
 /// DAITA's hook on each packet sealed, under its peer's lock.
@@ -796,7 +815,7 @@ impl<T: DeviceTransports> DeviceState<T> {
                 .is_some_and(|(held, _)| Arc::ptr_eq(held, peer_arc))
             {
                 drop(locked.take());
-                locked = Some((peer_arc, peer_arc.lock().await));
+                locked = Some((peer_arc, lock_soon(peer_arc).await));
             }
             let Some((peer_arc, peer)) = locked.as_mut() else {
                 continue;
@@ -988,7 +1007,7 @@ impl<T: DeviceTransports> DeviceState<T> {
     async fn finish_incoming(device: &Self, opened: OpenedBatch, to_tun: &mut Vec<Packet<Ip>>) {
         let mut packets = opened.packets.into_iter();
         for (peer_arc, n) in opened.runs {
-            let mut peer = peer_arc.lock().await;
+            let mut peer = lock_soon(&peer_arc).await;
             // The allowed-IPs check once per run of packets from one source address.
             let mut checked: Option<(IpAddr, bool)> = None;
             for (opened, addr) in packets.by_ref().take(n) {
@@ -1108,7 +1127,10 @@ impl<T: DeviceTransports> DeviceState<T> {
                     _ => {
                         // One peer lock at a time: let go before waiting for the next.
                         drop(locked.take());
-                        let guard = Arc::clone(&peer_arc).lock_owned().await;
+                        let guard = match spin(|| Arc::clone(&peer_arc).try_lock_owned().ok()) {
+                            Some(guard) => guard,
+                            None => Arc::clone(&peer_arc).lock_owned().await,
+                        };
                         batch.runs.push((peer_arc, 0));
                         locked = Some((idx, guard));
                     }
