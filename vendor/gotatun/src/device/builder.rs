@@ -244,10 +244,11 @@ impl<X, Y, Z> DeviceBuilder<X, Y, Z> {
     }
 
     // wireguard4netns: the data path's worker threads (see `device/datapath.rs`).
-    /// Encrypt and decrypt on up to `workers` threads, which each connection starts and
-    /// stops, and which a direction uses only while it falls behind its source (packets of a
-    /// peer still leave and arrive in order). With one, each direction encrypts (decrypts)
-    /// in its own task, without threads.
+    /// Encrypt and decrypt on up to `workers` threads per direction: its task, and
+    /// `workers - 1` helper threads, which each connection starts and stops, and which a
+    /// direction uses only while it falls behind its source (packets of a peer still leave
+    /// and arrive in order). With one, each direction runs in its own task, without
+    /// threads.
     ///
     /// By default, [`std::thread::available_parallelism`] when the device is built.
     pub const fn with_crypto_workers(mut self, workers: NonZeroUsize) -> Self {

@@ -14,12 +14,12 @@
 pub(crate) mod allowed_ips;
 mod builder;
 pub mod configure;
-// wireguard4netns: the crypto worker threads of the data path.
 #[cfg(feature = "daita")]
 pub mod daita;
+// wireguard4netns: the data path's helper threads.
 mod helpers;
-// wireguard4netns: the data path (upstream's `handle_incoming`/`handle_outgoing`, batched,
-// with its crypto on `crypto_pool`'s workers).
+// wireguard4netns: the data path (upstream's `handle_incoming`/`handle_outgoing`, in
+// rounds that the stages and their helper threads run).
 mod datapath;
 // wireguard4netns: upstream's `integration_tests` module is removed: all its tests are
 // marked ignore and need docker and root, so they could never run here.
@@ -202,8 +202,8 @@ pub(crate) struct DeviceState<T: DeviceTransports> {
     udp_factory: T::UdpTransportFactory,
     connection: Option<Connection<T>>,
 
-    // wireguard4netns: crypto worker threads per connection (`DeviceBuilder::with_crypto_workers`);
-    // with one, each direction encrypts (decrypts) inline in its task.
+    // wireguard4netns: threads per direction that encrypt (decrypt) while it falls behind
+    // (`DeviceBuilder::with_crypto_workers`): its task and N - 1 helpers (`datapath.rs`).
     crypto_workers: NonZeroUsize,
 
     // wireguard4netns: the socket a UAPI `set` bound for a new listen port before it

@@ -35,16 +35,26 @@ fn bob_endpoint() -> SocketAddr {
 
 type Datagrams = Vec<(Packet, SocketAddr)>;
 
+/// The names of the threads that sent datagrams or wrote to the TUN.
+type Threads = Arc<Mutex<std::collections::BTreeSet<String>>>;
+
+fn note_thread(threads: &Threads) {
+    if let Some(name) = std::thread::current().name() {
+        threads.lock().expect("lock").insert(name.to_owned());
+    }
+}
+
 /// Alice's UDP socket: what she sends comes out of `sent`; batches put into `received`
 /// come out of one `recv_many_from` each. Sockets bound after the first receive nothing.
 #[derive(Clone)]
 struct TestUdp {
     sent: mpsc::UnboundedSender<Packet>,
     received: Arc<Mutex<Option<mpsc::UnboundedReceiver<Datagrams>>>>,
+    threads: Threads,
 }
 
 #[derive(Clone)]
-struct TestUdpSend(mpsc::UnboundedSender<Packet>);
+struct TestUdpSend(mpsc::UnboundedSender<Packet>, Threads);
 
 struct TestUdpRecv(mpsc::UnboundedReceiver<Datagrams>);
 
@@ -58,7 +68,8 @@ impl UdpTransportFactory for TestUdp {
     ) -> io::Result<(TestUdpSend, TestUdpRecv)> {
         let received = self.received.lock().expect("lock").take();
         let received = received.unwrap_or_else(|| mpsc::unbounded_channel().1);
-        Ok((TestUdpSend(self.sent.clone()), TestUdpRecv(received)))
+        let send = TestUdpSend(self.sent.clone(), Arc::clone(&self.threads));
+        Ok((send, TestUdpRecv(received)))
     }
 }
 
@@ -66,6 +77,7 @@ impl UdpSend for TestUdpSend {
     type SendManyBuf = ();
 
     async fn send_to(&self, packet: Packet, _: SocketAddr) -> io::Result<()> {
+        note_thread(&self.1);
         let _ = self.0.send(packet);
         Ok(())
     }
@@ -75,6 +87,7 @@ impl UdpSend for TestUdpSend {
     }
 
     async fn send_many_to(&self, _: &mut (), packets: &mut Datagrams) -> io::Result<()> {
+        note_thread(&self.1);
         for (packet, _) in packets.drain(..) {
             let _ = self.0.send(packet);
         }
@@ -114,7 +127,7 @@ struct TestTunRx {
     out: Vec<Packet<Ip>>,
 }
 
-struct TestTunTx(mpsc::UnboundedSender<Packet<Ip>>);
+struct TestTunTx(mpsc::UnboundedSender<Packet<Ip>>, Threads);
 
 impl IpRecv for TestTunRx {
     async fn recv<'a>(
@@ -135,6 +148,7 @@ impl IpRecv for TestTunRx {
 
 impl IpSend for TestTunTx {
     async fn send(&mut self, packet: Packet<Ip>) -> io::Result<()> {
+        note_thread(&self.1);
         let _ = self.0.send(packet);
         Ok(())
     }
@@ -153,6 +167,8 @@ struct Harness {
     /// Alice's socket: to receive (`udp_in`) and what she sent (`udp_out`).
     udp_in: mpsc::UnboundedSender<Datagrams>,
     udp_out: mpsc::UnboundedReceiver<Packet>,
+    /// The threads that sent or wrote.
+    threads: Threads,
 }
 
 /// Alice with `workers` crypto workers, shaken hands with Bob.
@@ -171,13 +187,15 @@ async fn harness(workers: usize) -> Harness {
     let (udp_in, received) = mpsc::unbounded_channel();
     let (tun_in, batches) = mpsc::unbounded_channel();
     let (tun_tx, tun_out) = mpsc::unbounded_channel();
+    let threads = Threads::default();
     let alice = DeviceBuilder::new()
         .with_udp(TestUdp {
             sent,
             received: Arc::new(Mutex::new(Some(received))),
+            threads: Arc::clone(&threads),
         })
         .with_ip_pair(
-            TestTunTx(tun_tx),
+            TestTunTx(tun_tx, Arc::clone(&threads)),
             TestTunRx {
                 batches,
                 out: Vec::new(),
@@ -201,6 +219,7 @@ async fn harness(workers: usize) -> Harness {
         tun_out,
         udp_in,
         udp_out,
+        threads,
     };
     let answer = async {
         let init = h.udp_out.recv().await.expect("initiation");
@@ -264,8 +283,8 @@ fn uneven(total: usize) -> Vec<usize> {
 
 /// With `pauses`, after every fourth batch the test lets the stages run dry (this runtime
 /// has one thread: they run only while the test yields), so the next batch finds its stage
-/// waiting, no longer behind, while the batches it handed to the workers are still being
-/// sealed or opened: it does that batch itself, and it must still leave after them.
+/// waiting, no longer behind, while the rounds its helpers read before are still being
+/// sealed or opened: its own round must still finish after theirs.
 async fn pause_now_and_then(pauses: bool, batch: usize) {
     if pauses && batch % 4 == 3 {
         for _ in 0..4 {
@@ -275,8 +294,8 @@ async fn pause_now_and_then(pauses: bool, batch: usize) {
 }
 
 /// Alice encrypts what her TUN gives her: on the wire the packets come in the order read,
-/// with increasing nonces, and Bob opens every one.
-async fn sends_in_order(workers: usize, pauses: bool) {
+/// with increasing nonces, and Bob opens every one. The names of the threads that sent.
+async fn sends_in_order(workers: usize, pauses: bool) -> Vec<String> {
     const N: u32 = 2000;
     let mut h = harness(workers).await;
     let mut number = 0;
@@ -312,10 +331,13 @@ async fn sends_in_order(workers: usize, pauses: bool) {
         };
         assert_eq!(number_of(&plain), expected, "{workers} workers");
     }
+    let threads = h.threads.lock().expect("lock");
+    threads.iter().cloned().collect()
 }
 
 /// Bob's packets, received by Alice in uneven batches, reach her TUN in the order sent.
-async fn receives_in_order(workers: usize, pauses: bool) {
+/// The names of the threads that wrote them.
+async fn receives_in_order(workers: usize, pauses: bool) -> Vec<String> {
     const N: u32 = 2000;
     let mut h = harness(workers).await;
     let mut number = 0;
@@ -343,23 +365,35 @@ async fn receives_in_order(workers: usize, pauses: bool) {
             .expect("packet");
         assert_eq!(number_of(packet.as_bytes()), expected, "{workers} workers");
     }
+    let threads = h.threads.lock().expect("lock");
+    threads.iter().cloned().collect()
 }
 
+/// The stages fall behind (every batch is there before they read), so their helpers run
+/// rounds too: some datagrams leave, and some packets reach the TUN, from helper threads.
 #[tokio::test]
 async fn order_is_kept_with_four_workers_and_uneven_jobs() {
-    sends_in_order(4, false).await;
-    receives_in_order(4, false).await;
+    let senders = sends_in_order(4, false).await;
+    assert!(
+        senders.iter().any(|name| name.starts_with("wg-out-")),
+        "no helper sent: {senders:?}"
+    );
+    let writers = receives_in_order(4, false).await;
+    assert!(
+        writers.iter().any(|name| name.starts_with("wg-in-")),
+        "no helper wrote: {writers:?}"
+    );
 }
 
-/// A stage that falls behind hands batches to the workers; one that caught up does its
-/// batch itself, and that batch still goes after those handed over before it.
+/// A stage that falls behind wakes a helper, whose rounds run beside its own; once it has
+/// caught up, its rounds still finish after the helper's rounds that read before them.
 #[tokio::test]
 async fn order_is_kept_when_a_stage_falls_behind_and_catches_up() {
     sends_in_order(2, true).await;
     receives_in_order(2, true).await;
 }
 
-/// One worker: the crypto runs in the stages themselves, no thread is started.
+/// One worker: the rounds run in the stages themselves, no thread is started.
 #[tokio::test]
 async fn one_worker_runs_inline_and_keeps_order() {
     let h = harness(1).await;
