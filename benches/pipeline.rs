@@ -15,7 +15,7 @@
 //! same 1420 bytes (aws-lc, which gotatun uses, on one thread), and the two
 //! ratios issue 12 sets: 2 workers ÷ 1 worker (≥ 1.7 on two cores) and one
 //! worker's time above the crypto alone (≤ 40 %). The device runs on a tokio
-//! runtime of two workers, like the engine. Each figure is the median of 7
+//! runtime of one worker, like the engine. Each figure is the median of 7
 //! rounds; everything comes from the same run.
 //!
 //!     cargo bench --bench pipeline
@@ -544,7 +544,7 @@ fn main() {
     };
     let (n, rounds) = if full { (65536, ROUNDS) } else { (512, 1) };
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(1)
         .enable_all()
         .build()
         .expect("runtime");

@@ -4,10 +4,9 @@
 //! lives in `uapi`.
 //!
 //! gotatun runs a connection as tasks (UDP receive and decrypt, TUN read and
-//! encrypt, timers; with `--threads` above 1 a direction that falls behind
-//! hands its crypto to that many worker threads, and a task per direction
-//! sends or writes the results in order; see
-//! `vendor/gotatun/src/device/datapath.rs`) that end for good on an
+//! encrypt, timers; with `--threads N` above 1 a direction that falls behind
+//! also runs on up to N - 1 helper threads, each peer's packets kept in
+//! order; see `vendor/gotatun/src/device/datapath.rs`) that end for good on an
 //! I/O error: one `recvmmsg` error and
 //! no packet flows again, while the UAPI still answers. [`Engine::failed`]
 //! reports such a death so the process can stop instead of serving a dead

@@ -90,7 +90,7 @@ pub const GROUPS: &[Group] = &[
     Group {
         why: "threads: tokio's workers park on futexes; its blocking pool \
               starts and ends threads on demand, and so does a \
-              reconfiguration the engine's crypto workers (--threads), \
+              reconfiguration the data path's helper threads (--threads), \
               started and joined with each connection (clone with \
               CLONE_THREAD, robust list, rseq, the name, the alternate \
               signal stack std sets up, the CPU mask std reads)",
