@@ -80,6 +80,11 @@ use crate::x25519;
 /// gives more makes several batches in one round.
 pub(crate) const MAX_BATCH: usize = 64;
 
+/// The packet buffers a helper keeps for its reads (each stage or helper has a pool of its
+/// own: the packets a round reads are sent or written by that round, and go back to the
+/// pool of the thread that took them, with no other thread contending for its lock).
+const HELPER_POOL: usize = 2 * MAX_BATCH;
+
 /// How long a new connection waits for the TUN halves that the previous one's tasks held.
 const TUN_LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -98,10 +103,9 @@ pub(crate) struct Lane<R> {
     helpers: usize,
 }
 
-/// A source, with the packet buffers its reads fill and the next round's ticket.
+/// A source, and the next round's ticket.
 struct Reading<R> {
     rx: R,
-    pool: PacketBufPool,
     next_ticket: u64,
 }
 
@@ -118,13 +122,9 @@ impl<R> Lane<R> {
     }
 
     /// The stage gives the source to the lane (once, when it starts).
-    async fn install(&self, rx: R, pool: PacketBufPool) {
+    async fn install(&self, rx: R) {
         let next_ticket = self.order.next.load(Ordering::Acquire);
-        *self.source.lock().await = Some(Reading {
-            rx,
-            pool,
-            next_ticket,
-        });
+        *self.source.lock().await = Some(Reading { rx, next_ticket });
     }
 
     /// The source for a round: the stage waits for it; a helper too, unless the stage holds
@@ -356,10 +356,12 @@ impl<T: DeviceTransports> Clone for InSinks<T> {
     }
 }
 
-/// What an incoming round needs of the device (see `incoming_context`).
+/// What an incoming round needs of the device (see `incoming_context`), and the buffers
+/// it reads into.
 struct InContext {
     keys: (x25519::StaticSecret, x25519::PublicKey, Arc<RateLimiter>),
     tun_mtu: MtuWatcher,
+    pool: PacketBufPool,
 }
 
 /// Packets to send, prepared under their peer's lock, and where to.
@@ -655,17 +657,18 @@ impl<T: DeviceTransports> DeviceState<T> {
         device: Weak<RwLock<Self>>,
         tun_rx: Arc<Mutex<T::IpRecv>>,
         sender: SharedSender<impl UdpSend + 'static>,
-        packet_pool: PacketBufPool,
+        mut pool: PacketBufPool,
         lane: Arc<Lane<OwnedMutexGuard<T::IpRecv>>>,
     ) -> Result<(), Error> {
         let Some(mut tun_mtu) = Self::tun_mtu(&device).await else {
             return Ok(());
         };
-        lane.install(lock_tun(tun_rx).await?, packet_pool).await;
+        lane.install(lock_tun(tun_rx).await?).await;
         let mut behind = Behind::default();
         loop {
             let read = Read::Wait(&mut behind);
-            match Self::outgoing_round(&device, &lane, &sender, &mut tun_mtu, read).await? {
+            let own = (&mut pool, &mut tun_mtu);
+            match Self::outgoing_round(&device, &lane, &sender, own, read).await? {
                 Round::Read { behind: true } => lane.ask_for_help(),
                 Round::Read { behind: false } | Round::Empty => {}
                 Round::Gone => return Ok(()),
@@ -683,10 +686,12 @@ impl<T: DeviceTransports> DeviceState<T> {
         let Some(mut tun_mtu) = Self::tun_mtu(&device).await else {
             return;
         };
+        let mut pool = PacketBufPool::new_lazy(HELPER_POOL);
         loop {
             lane.help.notified().await;
             loop {
-                match Self::outgoing_round(&device, &lane, &sender, &mut tun_mtu, Read::Try).await {
+                let own = (&mut pool, &mut tun_mtu);
+                match Self::outgoing_round(&device, &lane, &sender, own, Read::Try).await {
                     Ok(Round::Read { .. }) => {}
                     Ok(Round::Empty) => break,
                     Ok(Round::Gone) => return,
@@ -711,19 +716,14 @@ impl<T: DeviceTransports> DeviceState<T> {
         device: &Weak<RwLock<Self>>,
         lane: &Lane<OwnedMutexGuard<T::IpRecv>>,
         sender: &SharedSender<impl UdpSend + 'static>,
-        tun_mtu: &mut MtuWatcher,
+        (pool, tun_mtu): (&mut PacketBufPool, &mut MtuWatcher),
         how: Read<'_>,
     ) -> Result<Round, Error> {
         let (ticket, batches, behind) = {
             let Some(mut source) = lane.lock(&how).await else {
                 return Ok(Round::Empty);
             };
-            let Some(Reading {
-                rx,
-                pool,
-                next_ticket,
-            }) = source.as_mut()
-            else {
+            let Some(Reading { rx, next_ticket }) = source.as_mut() else {
                 return Ok(Round::Empty);
             };
             let Some((read, behind)) = Round::read(lane, how, rx.recv(pool)).await else {
@@ -868,15 +868,15 @@ impl<T: DeviceTransports> DeviceState<T> {
         device: Weak<RwLock<Self>>,
         tun_tx: Arc<Mutex<T::IpSend>>,
         udp_rx: UdpRx<T>,
-        packet_pool: PacketBufPool,
+        pool: PacketBufPool,
         lane: Arc<InLane<T>>,
         out: InSinks<T>,
     ) -> Result<(), Error> {
-        let Some(mut context) = Self::incoming_context(&device).await else {
+        let Some(mut context) = Self::incoming_context(&device, pool).await else {
             return Ok(());
         };
         *out.tun.lock().await = Some(TunWriter::lock(tun_tx).await?);
-        lane.install(InRx::new(udp_rx), packet_pool).await;
+        lane.install(InRx::new(udp_rx)).await;
         let mut behind = Behind::default();
         loop {
             let read = Read::Wait(&mut behind);
@@ -895,7 +895,8 @@ impl<T: DeviceTransports> DeviceState<T> {
         lane: Arc<InLane<T>>,
         out: InSinks<T>,
     ) {
-        let Some(mut context) = Self::incoming_context(&device).await else {
+        let pool = PacketBufPool::new_lazy(HELPER_POOL);
+        let Some(mut context) = Self::incoming_context(&device, pool).await else {
             return;
         };
         loop {
@@ -916,7 +917,10 @@ impl<T: DeviceTransports> DeviceState<T> {
 
     /// What an incoming round needs of the device: its keys and rate limiter (a new key
     /// makes a new connection), and the TUN's MTU.
-    async fn incoming_context(device: &Weak<RwLock<Self>>) -> Option<InContext> {
+    async fn incoming_context(
+        device: &Weak<RwLock<Self>>,
+        pool: PacketBufPool,
+    ) -> Option<InContext> {
         let device = device.upgrade()?;
         let device = device.read().await;
         let (private_key, public_key) = device.key_pair.clone().expect("Key not set");
@@ -924,6 +928,7 @@ impl<T: DeviceTransports> DeviceState<T> {
         Some(InContext {
             keys: (private_key, public_key, rate_limiter),
             tun_mtu: device.tun_rx_mtu.clone(),
+            pool,
         })
     }
 
@@ -948,7 +953,7 @@ impl<T: DeviceTransports> DeviceState<T> {
                 recv_buf,
                 datagrams,
             } = &mut reading.rx;
-            let read = udp_rx.recv_many_from(recv_buf, &mut reading.pool, datagrams);
+            let read = udp_rx.recv_many_from(recv_buf, &mut context.pool, datagrams);
             let Some((received, behind)) = Round::read(lane, how, read).await else {
                 return Ok(Round::Empty);
             };
