@@ -8,8 +8,9 @@
 //!   super-packet splits; copied into the device's pool buffers, as our TUN
 //!   does), the UDP end counts the datagrams;
 //! - decrypt: datagrams sealed beforehand by the peer's `Tunn` (fresh counters,
-//!   outside the timing) are received 64 at a time, copied into the device's pool
-//!   buffers as `recvmmsg` writes them into its receive buffers, the TUN end counts.
+//!   outside the timing) are received 64 at a time, copied one after the other into
+//!   one buffer and split in place, as the engine's socket receives a GRO datagram;
+//!   the TUN end counts.
 //!
 //! Each with 1 and 2 crypto workers, next to ChaCha20-Poly1305 alone on the
 //! same 1420 bytes (aws-lc, which gotatun uses, on one thread), and the two
@@ -209,17 +210,20 @@ impl UdpRecv for MemUdpRecv {
     async fn recv_many_from(
         &mut self,
         _: &mut (),
-        pool: &mut PacketBufPool,
+        _: &mut PacketBufPool,
         packets: &mut Vec<(Packet, SocketAddr)>,
     ) -> io::Result<()> {
         let Some(batch) = self.rx.recv().await else {
             return std::future::pending().await;
         };
+        // As the socket receives a GRO datagram: the segments land one after the other
+        // in one buffer, which is split in place.
+        let mut gro = BytesMut::with_capacity(batch.iter().map(|(d, _)| d.len()).sum());
+        for (datagram, _) in &batch {
+            gro.extend_from_slice(datagram);
+        }
         for (datagram, from) in &batch {
-            let mut buf = pool.get();
-            buf.truncate(datagram.len());
-            buf.copy_from_slice(datagram);
-            packets.push((buf, *from));
+            packets.push((Packet::from_bytes(gro.split_to(datagram.len())), *from));
         }
         let _ = self.spent.send(batch);
         Ok(())

@@ -60,13 +60,17 @@ impl Helpers {
             .stack_size(HELPER_STACK)
             .spawn(move || {
                 let _running = running;
-                runtime.block_on(async move {
+                // Unconstrained: tokio's budget would make a read fail as if there were
+                // nothing to read after every 128 operations (a helper polls its source
+                // once and goes to sleep when it gets nothing); it is there to make a task
+                // yield its worker to others, and a helper has its thread to itself.
+                runtime.block_on(tokio::task::unconstrained(async move {
                     tokio::select! {
                         biased;
                         () = stop.cancelled() => {}
                         () = helper => {}
                     }
-                });
+                }));
             })?;
         self.threads.lock().push(thread);
         Ok(())
@@ -125,5 +129,36 @@ mod tests {
         let running = helpers.running();
         drop(helpers);
         assert!(running.upgrade().is_none(), "a helper thread lives on");
+    }
+
+    /// A helper's reads of a source that has data are never refused by tokio's budget (a
+    /// refusal would make it stop helping, taking it for an empty source).
+    #[tokio::test]
+    async fn a_helper_reads_what_is_there_without_limit() {
+        const ITEMS: usize = 1000;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for i in 0..ITEMS {
+            tx.send(i).expect("queued");
+        }
+        let (done, result) = tokio::sync::oneshot::channel();
+        let helpers = Helpers::new();
+        helpers
+            .spawn("wg-test-budget".into(), &Handle::current(), async move {
+                let mut read = 0;
+                while read < ITEMS {
+                    let once = std::future::poll_fn(|cx| std::task::Poll::Ready(rx.poll_recv(cx)));
+                    match once.await {
+                        std::task::Poll::Ready(Some(_)) => read += 1,
+                        _ => break,
+                    }
+                }
+                let _ = done.send(read);
+            })
+            .expect("thread");
+        let read = tokio::time::timeout(Duration::from_secs(5), result)
+            .await
+            .expect("in time")
+            .expect("result");
+        assert_eq!(read, ITEMS, "a read was refused with data there");
     }
 }
