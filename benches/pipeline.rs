@@ -45,7 +45,7 @@ const MTU: usize = 1420;
 const TUN_READ: usize = 46;
 /// Datagrams per `recv_many_from`.
 const UDP_READ: usize = 64;
-const ROUNDS: usize = 7;
+const ROUNDS: usize = 15;
 
 const DEVICE_IP: [u8; 4] = [10, 0, 0, 1];
 const PEER_IP: [u8; 4] = [10, 0, 0, 2];

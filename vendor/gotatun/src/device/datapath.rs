@@ -75,9 +75,9 @@ use crate::tun::{IpRecv, IpSend, MtuWatcher};
 use crate::udp::{UdpRecv, UdpSend, UdpTransportFactory};
 use crate::x25519;
 
-/// The most packets in one batch, the unit of the peer bookkeeping: a 64 KiB TCP
+/// The packets of a usual read, which a round's vectors are made for: a 64 KiB TCP
 /// super-packet of 1420-byte segments is ~46, one GRO datagram of them ~44. A read that
-/// gives more makes several batches in one round.
+/// gives more grows them for the round (see `shrink`).
 pub(crate) const MAX_BATCH: usize = 64;
 
 /// The packet buffers a helper keeps for its reads (each stage or helper has a pool of its
@@ -356,12 +356,36 @@ impl<T: DeviceTransports> Clone for InSinks<T> {
     }
 }
 
-/// What an incoming round needs of the device (see `incoming_context`), and the buffers
-/// it reads into.
+/// What a stage or helper keeps from one outgoing round to the next: the buffers it reads
+/// into, the TUN's MTU, and the vectors of its batch (allocated once: with one malloc
+/// arena, two threads allocating them per round contended for its lock).
+struct OutContext {
+    pool: PacketBufPool,
+    tun_mtu: MtuWatcher,
+    prepared: OutBatch,
+    sealed: SealedBatch,
+}
+
+impl OutContext {
+    fn new(pool: PacketBufPool, tun_mtu: MtuWatcher) -> Self {
+        OutContext {
+            pool,
+            tun_mtu,
+            prepared: OutBatch::new(),
+            sealed: SealedBatch::new(),
+        }
+    }
+}
+
+/// What a stage or helper keeps from one incoming round to the next: what the round
+/// needs of the device (see `incoming_context`), the buffers it reads into, and the vectors
+/// of its batch.
 struct InContext {
     keys: (x25519::StaticSecret, x25519::PublicKey, Arc<RateLimiter>),
     tun_mtu: MtuWatcher,
     pool: PacketBufPool,
+    prepared: InBatch,
+    opened: OpenedBatch,
 }
 
 /// Packets to send, prepared under their peer's lock, and where to.
@@ -388,15 +412,24 @@ impl OutBatch {
         }
     }
 
-    fn seal(self) -> SealedBatch {
+    /// Seal the packets into `sealed` (which is empty), leaving this batch empty.
+    fn seal_into(&mut self, sealed: &mut SealedBatch) {
+        sealed.packets.extend(
+            self.packets
+                .drain(..)
+                .map(|(packet, to)| (packet.seal(), to)),
+        );
+        #[cfg(feature = "daita")]
+        sealed.runs.append(&mut self.runs);
+    }
+}
+
+impl SealedBatch {
+    fn new() -> Self {
         SealedBatch {
-            packets: self
-                .packets
-                .into_iter()
-                .map(|(packet, to)| (packet.seal(), to))
-                .collect(),
+            packets: Vec::with_capacity(MAX_BATCH),
             #[cfg(feature = "daita")]
-            runs: self.runs,
+            runs: Vec::new(),
         }
     }
 }
@@ -422,15 +455,29 @@ impl InBatch {
         }
     }
 
-    fn open(self) -> OpenedBatch {
+    /// Open the packets into `opened` (which is empty), leaving this batch empty.
+    fn open_into(&mut self, opened: &mut OpenedBatch) {
+        opened
+            .packets
+            .extend(self.packets.drain(..).map(|(job, from)| (job.open(), from)));
+        opened.runs.append(&mut self.runs);
+    }
+}
+
+impl OpenedBatch {
+    fn new() -> Self {
         OpenedBatch {
-            packets: self
-                .packets
-                .into_iter()
-                .map(|(job, from)| (job.open(), from))
-                .collect(),
-            runs: self.runs,
+            packets: Vec::with_capacity(MAX_BATCH),
+            runs: Vec::new(),
         }
+    }
+}
+
+/// Give back what a round's vectors grew to beyond a few batches (a read of many GRO
+/// datagrams can bring thousands of packets; the next reads are likely smaller).
+fn shrink<T>(v: &mut Vec<T>) {
+    if v.capacity() > 4 * MAX_BATCH {
+        v.shrink_to(MAX_BATCH);
     }
 }
 
@@ -586,20 +633,20 @@ impl<U: UdpSend> UdpSender<U> {
 
 /// Send a sealed batch (after DAITA's hook, which takes the peers' locks: before the
 /// sender's, which the handshake path takes while it holds a peer's).
-async fn send_batch<U: UdpSend>(sender: &SharedSender<U>, batch: SealedBatch) {
+async fn send_batch<U: UdpSend>(sender: &SharedSender<U>, batch: &mut SealedBatch) {
     #[cfg(feature = "daita")]
     let packets = daita_on_tunnel_sent(batch).await;
     #[cfg(not(feature = "daita"))]
-    let packets = batch.packets;
+    let packets = batch.packets.drain(..);
     lock_soon(sender).await.send(packets).await;
 }
 
 /// DAITA's hook on each packet sealed, under its peer's lock.
 #[cfg(feature = "daita")]
-async fn daita_on_tunnel_sent(batch: SealedBatch) -> Vec<(WgKind, SocketAddr)> {
-    let mut packets = batch.packets.into_iter();
+async fn daita_on_tunnel_sent(batch: &mut SealedBatch) -> Vec<(WgKind, SocketAddr)> {
+    let mut packets = batch.packets.drain(..);
     let mut out = Vec::with_capacity(packets.len());
-    for (peer, n) in batch.runs {
+    for (peer, n) in batch.runs.drain(..) {
         let peer = peer.lock().await;
         for (packet, to) in packets.by_ref().take(n) {
             match &peer.daita {
@@ -657,18 +704,18 @@ impl<T: DeviceTransports> DeviceState<T> {
         device: Weak<RwLock<Self>>,
         tun_rx: Arc<Mutex<T::IpRecv>>,
         sender: SharedSender<impl UdpSend + 'static>,
-        mut pool: PacketBufPool,
+        pool: PacketBufPool,
         lane: Arc<Lane<OwnedMutexGuard<T::IpRecv>>>,
     ) -> Result<(), Error> {
-        let Some(mut tun_mtu) = Self::tun_mtu(&device).await else {
+        let Some(tun_mtu) = Self::tun_mtu(&device).await else {
             return Ok(());
         };
+        let mut context = OutContext::new(pool, tun_mtu);
         lane.install(lock_tun(tun_rx).await?).await;
         let mut behind = Behind::default();
         loop {
             let read = Read::Wait(&mut behind);
-            let own = (&mut pool, &mut tun_mtu);
-            match Self::outgoing_round(&device, &lane, &sender, own, read).await? {
+            match Self::outgoing_round(&device, &lane, &sender, &mut context, read).await? {
                 Round::Read { behind: true } => lane.ask_for_help(),
                 Round::Read { behind: false } | Round::Empty => {}
                 Round::Gone => return Ok(()),
@@ -683,15 +730,15 @@ impl<T: DeviceTransports> DeviceState<T> {
         lane: Arc<Lane<OwnedMutexGuard<T::IpRecv>>>,
         sender: SharedSender<impl UdpSend + 'static>,
     ) {
-        let Some(mut tun_mtu) = Self::tun_mtu(&device).await else {
+        let Some(tun_mtu) = Self::tun_mtu(&device).await else {
             return;
         };
-        let mut pool = PacketBufPool::new_lazy(HELPER_POOL);
+        let mut context = OutContext::new(PacketBufPool::new_lazy(HELPER_POOL), tun_mtu);
         loop {
             lane.help.notified().await;
             loop {
-                let own = (&mut pool, &mut tun_mtu);
-                match Self::outgoing_round(&device, &lane, &sender, own, Read::Try).await {
+                let round = Self::outgoing_round(&device, &lane, &sender, &mut context, Read::Try);
+                match round.await {
                     Ok(Round::Read { .. }) => {}
                     Ok(Round::Empty) => break,
                     Ok(Round::Gone) => return,
@@ -716,10 +763,16 @@ impl<T: DeviceTransports> DeviceState<T> {
         device: &Weak<RwLock<Self>>,
         lane: &Lane<OwnedMutexGuard<T::IpRecv>>,
         sender: &SharedSender<impl UdpSend + 'static>,
-        (pool, tun_mtu): (&mut PacketBufPool, &mut MtuWatcher),
+        context: &mut OutContext,
         how: Read<'_>,
     ) -> Result<Round, Error> {
-        let (ticket, batches, behind) = {
+        let OutContext {
+            pool,
+            tun_mtu,
+            prepared,
+            sealed,
+        } = context;
+        let (ticket, behind) = {
             let Some(mut source) = lane.lock(&how).await else {
                 return Ok(Round::Empty);
             };
@@ -746,51 +799,38 @@ impl<T: DeviceTransports> DeviceState<T> {
                 return Ok(Round::Gone);
             };
             let device = device.read().await;
-            let mut batches = Vec::with_capacity(1);
-            loop {
-                let mut batch = OutBatch::new();
-                let more = Self::prepare_outgoing(&device, &mut packets, &mut batch, tun_mtu).await;
-                if !batch.packets.is_empty() {
-                    batches.push(batch);
-                }
-                if !more {
-                    break;
-                }
-            }
-            if batches.is_empty() {
+            Self::prepare_outgoing(&device, &mut packets, prepared, tun_mtu).await;
+            if prepared.packets.is_empty() {
                 return Ok(Round::Read { behind });
             }
             let ticket = *next_ticket;
             *next_ticket += 1;
-            (ticket, batches, behind)
+            (ticket, behind)
         };
         // The source is free for the next round while this one seals.
-        let sealed: Vec<SealedBatch> = batches.into_iter().map(OutBatch::seal).collect();
-        let _turn = lane.order.turn(ticket).await;
-        for batch in sealed {
-            send_batch(sender, batch).await;
-        }
+        prepared.seal_into(sealed);
+        let turn = lane.order.turn(ticket).await;
+        send_batch(sender, sealed).await;
+        drop(turn);
+        shrink(&mut prepared.packets);
+        shrink(&mut sealed.packets);
         Ok(Round::Read { behind })
     }
 
-    /// Prepare packets from `packets` into `batch` until it is full (`true`: more may
-    /// follow) or `packets` ends (`false`). One route lookup per run of packets to the same
-    /// address, one peer lock per run of packets to the same peer.
+    /// Prepare the packets from `packets` into `batch`. One route lookup per run of packets
+    /// to the same address, one peer lock per run of packets to the same peer.
     async fn prepare_outgoing(
         device: &Self,
         packets: &mut impl Iterator<Item = Packet<Ip>>,
         batch: &mut OutBatch,
         tun_mtu: &mut MtuWatcher,
-    ) -> bool {
+    ) {
         let mut route: Option<(IpAddr, Option<&Arc<Mutex<PeerState>>>)> = None;
         let mut locked: Option<(
             &Arc<Mutex<PeerState>>,
             tokio::sync::MutexGuard<'_, PeerState>,
         )> = None;
-        while batch.packets.len() < MAX_BATCH {
-            let Some(packet) = packets.next() else {
-                return false;
-            };
+        for packet in packets {
             // Determine peer to use from the destination address
             let Some(dst_addr) = packet.destination() else {
                 continue;
@@ -859,7 +899,6 @@ impl<T: DeviceTransports> DeviceState<T> {
             }
             batch.packets.push((outgoing, peer_addr));
         }
-        true
     }
 
     /// The incoming direction's stage: take the TUN's writing half and run rounds on the
@@ -929,6 +968,8 @@ impl<T: DeviceTransports> DeviceState<T> {
             keys: (private_key, public_key, rate_limiter),
             tun_mtu: device.tun_rx_mtu.clone(),
             pool,
+            prepared: InBatch::new(),
+            opened: OpenedBatch::new(),
         })
     }
 
@@ -941,7 +982,7 @@ impl<T: DeviceTransports> DeviceState<T> {
         context: &mut InContext,
         how: Read<'_>,
     ) -> Result<Round, Error> {
-        let (ticket, batches, behind) = {
+        let (ticket, behind) = {
             let Some(mut source) = lane.lock(&how).await else {
                 return Ok(Round::Empty);
             };
@@ -965,35 +1006,25 @@ impl<T: DeviceTransports> DeviceState<T> {
             };
             let device = device.read().await;
             let mut received = datagrams.drain(..);
-            let mut batches = Vec::with_capacity(1);
-            loop {
-                let mut batch = InBatch::new();
-                let more = Self::prepare_incoming(
-                    &device,
-                    &context.keys,
-                    &mut received,
-                    &mut batch,
-                    (&out.udp, &out.sender),
-                    &mut context.tun_mtu,
-                )
-                .await;
-                if !batch.packets.is_empty() {
-                    batches.push(batch);
-                }
-                if !more {
-                    break;
-                }
-            }
-            if batches.is_empty() {
+            Self::prepare_incoming(
+                &device,
+                &context.keys,
+                &mut received,
+                &mut context.prepared,
+                (&out.udp, &out.sender),
+                &mut context.tun_mtu,
+            )
+            .await;
+            if context.prepared.packets.is_empty() {
                 return Ok(Round::Read { behind });
             }
             let ticket = reading.next_ticket;
             reading.next_ticket += 1;
-            (ticket, batches, behind)
+            (ticket, behind)
         };
         // The source is free for the next round while this one opens.
-        let opened: Vec<OpenedBatch> = batches.into_iter().map(InBatch::open).collect();
-        let _turn = lane.order.turn(ticket).await;
+        context.prepared.open_into(&mut context.opened);
+        let turn = lane.order.turn(ticket).await;
         let Some(device) = device.upgrade() else {
             return Ok(Round::Gone);
         };
@@ -1001,17 +1032,23 @@ impl<T: DeviceTransports> DeviceState<T> {
         let writer = tun.as_mut().ok_or_else(stage_gone)?;
         {
             let device = device.read().await;
-            for batch in opened {
-                Self::finish_incoming(&device, batch, &mut writer.to_tun).await;
-            }
+            Self::finish_incoming(&device, &mut context.opened, &mut writer.to_tun).await;
         }
         writer.flush().await?;
+        drop(turn);
+        shrink(&mut context.prepared.packets);
+        shrink(&mut context.opened.packets);
         Ok(Round::Read { behind })
     }
 
-    async fn finish_incoming(device: &Self, opened: OpenedBatch, to_tun: &mut Vec<Packet<Ip>>) {
-        let mut packets = opened.packets.into_iter();
-        for (peer_arc, n) in opened.runs {
+    async fn finish_incoming(
+        device: &Self,
+        opened: &mut OpenedBatch,
+        to_tun: &mut Vec<Packet<Ip>>,
+    ) {
+        let OpenedBatch { packets, runs } = opened;
+        let mut packets = packets.drain(..);
+        for (peer_arc, n) in runs.drain(..) {
             let mut peer = lock_soon(&peer_arc).await;
             // The allowed-IPs check once per run of packets from one source address.
             let mut checked: Option<(IpAddr, bool)> = None;
@@ -1072,9 +1109,8 @@ impl<T: DeviceTransports> DeviceState<T> {
         }
     }
 
-    /// Sort datagrams from `received` until `batch` is full (`true`: more may follow) or
-    /// `received` ends (`false`): control packets are handled here and now, data packets
-    /// prepared into `batch` under one peer lock per run of one peer's packets.
+    /// Sort the datagrams from `received`: control packets are handled here and now, data
+    /// packets prepared into `batch` under one peer lock per run of one peer's packets.
     async fn prepare_incoming(
         device: &Self,
         keys: &(x25519::StaticSecret, x25519::PublicKey, Arc<RateLimiter>),
@@ -1082,14 +1118,11 @@ impl<T: DeviceTransports> DeviceState<T> {
         batch: &mut InBatch,
         (udp_tx, sender): (&impl UdpSend, &SharedSender<impl UdpSend>),
         tun_mtu: &mut MtuWatcher,
-    ) -> bool {
+    ) {
         let (private_key, public_key, rate_limiter) = keys;
         // The receiver index of the last data packet, and its peer, locked.
         let mut locked: Option<(u32, OwnedMutexGuard<PeerState>)> = None;
-        while batch.packets.len() < MAX_BATCH {
-            let Some((src_buf, addr)) = received.next() else {
-                return false;
-            };
+        for (src_buf, addr) in received {
             let parsed_packet = match rate_limiter.verify_packet(addr, src_buf) {
                 Ok(packet) => packet,
                 Err(TunnResult::WriteToNetwork(WgKind::CookieReply(cookie))) => {
@@ -1149,7 +1182,6 @@ impl<T: DeviceTransports> DeviceState<T> {
                 *n += 1;
             }
         }
-        true
     }
 
     /// A handshake or cookie packet, handled as upstream's `handle_incoming` did.
