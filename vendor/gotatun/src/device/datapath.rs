@@ -69,7 +69,8 @@ use crate::log_limit::{LOG_INTERVAL, LogLimit, log_limited};
 use crate::noise::errors::WireGuardError;
 use crate::noise::handshake::parse_handshake_anon;
 use crate::noise::rate_limiter::RateLimiter;
-use crate::noise::{OpenJob, Opened, Outgoing, TunnResult};
+use crate::noise::session::{Decrypted, Session, Unopened, Unsealed};
+use crate::noise::{Outgoing, TunnResult};
 use crate::packet::{Ip, Packet, PacketBufPool, WgKind};
 use crate::tun::{IpRecv, IpSend, MtuWatcher};
 use crate::udp::{UdpRecv, UdpSend, UdpTransportFactory};
@@ -388,9 +389,59 @@ struct InContext {
     opened: OpenedBatch,
 }
 
+/// A packet prepared to send: to seal with the session of its run, or ready (a handshake
+/// initiation).
+enum Prepared {
+    Seal(Unsealed),
+    Ready(WgKind),
+}
+
+/// Runs of packets of one session: the session, and how many (one reference per run, not
+/// per packet: see `SealJob::into_parts`).
+type SessionRuns = Vec<(Arc<Session>, usize)>;
+
+/// Count a packet of `session` at the end of `runs`.
+fn count_in_run(runs: &mut SessionRuns, session: Arc<Session>) {
+    match runs.last_mut() {
+        Some((last, n)) if Arc::ptr_eq(last, &session) => *n += 1,
+        _ => runs.push((session, 1)),
+    }
+}
+
+/// The session of each packet in turn, from its runs.
+struct RunCursor<'a> {
+    runs: std::slice::Iter<'a, (Arc<Session>, usize)>,
+    current: Option<(&'a Arc<Session>, usize)>,
+}
+
+impl<'a> RunCursor<'a> {
+    fn new(runs: &'a SessionRuns) -> Self {
+        RunCursor {
+            runs: runs.iter(),
+            current: None,
+        }
+    }
+
+    fn next_session(&mut self) -> Option<&'a Arc<Session>> {
+        loop {
+            match &mut self.current {
+                Some((session, left)) if *left > 0 => {
+                    *left -= 1;
+                    return Some(*session);
+                }
+                _ => {
+                    let (session, n) = self.runs.next()?;
+                    self.current = Some((session, *n));
+                }
+            }
+        }
+    }
+}
+
 /// Packets to send, prepared under their peer's lock, and where to.
 pub(crate) struct OutBatch {
-    packets: Vec<(Outgoing, SocketAddr)>,
+    packets: Vec<(Prepared, SocketAddr)>,
+    sessions: SessionRuns,
     /// For DAITA's hook after encryption: each run's peer and length.
     #[cfg(feature = "daita")]
     runs: Vec<(Arc<Mutex<PeerState>>, usize)>,
@@ -407,18 +458,40 @@ impl OutBatch {
     fn new() -> Self {
         OutBatch {
             packets: Vec::with_capacity(MAX_BATCH),
+            sessions: Vec::new(),
             #[cfg(feature = "daita")]
             runs: Vec::new(),
         }
     }
 
+    /// Add a packet that `prepare_outgoing_packet` gave.
+    fn push(&mut self, outgoing: Outgoing, to: SocketAddr) {
+        let prepared = match outgoing {
+            Outgoing::Seal(job) => {
+                let (session, unsealed) = job.into_parts();
+                count_in_run(&mut self.sessions, session);
+                Prepared::Seal(unsealed)
+            }
+            Outgoing::Ready(packet) => Prepared::Ready(packet),
+        };
+        self.packets.push((prepared, to));
+    }
+
     /// Seal the packets into `sealed` (which is empty), leaving this batch empty.
     fn seal_into(&mut self, sealed: &mut SealedBatch) {
-        sealed.packets.extend(
-            self.packets
-                .drain(..)
-                .map(|(packet, to)| (packet.seal(), to)),
-        );
+        let mut sessions = RunCursor::new(&self.sessions);
+        for (prepared, to) in self.packets.drain(..) {
+            let packet = match prepared {
+                Prepared::Ready(packet) => packet,
+                Prepared::Seal(unsealed) => match sessions.next_session() {
+                    Some(session) => unsealed.seal(session).into(),
+                    // Each packet to seal was counted in a run.
+                    None => continue,
+                },
+            };
+            sealed.packets.push((packet, to));
+        }
+        self.sessions.clear();
         #[cfg(feature = "daita")]
         sealed.runs.append(&mut self.runs);
     }
@@ -434,17 +507,20 @@ impl SealedBatch {
     }
 }
 
-/// Data packets received, prepared under their peer's lock: each run's peer and length.
+/// Data packets received, prepared under their peer's lock: each run's peer and length,
+/// and the runs of their sessions.
 pub(crate) struct InBatch {
-    packets: Vec<(OpenJob, SocketAddr)>,
+    packets: Vec<(Unopened, SocketAddr)>,
     runs: Vec<(Arc<Mutex<PeerState>>, usize)>,
+    sessions: SessionRuns,
 }
 
 /// An [`InBatch`] opened (a packet that fails to authenticate is an `Err`, kept in place so
 /// that the runs still count right).
 pub(crate) struct OpenedBatch {
-    packets: Vec<(Result<Opened, WireGuardError>, SocketAddr)>,
+    packets: Vec<(Result<Decrypted, WireGuardError>, SocketAddr)>,
     runs: Vec<(Arc<Mutex<PeerState>>, usize)>,
+    sessions: SessionRuns,
 }
 
 impl InBatch {
@@ -452,15 +528,21 @@ impl InBatch {
         InBatch {
             packets: Vec::with_capacity(MAX_BATCH),
             runs: Vec::new(),
+            sessions: Vec::new(),
         }
     }
 
     /// Open the packets into `opened` (which is empty), leaving this batch empty.
     fn open_into(&mut self, opened: &mut OpenedBatch) {
-        opened
-            .packets
-            .extend(self.packets.drain(..).map(|(job, from)| (job.open(), from)));
+        let mut sessions = RunCursor::new(&self.sessions);
+        for (unopened, from) in self.packets.drain(..) {
+            // Each packet was counted in a run.
+            if let Some(session) = sessions.next_session() {
+                opened.packets.push((unopened.open(session), from));
+            }
+        }
         opened.runs.append(&mut self.runs);
+        opened.sessions.append(&mut self.sessions);
     }
 }
 
@@ -469,6 +551,7 @@ impl OpenedBatch {
         OpenedBatch {
             packets: Vec::with_capacity(MAX_BATCH),
             runs: Vec::new(),
+            sessions: Vec::new(),
         }
     }
 }
@@ -897,7 +980,7 @@ impl<T: DeviceTransports> DeviceState<T> {
                 Some((last, n)) if Arc::ptr_eq(last, peer_arc) => *n += 1,
                 _ => batch.runs.push((Arc::clone(peer_arc), 1)),
             }
-            batch.packets.push((outgoing, peer_addr));
+            batch.push(outgoing, peer_addr);
         }
     }
 
@@ -1046,15 +1129,23 @@ impl<T: DeviceTransports> DeviceState<T> {
         opened: &mut OpenedBatch,
         to_tun: &mut Vec<Packet<Ip>>,
     ) {
-        let OpenedBatch { packets, runs } = opened;
+        let OpenedBatch {
+            packets,
+            runs,
+            sessions,
+        } = opened;
         let mut packets = packets.drain(..);
+        let mut cursor = RunCursor::new(sessions);
         for (peer_arc, n) in runs.drain(..) {
             let mut peer = lock_soon(&peer_arc).await;
             // The allowed-IPs check once per run of packets from one source address.
             let mut checked: Option<(IpAddr, bool)> = None;
             for (opened, addr) in packets.by_ref().take(n) {
-                let Ok(opened) = opened else { continue };
-                let Ok(packet) = peer.tunnel.finish_incoming_data(opened) else {
+                let session = cursor.next_session();
+                let (Ok(opened), Some(session)) = (opened, session) else {
+                    continue;
+                };
+                let Ok(packet) = peer.tunnel.finish_decrypted(session, opened) else {
                     continue;
                 };
                 // Any authenticated packet moves the endpoint (`PeerState::handle_incoming_packet`).
@@ -1107,6 +1198,7 @@ impl<T: DeviceTransports> DeviceState<T> {
                 to_tun.push(packet);
             }
         }
+        sessions.clear();
     }
 
     /// Sort the datagrams from `received`: control packets are handled here and now, data
@@ -1178,7 +1270,9 @@ impl<T: DeviceTransports> DeviceState<T> {
                 continue;
             };
             if let Ok(job) = peer.tunnel.prepare_incoming_data(data) {
-                batch.packets.push((job, addr));
+                let (session, unopened) = job.into_parts();
+                count_in_run(&mut batch.sessions, session);
+                batch.packets.push((unopened, addr));
                 *n += 1;
             }
         }

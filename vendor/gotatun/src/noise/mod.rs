@@ -21,7 +21,8 @@ pub mod index_table;
 /// Rate limiting for handshake initiation packets.
 pub mod rate_limiter;
 
-mod session;
+// wireguard4netns: crate-visible for the device's data path (`SealJob::into_parts`).
+pub(crate) mod session;
 mod timers;
 
 // wireguard4netns: a data packet's crypto apart from the peer's state (see `session.rs`).
@@ -417,8 +418,12 @@ impl<R: RngCore + Send> Tunn<R> {
         &mut self,
         packet: Packet<WgData>,
     ) -> Result<Packet, WireGuardError> {
-        let opened = self.prepare_incoming_data(packet)?.open()?;
-        self.finish_decapsulation(opened)
+        let Opened {
+            session,
+            packet,
+            counter,
+        } = self.prepare_incoming_data(packet)?.open()?;
+        self.finish_decapsulation(&session, session::Decrypted { packet, counter })
     }
 
     // wireguard4netns: the first step of `handle_incoming_packet` for a data packet, for the
@@ -450,7 +455,22 @@ impl<R: RngCore + Send> Tunn<R> {
     /// refused here), and account for it: the session it came on becomes the current one if it
     /// is the newest, timers, received bytes. Returns the plaintext (empty for a keepalive).
     pub fn finish_incoming_data(&mut self, opened: Opened) -> Result<Packet, WireGuardError> {
-        let packet = self.finish_decapsulation(opened)?;
+        let Opened {
+            session,
+            packet,
+            counter,
+        } = opened;
+        self.finish_decrypted(&session, session::Decrypted { packet, counter })
+    }
+
+    // wireguard4netns: `finish_incoming_data` for the device's data path, which keeps the
+    // session apart (see `SealJob::into_parts`).
+    pub(crate) fn finish_decrypted(
+        &mut self,
+        session: &Arc<session::Session>,
+        decrypted: session::Decrypted,
+    ) -> Result<Packet, WireGuardError> {
+        let packet = self.finish_decapsulation(session, decrypted)?;
         if !packet.is_empty() {
             self.timer_tick(TimerName::TimeLastDataPacketReceived);
         }
@@ -461,22 +481,26 @@ impl<R: RngCore + Send> Tunn<R> {
     // by identity, not by the slot it was in when the packet arrived: a handshake may have put
     // another one there meanwhile (then the packet, authenticated under the old one, is still
     // delivered, but makes nothing current).
-    fn finish_decapsulation(&mut self, opened: Opened) -> Result<Packet, WireGuardError> {
+    fn finish_decapsulation(
+        &mut self,
+        session: &Arc<session::Session>,
+        decrypted: session::Decrypted,
+    ) -> Result<Packet, WireGuardError> {
         // After decryption is done, check counter again, and mark as received
-        opened.mark_received()?;
+        session.receiving_counter_mark(decrypted.counter)?;
 
         let slot = self
             .sessions
             .iter()
-            .position(|s| s.as_ref().is_some_and(|s| Arc::ptr_eq(s, &opened.session)));
+            .position(|s| s.as_ref().is_some_and(|s| Arc::ptr_eq(s, session)));
         if let Some(slot) = slot {
             self.set_current_session(slot);
         }
 
         self.timer_tick(TimerName::TimeLastPacketReceived);
-        self.rx_bytes += opened.packet.as_bytes().len();
+        self.rx_bytes += decrypted.packet.as_bytes().len();
 
-        Ok(opened.packet)
+        Ok(decrypted.packet)
     }
 
     /// Return a new handshake if appropriate, or `None` otherwise.

@@ -34,8 +34,26 @@ pub struct Session {
     sending_index: u32,
     receiver: LessSafeKey,
     sender: LessSafeKey,
-    sending_key_counter: AtomicU64,
-    receiving_key_counter: Mutex<ReceivingKeyCounterValidator>,
+    // wireguard4netns: the counters, written for every packet, each on cache lines of their
+    // own (and with them the session's alignment, which puts an `Arc`'s reference counts on
+    // a line of their own too): the device seals (opens) a session's packets on one thread
+    // while another reserves counters, and the keys shared a line with what it wrote.
+    sending_key_counter: OwnLine<AtomicU64>,
+    receiving_key_counter: OwnLine<Mutex<ReceivingKeyCounterValidator>>,
+}
+
+// wireguard4netns: see `Session`'s counters.
+/// A value on cache lines of its own.
+#[repr(align(64))]
+#[derive(Default)]
+struct OwnLine<T>(T);
+
+impl<T> std::ops::Deref for OwnLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl std::fmt::Debug for Session {
@@ -194,8 +212,8 @@ impl Session {
                 UnboundKey::new(&CHACHA20_POLY1305, &receiving_key).unwrap(),
             ),
             sender: LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, &sending_key).unwrap()),
-            sending_key_counter: AtomicU64::new(0),
-            receiving_key_counter: Mutex::new(Default::default()),
+            sending_key_counter: OwnLine(AtomicU64::new(0)),
+            receiving_key_counter: OwnLine(Mutex::new(Default::default())),
         }
     }
 
@@ -206,7 +224,7 @@ impl Session {
     }
 
     /// Returns true if receiving counter is good to use, and marks it as used {
-    fn receiving_counter_mark(&self, counter: u64) -> Result<(), WireGuardError> {
+    pub(super) fn receiving_counter_mark(&self, counter: u64) -> Result<(), WireGuardError> {
         let mut counter_validator = self.receiving_key_counter.lock();
         let ret = counter_validator.mark_did_receive(counter);
         if ret.is_ok() {
@@ -404,6 +422,32 @@ impl SealJob {
     pub fn seal(self) -> Packet<WgData> {
         self.session.seal_packet_data(self.packet, self.counter)
     }
+
+    // wireguard4netns: for the device's data path, which keeps one `Arc<Session>` per run of
+    // a session's packets, not one per packet: with a reference per packet, the thread that
+    // prepares a batch counted it up while another, sealing the one before, counted it down,
+    // and the count's cache line moved between their cores for every packet.
+    /// The job's session, and the rest, to seal with it.
+    pub(crate) fn into_parts(self) -> (Arc<Session>, Unsealed) {
+        let unsealed = Unsealed {
+            packet: self.packet,
+            counter: self.counter,
+        };
+        (self.session, unsealed)
+    }
+}
+
+/// A [`SealJob`] without its session (see [`SealJob::into_parts`]).
+pub(crate) struct Unsealed {
+    packet: Packet,
+    counter: u64,
+}
+
+impl Unsealed {
+    /// [`SealJob::seal`] with the job's `session`.
+    pub(crate) fn seal(self, session: &Session) -> Packet<WgData> {
+        session.seal_packet_data(self.packet, self.counter)
+    }
 }
 
 /// A received data packet whose session is found and whose counter passed the quick
@@ -437,6 +481,40 @@ impl OpenJob {
             counter: self.counter,
         })
     }
+
+    // wireguard4netns: see `SealJob::into_parts`.
+    /// The job's session, and the rest, to open with it.
+    pub(crate) fn into_parts(self) -> (Arc<Session>, Unopened) {
+        let unopened = Unopened {
+            packet: self.packet,
+            counter: self.counter,
+        };
+        (self.session, unopened)
+    }
+}
+
+/// An [`OpenJob`] without its session (see [`OpenJob::into_parts`]).
+pub(crate) struct Unopened {
+    packet: Packet<WgData>,
+    counter: u64,
+}
+
+impl Unopened {
+    /// [`OpenJob::open`] with the job's `session`; finish it with
+    /// [`Tunn::finish_decrypted`](super::Tunn::finish_decrypted) and that session.
+    pub(crate) fn open(self, session: &Session) -> Result<Decrypted, WireGuardError> {
+        let packet = session.open_packet_data(self.packet)?;
+        Ok(Decrypted {
+            packet,
+            counter: self.counter,
+        })
+    }
+}
+
+/// An [`Opened`] without its session.
+pub(crate) struct Decrypted {
+    pub(super) packet: Packet,
+    pub(super) counter: u64,
 }
 
 /// A decrypted, authenticated data packet, not yet marked in the replay window.
@@ -444,12 +522,6 @@ pub struct Opened {
     pub(super) session: Arc<Session>,
     pub(super) packet: Packet,
     pub(super) counter: u64,
-}
-
-impl Opened {
-    pub(super) fn mark_received(&self) -> Result<(), WireGuardError> {
-        self.session.receiving_counter_mark(self.counter)
-    }
 }
 
 #[cfg(test)]
