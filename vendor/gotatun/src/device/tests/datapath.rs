@@ -442,6 +442,52 @@ async fn a_datagram_twice_in_one_batch_arrives_once() {
     }
 }
 
+/// One batch that mixes packets of two of Bob's sessions (sealed before and after a new
+/// handshake, as during a rekey) reaches the TUN whole and in order: each packet is opened
+/// and finished with its own session, though the data path keeps one per run of packets.
+#[tokio::test]
+async fn a_batch_across_a_rekey_opens_each_packet_with_its_session() {
+    for workers in [1, 3] {
+        let mut h = harness(workers).await;
+        let seal = |bob: &mut Tunn, n| {
+            let packet = bob.handle_outgoing_packet(numbered(BOB, ALICE, n, 300), None);
+            (Packet::from(packet.expect("sealed")), bob_endpoint())
+        };
+        let old: Vec<_> = (1..=3).map(|n| seal(&mut h.bob, n)).collect();
+        // Bob shakes hands again; Alice answers.
+        let init = h.bob.format_handshake_initiation(true).expect("initiation");
+        h.udp_in
+            .send(vec![(init.into(), bob_endpoint())])
+            .expect("alice receives");
+        let response = timeout(WAIT, h.udp_out.recv())
+            .await
+            .expect("response in time")
+            .expect("response");
+        // Bob's confirming keepalive (on the new session) is not passed on: its data is.
+        if let TunnResult::Err(e) = h
+            .bob
+            .handle_incoming_packet(response.try_into_wg().expect("wg"))
+        {
+            panic!("Bob did not take the response: {e:?}");
+        }
+        let new: Vec<_> = (4..=6).map(|n| seal(&mut h.bob, n)).collect();
+        let mut batch = Vec::new();
+        let (mut old, mut new) = (old.into_iter(), new.into_iter());
+        // old 1, new 4, new 5, old 2, old 3, new 6: four runs of sessions.
+        batch.extend(old.by_ref().take(1));
+        batch.extend(new.by_ref().take(2));
+        batch.extend(old);
+        batch.extend(new);
+        h.udp_in.send(batch).expect("alice receives");
+        let mut got = Vec::new();
+        for _ in 0..6 {
+            let packet = timeout(WAIT, h.tun_out.recv()).await.expect("in time");
+            got.push(number_of(packet.expect("packet").as_bytes()));
+        }
+        assert_eq!(got, [1, 4, 5, 2, 3, 6], "{workers} workers");
+    }
+}
+
 /// The helper threads are the connection's: a reconfiguration starts new ones and joins
 /// the old, and so does stopping the device.
 #[tokio::test]
