@@ -16,7 +16,7 @@
 //! same 1420 bytes (aws-lc, which gotatun uses, on one thread), and the two
 //! ratios issue 12 sets: 2 workers ÷ 1 worker (≥ 1.7 on two cores) and one
 //! worker's time above the crypto alone (≤ 40 %). The device runs on a tokio
-//! runtime of one worker, like the engine. Each figure is the median of 7
+//! runtime of one worker, like the engine. Each figure is the median of 15
 //! rounds; everything comes from the same run.
 //!
 //!     cargo bench --bench pipeline
