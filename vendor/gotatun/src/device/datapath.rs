@@ -31,7 +31,7 @@
 //!   are read, one by one, as upstream did. Data packets are prepared
 //!   (`Tunn::prepare_incoming_data`: the session by receiver index, the quick replay check)
 //!   under one peer lock per run, opened, then finished under the peer lock again, in the
-//!   order received (`Tunn::finish_incoming_data`: the replay window, where a duplicate
+//!   order received (`Tunn::finish_decrypted`: the replay window, where a duplicate
 //!   that passed the quick check is dropped, the current session, timers, bytes, the
 //!   endpoint), checked against the allowed IPs and written to the TUN together.
 //!
@@ -44,9 +44,12 @@
 //! its source ([`Behind`]: it asks for help), and only as long as its own reads find data
 //! waiting; then it sleeps until asked again. So a direction that keeps up runs in one
 //! task with no thread woken and no handoff, and one that falls behind spreads over the
-//! cores. (Upstream's design handed each batch to a crypto thread and back: the wake-ups
-//! and the packets' trips between the cores cost more than the crypto they spread on two
-//! busy cores.)
+//! cores. (This module's first version handed each batch to a crypto thread and back: the
+//! wake-ups and the packets' trips between the cores cost more than the crypto they
+//! spread on two busy cores.) What the threads share is kept apart too: each stage and
+//! helper has its own packet pool and batch vectors, a batch holds one reference to a
+//! session per run of its packets, and a lock or turn that another round holds for a few
+//! µs is retried before the round goes to sleep ([`SPIN`]).
 //!
 //! Errors keep upstream's meaning for `watch_task`: a failing `recv_many_from` or a TUN
 //! the kernel removed ends a stage with an error (the device's fatal error unless the

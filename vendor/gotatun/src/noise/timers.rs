@@ -473,6 +473,7 @@ impl<R: rand::RngCore + Send> Tunn<R> {
     // this we would go on sending on the old one until KEEPALIVE + REKEY_TIMEOUT (15 s)
     // passed without an answer. Upstream's UAPI re-created the peer on every `set`, which
     // had the same effect (and dropped the session for unchanged sets too).
+    /// Start a handshake at the next timer tick, whatever the state of the current session.
     pub fn handshake_soon(&mut self) {
         self.timers.handshake_due = true;
     }
