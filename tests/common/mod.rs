@@ -1568,12 +1568,15 @@ impl Peer {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {name}: {e}"));
         peer.child = Some(child);
+        // Accepting, not only there: the socket file appears at `bind`, a moment before
+        // `listen`, and a `wg set` in between is refused (seen once in a full e2e run).
+        let accepting = || std::os::unix::net::UnixStream::connect(&socket).is_ok();
         let up = wait_for(Duration::from_secs(10), || {
-            socket.exists() || peer.exited().is_some()
+            accepting() || peer.exited().is_some()
         });
         assert!(
-            up && socket.exists(),
-            "{name} did not create {} (exit: {:?})\n{}",
+            up && accepting(),
+            "{name} did not listen on {} (exit: {:?})\n{}",
             socket.display(),
             peer.exited(),
             peer.log()
