@@ -511,6 +511,10 @@ fn bad_input_to_named_tunnels() {
     // removed; the name comes up again.
     named_ok("up", &dir, &[config, "--name", "t2"]);
     let (engine, holder) = state_pids(&dir, "t2");
+    // Stopped first: an engine that saw its children die before its own
+    // SIGKILL came would stop cleanly and remove the state file itself (seen
+    // once in CI).
+    signal(engine, Signal::SIGSTOP);
     for (pid, _) in children_of(engine) {
         signal(pid, Signal::SIGKILL);
     }
