@@ -418,12 +418,8 @@ impl<R: RngCore + Send> Tunn<R> {
         &mut self,
         packet: Packet<WgData>,
     ) -> Result<Packet, WireGuardError> {
-        let Opened {
-            session,
-            packet,
-            counter,
-        } = self.prepare_incoming_data(packet)?.open()?;
-        self.finish_decapsulation(&session, session::Decrypted { packet, counter })
+        let Opened { session, decrypted } = self.prepare_incoming_data(packet)?.open()?;
+        self.finish_decapsulation(&session, decrypted)
     }
 
     // wireguard4netns: the first step of `handle_incoming_packet` for a data packet, for the
@@ -455,12 +451,7 @@ impl<R: RngCore + Send> Tunn<R> {
     /// refused here), and account for it: the session it came on becomes the current one if it
     /// is the newest, timers, received bytes. Returns the plaintext (empty for a keepalive).
     pub fn finish_incoming_data(&mut self, opened: Opened) -> Result<Packet, WireGuardError> {
-        let Opened {
-            session,
-            packet,
-            counter,
-        } = opened;
-        self.finish_decrypted(&session, session::Decrypted { packet, counter })
+        self.finish_decrypted(&opened.session, opened.decrypted)
     }
 
     // wireguard4netns: `finish_incoming_data` for the device's data path, which keeps the

@@ -387,8 +387,7 @@ impl Session {
 /// An outgoing data packet whose session and nonce counter are chosen: seal it anywhere.
 pub struct SealJob {
     session: Arc<Session>,
-    packet: Packet,
-    counter: u64,
+    unsealed: Unsealed,
 }
 
 impl SealJob {
@@ -396,8 +395,7 @@ impl SealJob {
         match session.reserve_sending_counter() {
             Some(counter) => Ok(SealJob {
                 session: Arc::clone(session),
-                packet,
-                counter,
+                unsealed: Unsealed { packet, counter },
             }),
             None => Err(packet),
         }
@@ -405,22 +403,22 @@ impl SealJob {
 
     /// The length of the sealed packet.
     pub fn sealed_len(&self) -> usize {
-        WgData::OVERHEAD + self.packet.len()
+        WgData::OVERHEAD + self.unsealed.packet.len()
     }
 
     /// Whether this is a keepalive (no payload).
     pub fn is_keepalive(&self) -> bool {
-        self.packet.is_empty()
+        self.unsealed.packet.is_empty()
     }
 
     /// The nonce counter reserved for this packet.
     pub fn counter(&self) -> u64 {
-        self.counter
+        self.unsealed.counter
     }
 
     /// Encrypt: the WireGuard data packet to send.
     pub fn seal(self) -> Packet<WgData> {
-        self.session.seal_packet_data(self.packet, self.counter)
+        self.unsealed.seal(&self.session)
     }
 
     // wireguard4netns: for the device's data path, which keeps one `Arc<Session>` per run of
@@ -429,11 +427,7 @@ impl SealJob {
     // and the count's cache line moved between their cores for every packet.
     /// The job's session, and the rest, to seal with it.
     pub(crate) fn into_parts(self) -> (Arc<Session>, Unsealed) {
-        let unsealed = Unsealed {
-            packet: self.packet,
-            counter: self.counter,
-        };
-        (self.session, unsealed)
+        (self.session, self.unsealed)
     }
 }
 
@@ -455,8 +449,7 @@ impl Unsealed {
 /// [`Tunn::finish_incoming_data`](super::Tunn::finish_incoming_data).
 pub struct OpenJob {
     session: Arc<Session>,
-    packet: Packet<WgData>,
-    counter: u64,
+    unopened: Unopened,
 }
 
 impl OpenJob {
@@ -467,29 +460,23 @@ impl OpenJob {
         let counter = session.check_packet_data(&packet)?;
         Ok(OpenJob {
             session: Arc::clone(session),
-            packet,
-            counter,
+            unopened: Unopened { packet, counter },
         })
     }
 
     /// Decrypt and authenticate.
     pub fn open(self) -> Result<Opened, WireGuardError> {
-        let packet = self.session.open_packet_data(self.packet)?;
+        let decrypted = self.unopened.open(&self.session)?;
         Ok(Opened {
             session: self.session,
-            packet,
-            counter: self.counter,
+            decrypted,
         })
     }
 
     // wireguard4netns: see `SealJob::into_parts`.
     /// The job's session, and the rest, to open with it.
     pub(crate) fn into_parts(self) -> (Arc<Session>, Unopened) {
-        let unopened = Unopened {
-            packet: self.packet,
-            counter: self.counter,
-        };
-        (self.session, unopened)
+        (self.session, self.unopened)
     }
 }
 
@@ -520,8 +507,7 @@ pub(crate) struct Decrypted {
 /// A decrypted, authenticated data packet, not yet marked in the replay window.
 pub struct Opened {
     pub(super) session: Arc<Session>,
-    pub(super) packet: Packet,
-    pub(super) counter: u64,
+    pub(super) decrypted: Decrypted,
 }
 
 #[cfg(test)]
