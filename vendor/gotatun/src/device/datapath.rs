@@ -1068,7 +1068,7 @@ impl<T: DeviceTransports> DeviceState<T> {
         context: &mut InContext,
         how: Read<'_>,
     ) -> Result<Round, Error> {
-        let (ticket, behind) = {
+        let (device, ticket, behind) = {
             let Some(mut source) = lane.lock(&how).await else {
                 return Ok(Round::Empty);
             };
@@ -1087,10 +1087,10 @@ impl<T: DeviceTransports> DeviceState<T> {
             // wireguard4netns: its error ends the stage, as upstream's buffered receiver
             // passed it on (one `recvmmsg` error is fatal; see `watch_task`).
             received?;
-            let Some(device) = device.upgrade() else {
+            let Some(device_arc) = device.upgrade() else {
                 return Ok(Round::Gone);
             };
-            let device = device.read().await;
+            let device = device_arc.read().await;
             let mut received = datagrams.drain(..);
             Self::prepare_incoming(
                 &device,
@@ -1106,14 +1106,12 @@ impl<T: DeviceTransports> DeviceState<T> {
             }
             let ticket = reading.next_ticket;
             reading.next_ticket += 1;
-            (ticket, behind)
+            drop(device);
+            (device_arc, ticket, behind)
         };
         // The source is free for the next round while this one opens.
         context.prepared.open_into(&mut context.opened);
         let turn = lane.order.turn(ticket).await;
-        let Some(device) = device.upgrade() else {
-            return Ok(Round::Gone);
-        };
         let mut tun = out.tun.lock().await;
         let writer = tun.as_mut().ok_or_else(stage_gone)?;
         {
