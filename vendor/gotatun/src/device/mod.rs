@@ -72,7 +72,7 @@ const HANDSHAKE_RATE_LIMIT: u64 = 100;
 // single TCP flow queue ~60 MiB (resident memory under load, and latency under
 // load). 256 packets still hold over a millisecond at 3 Gbit/s and five 64 KiB
 // GSO bursts; 512 measured no faster and 3 MiB larger. The channels are gone
-// (`datapath.rs`); the pool keeps 4 × this, which bounds the batches in flight.
+// (`datapath.rs`); the stages' pool still keeps up to 4 × this returned buffers.
 const MAX_PACKET_BUFS: usize = 256;
 
 /// Error of [`Device`]-related operations.
@@ -259,10 +259,11 @@ impl<T: DeviceTransports> Connection<T> {
             return Ok(());
         }
 
-        // wireguard4netns: the pool keeps as many buffers as the device's queues can hold
-        // at once (four channels of MAX_PACKET_BUFS, plus the batches in flight), not one
-        // channel's worth: with fewer, every burst overflowed it and each further packet
-        // buffer was a fresh 4 KiB calloc and a free (~0.3 per packet, measured).
+        // wireguard4netns: the stages' pool (each helper has its own, `datapath.rs`) keeps
+        // up to four channels' worth of returned buffers, as when the device had four
+        // channels of MAX_PACKET_BUFS: with one channel's worth, every burst overflowed it
+        // and each further packet buffer was a fresh 4 KiB calloc and a free (~0.3 per
+        // packet, measured then). With rounds, the stages hold at most a read each.
         let pool = PacketBufPool::new_lazy(4 * MAX_PACKET_BUFS);
 
         // clean up existing connection
